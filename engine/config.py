@@ -1,0 +1,36 @@
+"""Settings read from the environment (``SOPFLOW_*``), with safe defaults."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("SOPFLOW_DATA_DIR", "./data")))
+    database_url: str = field(default_factory=lambda: os.environ.get("SOPFLOW_DATABASE_URL", ""))
+    max_upload_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_UPLOAD_BYTES", 5 * 1024 * 1024))
+    max_xml_depth: int = field(default_factory=lambda: _int("SOPFLOW_MAX_XML_DEPTH", 100))
+    # Script budgets: loop iterations per script/expression, and wall time per script.
+    script_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_SCRIPT_MAX_STEPS", 100_000))
+    script_max_seconds: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_SCRIPT_MAX_SECONDS", "2")))
+    # Engine budget per command: tasks run and wall time before the command is refused.
+    command_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_COMMAND_MAX_STEPS", 50_000))
+    command_max_seconds: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_COMMAND_MAX_SECONDS", "30")))
+    command_retries: int = field(default_factory=lambda: _int("SOPFLOW_COMMAND_RETRIES", 5))
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / 'sopflow.db').resolve()}"
+
+
+def load() -> Settings:
+    return Settings()

@@ -1,0 +1,175 @@
+"""Driving SpiffWorkflow: engine steps with budgets, and history pruning.
+
+**Why prune.** SpiffWorkflow keeps every finished task in the instance's tree, so the
+cost of loading, stepping and saving an instance grows with its history (a step after
+1000 loop iterations costs ~10x one after 100), and a gateway loop stalls silently at
+the task iterator's depth cap (~500 iterations). sopflow keeps history in its own
+tables (``tasks``, ``audit_events``), so the workflow tree only has to hold what can
+still influence the future. After every engine round we:
+
+1. drop finished subtrees that hang under a finished parent (cancelled branches,
+   completed parallel branches, consumed join tokens, fired cycle-timer children);
+2. splice out finished tasks that sit in the middle of a finished chain
+   (finished parent, exactly one child, which is itself finished).
+
+What is never touched, because SpiffWorkflow reads it later:
+- any unfinished task and its direct parent (joins identify the arriving flow by
+  ``task.parent.task_spec``; inclusive gateways likewise);
+- the children of boundary-event and start-event splits, multi-instance, loop,
+  sub-process and event-based-gateway tasks (their specs inspect their children);
+- the root.
+Sub-workflows whose parent task was removed are deleted with it. The tree then stays
+bounded by the diagram's width, not by the instance's history.
+
+``run_engine`` replaces ``BpmnWorkflow.do_engine_steps`` with the same rounds plus
+pruning and a budget of tasks and wall time, so a runaway loop fails the command
+with a clear error instead of stalling a worker.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.control import BoundaryEventSplit, StartEventSplit
+from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
+from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
+from SpiffWorkflow.task import Task
+from SpiffWorkflow.util.task import TaskState
+
+from engine.errors import ScriptError
+
+from SpiffWorkflow.bpmn.specs.mixins.events.intermediate_event import EventBasedGateway
+
+_CHILD_INSPECTING = (BoundaryEventSplit, StartEventSplit, LoopTask, SubWorkflowTask, EventBasedGateway)
+_FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
+
+
+def _finished(task: Task) -> bool:
+    return task.has_state(_FINISHED)
+
+
+def _prune_tree(workflow: Any, removed: list[Task]) -> None:
+    root = workflow.task_tree
+    tasks = workflow.tasks
+    # post-order over an explicit stack: which subtrees are wholly finished?
+    order: list[Task] = []
+    stack = [root]
+    while stack:
+        task = stack.pop()
+        order.append(task)
+        stack.extend(tasks[c] for c in task._children if c in tasks)
+    dead: dict[Any, bool] = {}
+    for task in reversed(order):
+        dead[task.id] = _finished(task) and all(dead.get(c, True) for c in task._children)
+
+    def remove(task: Task) -> None:
+        sub = [task]
+        while sub:
+            t = sub.pop()
+            sub.extend(tasks[c] for c in t._children if c in tasks)
+            tasks.pop(t.id, None)
+            removed.append(t)
+
+    for task in order:
+        if task.id not in tasks or task is root:
+            continue
+        parent = tasks.get(task._parent)
+        if parent is None:
+            continue
+        inspecting = isinstance(parent.task_spec, _CHILD_INSPECTING)
+        if dead[task.id] and _finished(parent) and not inspecting:
+            parent._children.remove(task.id)
+            remove(task)
+            continue
+        if (
+            _finished(task)
+            and _finished(parent)
+            and not inspecting
+            and not isinstance(task.task_spec, _CHILD_INSPECTING)
+            and len(task._children) == 1
+        ):
+            child = tasks.get(task._children[0])
+            if child is not None and _finished(child):
+                index = parent._children.index(task.id)
+                parent._children[index] = child.id
+                child._parent = parent.id
+                tasks.pop(task.id)
+                removed.append(task)
+
+
+def prune(workflow: BpmnWorkflow) -> int:
+    """Remove history that cannot influence the future; returns the number of tasks removed."""
+    removed: list[Task] = []
+    _prune_tree(workflow, removed)
+    for sub in list(workflow.subprocesses.values()):
+        _prune_tree(sub, removed)
+    if not removed:
+        return 0
+    gone = {t.id for t in removed}
+    # sub-workflows hang off a task id of their parent workflow; drop those orphaned
+    changed = True
+    while changed:
+        changed = False
+        for task_id, sub in list(workflow.subprocesses.items()):
+            if task_id in gone:
+                del workflow.subprocesses[task_id]
+                gone.update(sub.tasks.keys())
+                changed = True
+    for wf in [workflow, *workflow.subprocesses.values()]:
+        if wf.last_task is not None and wf.last_task.id in gone:
+            wf.last_task = None
+    for task_id in list(workflow.event_manager.tasks):
+        if task_id in gone:
+            workflow.event_manager.tasks.pop(task_id, None)
+    return len(removed)
+
+
+class EngineBudget:
+    def __init__(self, max_steps: int, max_seconds: float) -> None:
+        self.max_steps = max_steps
+        self.deadline = time.monotonic() + max_seconds
+        self.max_seconds = max_seconds
+        self.steps = 0
+
+    def spend(self, task: Task) -> None:
+        self.steps += 1
+        if self.steps > self.max_steps:
+            raise ScriptError(
+                f"the instance ran {self.max_steps} engine steps in one command without reaching a wait "
+                f"state; it looks like an endless loop (last element '{task.task_spec.bpmn_id}')",
+                element_id=task.task_spec.bpmn_id,
+            )
+        if self.steps % 64 == 0 and time.monotonic() > self.deadline:
+            raise ScriptError(
+                f"the instance ran for more than {self.max_seconds:g}s in one command without reaching a "
+                f"wait state (last element '{task.task_spec.bpmn_id}')",
+                element_id=task.task_spec.bpmn_id,
+            )
+
+
+def run_engine(
+    workflow: BpmnWorkflow,
+    budget: EngineBudget,
+    on_completed: Callable[[Task], None] | None = None,
+) -> None:
+    """Run every non-manual READY task until all tokens wait or the instance ends."""
+
+    def did_complete(task: Task) -> None:
+        budget.spend(task)
+        if on_completed is not None:
+            on_completed(task)
+
+    while True:
+        more = workflow._do_engine_steps(None, did_complete)
+        prune(workflow)
+        if not more:
+            break
+    workflow.refresh_timers()
+
+
+def waiting_catch_events(workflow: BpmnWorkflow) -> list[Task]:
+    return [t for t in workflow.event_manager.tasks.values()
+            if isinstance(t.task_spec, CatchingEvent) and t.state == TaskState.WAITING]

@@ -1,0 +1,336 @@
+"""Uploaded BPMN/DMN files -> SpiffWorkflow specs plus the metadata sopflow needs.
+
+- Files are parsed by :mod:`engine.xmlsafe`; SpiffWorkflow gets the safe trees.
+- The dialect is chosen per deployment: a bundle whose BPMN declares the Camunda
+  namespace is read with a Camunda parser that keeps ``assignee``, ``candidateUsers``,
+  ``candidateGroups``, ``dueDate``, ``followUpDate``, ``priority`` (stock
+  ``CamundaParser`` drops them); otherwise SpiffWorkflow's own dialect, whose
+  ``spiffworkflow:properties`` carry the same names.
+- User-task metadata is normalised into :class:`UserTaskMeta`; lanes give candidate
+  groups when nothing more specific is set; ``bpmn:documentation`` is the SOP text.
+- Every script, condition and timer/loop expression is compiled in the sandbox at
+  deploy time; a failure names the file, element id and line (SpiffWorkflow reports
+  neither line numbers nor syntax errors before run time).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lxml import etree
+from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
+from SpiffWorkflow.bpmn.parser.util import full_tag
+from SpiffWorkflow.bpmn.specs.defaults import UserTask as BpmnUserTask  # noqa: F401
+from SpiffWorkflow.camunda.parser.CamundaParser import CamundaParser
+from SpiffWorkflow.camunda.parser.task_spec import UserTaskParser as CamundaUserTaskParser
+from SpiffWorkflow.camunda.specs.user_task import UserTask as CamundaUserTask
+from SpiffWorkflow.exceptions import SpiffWorkflowException
+from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
+
+from engine import sandbox, xmlsafe
+from engine.config import Settings
+from engine.errors import InvalidDefinition
+
+BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
+CAMUNDA_NS = "http://camunda.org/schema/1.0/bpmn"
+SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
+DMN_NAMESPACES = (
+    "https://www.omg.org/spec/DMN/20191111/MODEL/",
+    "http://www.omg.org/spec/DMN/20151101/dmn.xsd",
+    "http://www.omg.org/spec/DMN/20180521/MODEL/",
+)
+CAMUNDA_TASK_ATTRIBUTES = ("assignee", "candidateUsers", "candidateGroups", "dueDate", "followUpDate", "priority")
+
+
+class _InboxCamundaUserTaskParser(CamundaUserTaskParser):
+    """Camunda user-task parser that keeps the inbox attributes the stock one drops."""
+
+    def parse_extensions(self, node=None):
+        extensions = super().parse_extensions(node)
+        for name in CAMUNDA_TASK_ATTRIBUTES:
+            value = self.node.get(f"{{{CAMUNDA_NS}}}{name}")
+            if value is not None:
+                extensions[f"camunda:{name}"] = value
+        return extensions
+
+
+class InboxCamundaParser(CamundaParser):
+    OVERRIDE_PARSER_CLASSES = {
+        **CamundaParser.OVERRIDE_PARSER_CLASSES,
+        full_tag("userTask"): (_InboxCamundaUserTaskParser, CamundaUserTask),
+    }
+
+
+@dataclass
+class UserTaskMeta:
+    element_id: str
+    name: str
+    lane: str | None = None
+    documentation: str | None = None
+    assignee: str | None = None
+    candidate_users: list[str] = field(default_factory=list)
+    candidate_groups: list[str] = field(default_factory=list)
+    form_key: str | None = None
+    form_fields: list[dict[str, Any]] = field(default_factory=list)
+    due_date: str | None = None
+    follow_up_date: str | None = None
+    priority: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UserTaskMeta:
+        return cls(**data)
+
+
+@dataclass
+class UploadedFile:
+    name: str
+    data: bytes
+
+
+@dataclass
+class ParsedProcess:
+    key: str
+    name: str
+    resource_name: str
+    spec: Any
+    subprocess_specs: dict[str, Any]
+    user_tasks: dict[str, UserTaskMeta]  # keyed by "<process or subprocess spec name>/<element id>"
+    message_names: list[str]
+
+
+@dataclass
+class ParsedBundle:
+    dialect: str
+    processes: list[ParsedProcess]
+    checksum: str
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def bundle_checksum(files: list[UploadedFile]) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        digest.update(f.name.encode() + b"\0" + hashlib.sha256(f.data).digest())
+    return digest.hexdigest()
+
+
+_ISO_DURATION = re.compile(r"^-?P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
+
+
+def _owner_id(node: etree._Element) -> str | None:
+    while node is not None:
+        if node.get("id"):
+            return node.get("id")
+        node = node.getparent()
+    return None
+
+
+class _Locator:
+    """Find an element's line in the uploaded trees (SpiffWorkflow never reports lines)."""
+
+    def __init__(self, trees: dict[str, etree._Element]) -> None:
+        self.trees = trees
+
+    def find(self, element_id: str | None, file_name: str | None = None) -> tuple[str | None, int | None]:
+        if not element_id:
+            return file_name, None
+        for name, root in self.trees.items():
+            if file_name and name != file_name:
+                continue
+            hits = root.xpath("//*[@id=$id]", id=element_id)
+            if hits:
+                return name, hits[0].sourceline
+        return file_name, None
+
+
+def _check_expressions(name: str, root: etree._Element) -> None:
+    """Compile every script and expression of one file in the sandbox; refuse with element and line."""
+    checks: list[tuple[etree._Element, str, str]] = []
+    ns = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
+    for el in root.xpath("//bpmn:script | //spiffworkflow:preScript | //spiffworkflow:postScript", namespaces=ns):
+        checks.append((el, el.text or "", "exec"))
+    expression_paths = (
+        "//bpmn:conditionExpression | //bpmn:loopCardinality | //bpmn:completionCondition"
+        " | //bpmn:timeDuration | //bpmn:timeDate | //bpmn:timeCycle"
+    )
+    for el in root.xpath(expression_paths, namespaces=ns):
+        checks.append((el, el.text or "", "eval"))
+    for el, source, mode in checks:
+        if mode == "eval" and not source.strip():
+            raise InvalidDefinition(
+                f"{name}: empty expression in element '{_owner_id(el)}'",
+                file=name, element_id=_owner_id(el), line=el.sourceline,
+            )
+        try:
+            sandbox.check(source.strip() if mode == "eval" else source, mode)
+        except sandbox.ScriptRefused as exc:
+            line = el.sourceline + (exc.line - 1 if exc.line else 0) if el.sourceline else None
+            hint = ""
+            if mode == "eval" and source.strip().startswith("P") and _ISO_DURATION.match(source.strip()):
+                hint = ' (timer expressions are Python: write the duration quoted, e.g. "PT24H")'
+            raise InvalidDefinition(
+                f"{name}: element '{_owner_id(el)}' has an invalid script or expression{hint}: {exc}",
+                file=name, element_id=_owner_id(el), line=line,
+            ) from None
+
+
+def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
+    from datetime import datetime
+
+    for attr in ("due_date", "follow_up_date"):
+        value = getattr(meta, attr)
+        if not value:
+            continue
+        text = value.strip()
+        file_name, line = locate.find(meta.element_id)
+        if text.startswith("${") and text.endswith("}"):
+            try:
+                sandbox.check(text[2:-1], "eval")
+            except sandbox.ScriptRefused as exc:
+                raise InvalidDefinition(
+                    f"user task '{meta.element_id}': {attr} expression is invalid: {exc}",
+                    file=file_name, element_id=meta.element_id, line=line,
+                ) from None
+        elif text.startswith(("P", "-P")):
+            if not _ISO_DURATION.match(text):
+                raise InvalidDefinition(
+                    f"user task '{meta.element_id}': {attr} '{text}' is not an ISO 8601 duration",
+                    file=file_name, element_id=meta.element_id, line=line,
+                )
+        else:
+            try:
+                datetime.fromisoformat(text)
+            except ValueError:
+                raise InvalidDefinition(
+                    f"user task '{meta.element_id}': {attr} '{text}' is neither an ISO 8601 duration, "
+                    "an ISO instant nor a ${{expression}}",
+                    file=file_name, element_id=meta.element_id, line=line,
+                ) from None
+
+
+def _user_task_meta(task_spec: Any, dialect: str) -> UserTaskMeta:
+    ext = getattr(task_spec, "extensions", {}) or {}
+    meta = UserTaskMeta(
+        element_id=task_spec.bpmn_id,
+        name=task_spec.bpmn_name or task_spec.bpmn_id,
+        lane=task_spec.lane,
+        documentation=task_spec.documentation or None,
+    )
+    if dialect == "camunda":
+        get = lambda key: ext.get(f"camunda:{key}")  # noqa: E731
+        form = getattr(task_spec, "form", None)
+        if form is not None:
+            meta.form_key = form.key
+            for f in form.fields:
+                meta.form_fields.append({
+                    "id": f.id, "type": f.type, "label": f.label, "default": f.default_value,
+                    "required": any(v.name == "required" for v in (f.validation or [])),
+                    "options": [{"id": o.id, "name": o.name} for o in getattr(f, "options", [])],
+                })
+    else:
+        props = ext.get("properties", {}) or {}
+        get = props.get
+        meta.form_key = props.get("formKey") or (props.get("formJsonSchemaFilename") or "").removesuffix(
+            "-schema.json").removesuffix(".json") or None
+        if not meta.documentation and ext.get("instructionsForEndUser"):
+            meta.documentation = ext["instructionsForEndUser"]
+    meta.assignee = get("assignee")
+    meta.candidate_users = _split_list(get("candidateUsers"))
+    meta.candidate_groups = _split_list(get("candidateGroups"))
+    meta.due_date = get("dueDate")
+    meta.follow_up_date = get("followUpDate")
+    meta.priority = get("priority")
+    if not (meta.assignee or meta.candidate_users or meta.candidate_groups) and meta.lane:
+        meta.candidate_groups = [meta.lane]
+    return meta
+
+
+def _collect_user_tasks(spec: Any, dialect: str) -> dict[str, UserTaskMeta]:
+    found = {}
+    for task_spec in spec.task_specs.values():
+        if getattr(task_spec, "manual", False) and getattr(task_spec, "bpmn_id", None):
+            found[f"{spec.name}/{task_spec.bpmn_id}"] = _user_task_meta(task_spec, dialect)
+    return found
+
+
+def _is_dmn(root: etree._Element) -> bool:
+    return etree.QName(root).namespace in DMN_NAMESPACES
+
+
+def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
+    if not files:
+        raise InvalidDefinition("a deployment needs at least one .bpmn or .dmn file")
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise InvalidDefinition("two uploaded files have the same name", files=names)
+    trees: dict[str, etree._Element] = {}
+    for f in files:
+        if not f.name.lower().endswith((".bpmn", ".dmn", ".xml")):
+            raise InvalidDefinition(f"{f.name}: only .bpmn and .dmn files can be deployed", file=f.name)
+        trees[f.name] = xmlsafe.parse(f.data, f.name, max_bytes=settings.max_upload_bytes,
+                                      max_depth=settings.max_xml_depth)
+    bpmn = {n: r for n, r in trees.items() if not _is_dmn(r)}
+    dmn = {n: r for n, r in trees.items() if _is_dmn(r)}
+    for name, root in bpmn.items():
+        if etree.QName(root).namespace != BPMN_NS or etree.QName(root).localname != "definitions":
+            raise InvalidDefinition(f"{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=root.sourceline)
+        _check_expressions(name, root)
+    if not bpmn:
+        raise InvalidDefinition("a deployment needs at least one .bpmn file (DMN alone has nothing to run)")
+
+    dialect = "camunda" if any(CAMUNDA_NS in root.nsmap.values() or
+                               root.xpath("//@*[namespace-uri()=$ns]", ns=CAMUNDA_NS)
+                               for root in bpmn.values()) else "spiff"
+    parser = InboxCamundaParser() if dialect == "camunda" else SpiffBpmnParser()
+    locate = _Locator(trees)
+    try:
+        for name, root in dmn.items():
+            parser.add_dmn_xml(root, filename=name)
+        for name, root in bpmn.items():
+            parser.add_bpmn_xml(root, filename=name)
+        process_files = {
+            str(pid): name for name, root in bpmn.items()
+            for pid in root.xpath("/bpmn:definitions/bpmn:process[@isExecutable='true']/@id",
+                                  namespaces={"bpmn": BPMN_NS})
+        }
+        process_ids = list(process_files)
+        if not process_ids:
+            raise InvalidDefinition(
+                "no executable process found: mark the process isExecutable=\"true\"", files=names
+            )
+        processes = []
+        for pid in process_ids:
+            spec = parser.get_spec(pid)
+            subprocess_specs = parser.get_subprocess_specs(pid)
+            user_tasks = _collect_user_tasks(spec, dialect)
+            for sub in subprocess_specs.values():
+                user_tasks.update(_collect_user_tasks(sub, dialect))
+            for meta in user_tasks.values():
+                _check_task_dates(meta, locate)
+            messages = sorted({
+                ts.event_definition.name
+                for s in [spec, *subprocess_specs.values()] for ts in s.task_specs.values()
+                if getattr(getattr(ts, "event_definition", None), "name", None)
+                and type(ts.event_definition).__name__.startswith("Message")
+            })
+            processes.append(ParsedProcess(pid, spec.description or pid, process_files[pid], spec, subprocess_specs,
+                                           user_tasks, messages))
+    except ValidationException as exc:
+        file_name, line = locate.find(exc.id or None, exc.file_name or None)
+        raise InvalidDefinition(
+            f"{exc.file_name or file_name or 'upload'}: {exc}", file=exc.file_name or file_name,
+            element_id=exc.id or None, line=line,
+        ) from None
+    except SpiffWorkflowException as exc:
+        raise InvalidDefinition(f"the diagram was refused: {exc}") from None
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        # SpiffWorkflow's parser assumes well-formed BPMN; anything it trips on is the upload's fault
+        raise InvalidDefinition(f"the diagram could not be read ({type(exc).__name__}: {exc})") from None
+    return ParsedBundle(dialect, processes, bundle_checksum(files))

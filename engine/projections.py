@@ -1,0 +1,235 @@
+"""Projections of a workflow's state into queryable tables, re-synced by every command.
+
+- ``tasks`` (+ ``task_candidates``): one row per user task that became READY; open rows
+  that are no longer READY become ``cancelled`` (boundary interrupt, instance cancel)
+  unless the command completed them. Metadata (assignee, candidates, due date, priority)
+  is resolved once, when the row is created, against the task's data.
+- ``jobs``: one row per waiting timer, ``due_at`` from SpiffWorkflow's own timer value.
+- ``event_subscriptions``: one row per waiting message catch event.
+
+Invariant: after every command these tables match the workflow exactly; user queries
+read them and never deserialize a workflow.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.multiple import MultipleEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
+from SpiffWorkflow.task import Task
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from engine import clock
+from engine.audit import Event
+from engine.errors import ScriptError
+from engine.loading import UserTaskMeta
+from engine.sandbox import ScriptRefused, script_engine
+from engine.store.models import DefinitionRow, InstanceRow, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
+
+
+def meta_key(task: Task) -> str:
+    return f"{task.workflow.spec.name}/{task.task_spec.bpmn_id}"
+
+
+def _expression(value: str) -> str | None:
+    text = value.strip()
+    return text[2:-1].strip() if text.startswith("${") and text.endswith("}") else None
+
+
+def _evaluate(task: Task, expression: str, initiator: str | None, what: str) -> Any:
+    context = {**task.data, "initiator": initiator}
+    try:
+        return script_engine().environment.evaluate(expression, context)
+    except (ScriptRefused, Exception) as exc:  # noqa: BLE001 - any failure is the diagram's, reported as such
+        raise ScriptError(
+            f"user task '{task.task_spec.bpmn_id}': the {what} expression '{expression}' failed: {exc}",
+            element_id=task.task_spec.bpmn_id,
+        ) from None
+
+
+def _instant(value: Any, base: datetime, task: Task, what: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, timedelta):
+        return base + value
+    text = str(value).strip()
+    try:
+        if text.startswith(("P", "-P")):
+            parsed = TimerEventDefinition.parse_iso_duration(text)
+            return TimerEventDefinition.get_timedelta_from_start(parsed, base) + base
+        parsed_dt = datetime.fromisoformat(text)
+        return parsed_dt.astimezone(UTC) if parsed_dt.tzinfo else parsed_dt.replace(tzinfo=UTC)
+    except (ValueError, TypeError):
+        raise ScriptError(
+            f"user task '{task.task_spec.bpmn_id}': {what} '{text}' is not an ISO 8601 duration or instant",
+            element_id=task.task_spec.bpmn_id,
+        ) from None
+
+
+def _resolve(task: Task, raw: str | None, initiator: str | None, what: str) -> Any:
+    if raw is None:
+        return None
+    expr = _expression(raw)
+    return _evaluate(task, expr, initiator, what) if expr is not None else raw
+
+
+def _names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, set)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [p.strip() for p in str(value).split(",") if p.strip()]
+
+
+def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRow, now: datetime) -> TaskRow:
+    initiator = instance.started_by
+    assignee = _resolve(task, meta.assignee, initiator, "assignee")
+    users = [n for raw in meta.candidate_users for n in _names(_resolve(task, raw, initiator, "candidate users"))]
+    groups = [n for raw in meta.candidate_groups for n in _names(_resolve(task, raw, initiator, "candidate groups"))]
+    priority_raw = _resolve(task, meta.priority, initiator, "priority")
+    try:
+        priority = int(priority_raw) if priority_raw not in (None, "") else 50
+    except (TypeError, ValueError):
+        raise ScriptError(f"user task '{meta.element_id}': priority '{priority_raw}' is not a number",
+                          element_id=meta.element_id) from None
+    return TaskRow(
+        id=str(task.id), instance_id=instance.id, definition_id=instance.definition_id,
+        definition_key=instance.definition_key, element_id=meta.element_id, meta_key=meta_key(task),
+        name=meta.name, lane=meta.lane, state="open",
+        assignee=str(assignee) if assignee not in (None, "") else None,
+        candidate_users=sorted(set(users)), candidate_groups=sorted(set(groups)),
+        form_key=meta.form_key, priority=priority,
+        due_at=_instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date"),
+        follow_up_at=_instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
+                              "follow-up date"),
+        created_at=now,
+    )
+
+
+def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, definition: DefinitionRow,
+               events: list[Event], actor: str | None) -> None:
+    now = clock.now()
+    ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
+    open_rows = session.scalars(
+        select(TaskRow).where(TaskRow.instance_id == instance.id, TaskRow.state == "open")
+    ).all()
+    known = {row.id for row in open_rows}
+    for row in open_rows:
+        if row.id not in ready:
+            row.state, row.ended_at = "cancelled", now
+            session.execute(delete(TaskCandidateRow).where(TaskCandidateRow.task_id == row.id))
+            events.append(Event("task.cancelled", actor, {"element_id": row.element_id, "name": row.name},
+                                task_id=row.id))
+    created: list[TaskRow] = []
+    for task_id, task in ready.items():
+        if task_id in known:
+            continue
+        meta_dict = definition.user_tasks.get(meta_key(task))
+        meta = UserTaskMeta.from_dict(meta_dict) if meta_dict else UserTaskMeta(
+            element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
+        row = new_task_row(task, meta, instance, now)
+        created.append(row)
+        events.append(Event("task.created", actor, {
+            "element_id": row.element_id, "name": row.name, "assignee": row.assignee,
+            "candidate_users": row.candidate_users, "candidate_groups": row.candidate_groups,
+            "due_at": row.due_at, "priority": row.priority,
+        }, task_id=row.id))
+    if created:
+        session.add_all(created)
+        session.flush()  # candidates reference their task rows
+        session.add_all(
+            [TaskCandidateRow(task_id=r.id, kind="user", name=n) for r in created for n in r.candidate_users]
+            + [TaskCandidateRow(task_id=r.id, kind="group", name=n) for r in created for n in r.candidate_groups]
+        )
+
+
+def _timer_due(task: Task) -> datetime | None:
+    ed = task.task_spec.event_definition
+    if not isinstance(ed, TimerEventDefinition) and not (
+        isinstance(ed, MultipleEventDefinition)
+        and any(isinstance(e, TimerEventDefinition) for e in ed.event_definitions)
+    ):
+        return None
+    value = task.internal_data.get("event_value")
+    if isinstance(value, dict):
+        if value.get("cycles") == 0:
+            return None
+        value = value.get("next")
+    if not value:
+        return None
+    instant = datetime.fromisoformat(value)
+    return instant.astimezone(UTC) if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def _message_definitions(task: Task) -> list[MessageEventDefinition]:
+    ed = task.task_spec.event_definition
+    defs = ed.event_definitions if isinstance(ed, MultipleEventDefinition) else [ed]
+    return [d for d in defs if isinstance(d, MessageEventDefinition)]
+
+
+def message_names(task: Task) -> list[str]:
+    return [d.name for d in _message_definitions(task)]
+
+
+def message_definition(task: Task, name: str) -> MessageEventDefinition:
+    return next(d for d in _message_definitions(task) if d.name == name)
+
+
+def waiting_events(workflow: BpmnWorkflow) -> list[Task]:
+    return [t for t in workflow.event_manager.tasks.values() if t.state == TaskState.WAITING]
+
+
+def sync_jobs(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, events: list[Event],
+              actor: str | None) -> None:
+    now = clock.now()
+    desired: dict[str, tuple[datetime, Task]] = {}
+    for task in waiting_events(workflow):
+        due = _timer_due(task)
+        if due is not None:
+            desired[f"timer:{instance.id}:{task.id}"] = (due, task)
+    existing = {j.dedup_key: j for j in session.scalars(select(JobRow).where(JobRow.instance_id == instance.id))}
+    for key, job in existing.items():
+        if key not in desired:
+            session.delete(job)
+        elif job.due_at != desired[key][0]:
+            job.due_at, job.attempts, job.last_error, job.state = desired[key][0], 0, None, "pending"
+            job.lock_owner = job.lock_expires_at = None
+            events.append(Event("timer.scheduled", actor, {"element_id": job.element_id, "due_at": job.due_at},
+                                task_id=job.task_id))
+    for key, (due, task) in desired.items():
+        if key in existing:
+            continue
+        session.add(JobRow(id=str(uuid.uuid4()), dedup_key=key, kind="timer", instance_id=instance.id,
+                           task_id=str(task.id), element_id=task.task_spec.bpmn_id, due_at=due,
+                           state="pending", attempts=0, created_at=now))
+        events.append(Event("timer.scheduled", actor, {"element_id": task.task_spec.bpmn_id, "due_at": due},
+                            task_id=str(task.id)))
+
+
+def sync_subscriptions(session: Session, instance: InstanceRow, workflow: BpmnWorkflow) -> None:
+    desired = {(str(t.id), name): t for t in waiting_events(workflow) for name in message_names(t)}
+    existing = {(s.task_id, s.name): s for s in
+                session.scalars(select(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))}
+    for key, row in existing.items():
+        if key not in desired:
+            session.delete(row)
+    for (task_id, name), task in desired.items():
+        if (task_id, name) not in existing:
+            session.add(SubscriptionRow(task_id=task_id, name=name, instance_id=instance.id, kind="message",
+                                        element_id=task.task_spec.bpmn_id))
+
+
+def clear(session: Session, instance: InstanceRow) -> None:
+    """An ended instance waits for nothing."""
+    session.execute(delete(JobRow).where(JobRow.instance_id == instance.id))
+    session.execute(delete(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))

@@ -1,0 +1,572 @@
+"""Commands: deploy, start, claim, unclaim, assign, complete, cancel, correlate, fire timers.
+
+Each command is one unit of work (DESIGN.md): it takes a session, loads the instance
+(serialized workflow + ``revision``), applies itself through SpiffWorkflow, runs engine
+steps until every token waits, then (:func:`_persist`) writes the new state with
+``UPDATE ... WHERE revision = :seen`` (0 rows -> :class:`StaleInstance`, which the edge
+retries), re-syncs the ``tasks``/``jobs``/``event_subscriptions`` projections and
+appends hash-chained audit events. Commands only flush; the edge commits.
+
+Guards SpiffWorkflow lacks: a user task is only ever run when it is READY and manual
+(``task.run()`` would happily "complete" a FUTURE or COMPLETED task).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+from SpiffWorkflow.bpmn import BpmnEvent, BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.exceptions import SpiffWorkflowException
+from SpiffWorkflow.task import Task
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from engine import audit, clock, projections
+from engine.audit import Event
+from engine.config import Settings
+from engine.config import load as load_settings
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptError, StaleInstance
+from engine.execution import EngineBudget, run_engine
+from engine.loading import UploadedFile, bundle_checksum, parse_bundle
+from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
+from engine.serialization import SPECS, STATE_FORMAT, dump_specs, dump_state, load_state, new_workflow
+from engine.store.models import (
+    DefinitionRow,
+    DeploymentResourceRow,
+    DeploymentRow,
+    InstanceRow,
+    JobRow,
+    SubscriptionRow,
+    TaskCandidateRow,
+    TaskRow,
+)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who issues a command. ``groups`` decide candidate rights; ``roles`` come from identity."""
+
+    name: str
+    groups: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+SYSTEM = Actor("system", roles=frozenset({"system"}))
+
+
+# --------------------------------------------------------------------------- helpers
+
+_JSON_SCALARS = (str, int, float, bool, type(None), date, datetime, time, Decimal)
+
+
+def _check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
+    if variables is None:
+        return {}
+    if not isinstance(variables, dict):
+        raise InvalidInput(f"{what} must be an object mapping names to values", field=what)
+
+    def ok(value: Any, depth: int = 0) -> bool:
+        if depth > 20:
+            return False
+        if isinstance(value, _JSON_SCALARS):
+            return not (isinstance(value, float) and value != value)  # NaN is not data
+        if isinstance(value, list):
+            return all(ok(v, depth + 1) for v in value)
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and ok(v, depth + 1) for k, v in value.items())
+        return False
+
+    for name, value in variables.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise InvalidInput(f"'{name}' is not a valid variable name (letters, digits and _, not starting "
+                               "with _ or a digit)", field=str(name))
+        if not ok(value):
+            raise InvalidInput(f"variable '{name}' holds a value that cannot be stored", field=name)
+    return dict(variables)
+
+
+def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(audit.canonical({k: v for k, v in data.items() if not k.startswith("_")}))
+
+
+def instance_variables(workflow: BpmnWorkflow) -> dict[str, Any]:
+    """The instance's current data: the workflow's when done, else its tasks' data folded oldest to newest."""
+    if workflow.is_completed():
+        return _json_safe(workflow.data)
+    merged: dict[str, Any] = {}
+    definite = TaskState.DEFINITE_MASK | TaskState.FINISHED_MASK
+    # the pruned tree is small: fold every definite task's data, newest last
+    for task in sorted((t for t in workflow.tasks.values() if t.has_state(definite)),
+                       key=lambda t: t.last_state_change):
+        merged.update(task.data)
+    return _json_safe(merged)
+
+
+def _definition(session: Session, definition_id: str) -> DefinitionRow:
+    row = session.get(DefinitionRow, definition_id)
+    if row is None:
+        raise NotFound(f"process definition {definition_id} not found")
+    return row
+
+
+def _specs(definition: DefinitionRow) -> tuple[Any, dict[str, Any]]:
+    return SPECS.get(definition.id, lambda: definition.spec)
+
+
+@dataclass
+class _Loaded:
+    row: InstanceRow
+    definition: DefinitionRow
+    workflow: BpmnWorkflow
+    seen_revision: int
+    seen_audit_seq: int
+    events: list[Event] = field(default_factory=list)
+
+
+def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loaded:
+    row = session.get(InstanceRow, instance_id)
+    if row is None:
+        raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
+    if running and row.status != "running":
+        raise Conflict(f"process instance {instance_id} is {row.status}", instance_id=instance_id,
+                       status=row.status)
+    definition = _definition(session, row.definition_id)
+    spec, subs = _specs(definition)
+    workflow = load_state(row.state, spec, subs)
+    return _Loaded(row, definition, workflow, row.revision, row.audit_seq or 0)
+
+
+def _spiff_error(exc: Exception) -> ScriptError:
+    if isinstance(exc, ScriptError):
+        return exc
+    task_spec = getattr(exc, "task_spec", None)
+    element = getattr(task_spec, "bpmn_id", None) or getattr(getattr(exc, "task", None), "task_spec", None)
+    element = element if isinstance(element, str) else getattr(element, "bpmn_id", None)
+    line = getattr(exc, "line_number", None) or None
+    inner = getattr(exc, "exception", None) or exc.__cause__
+    if isinstance(inner, ScriptRefused):
+        line = inner.line or line
+    if isinstance(inner, ScriptBudgetExceeded) or isinstance(exc, ScriptBudgetExceeded):
+        message = f"element '{element}': {inner or exc}"
+    else:
+        message = f"element '{element}' failed: {exc}" if element else f"the workflow failed: {exc}"
+    return ScriptError(message, element_id=element, line=line)
+
+
+def _run(loaded: _Loaded, actor: Actor, settings: Settings) -> None:
+    budget = EngineBudget(settings.command_max_steps, settings.command_max_seconds)
+
+    def record(task: Task) -> None:
+        spec = task.task_spec
+        if getattr(spec, "bpmn_id", None):
+            loaded.events.append(Event("activity.completed", actor.name, {
+                "element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
+            }, task_id=str(task.id)))
+
+    try:
+        run_engine(loaded.workflow, budget, record)
+    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused, ScriptError) as exc:
+        raise _spiff_error(exc) from None
+    except RecursionError:
+        raise ScriptError("the workflow recursed too deeply (a script or the diagram loops on itself)") from None
+
+
+def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = False,
+             status: str | None = None, end_reason: str | None = None) -> None:
+    """Store state, projections and audit in the current transaction (the unit of work's steps 4-6)."""
+    row, workflow = loaded.row, loaded.workflow
+    now = clock.now()
+    if status is None:
+        status = "completed" if workflow.is_completed() else "running"
+    ended = status != "running"
+    values = {
+        "state": dump_state(workflow), "state_format": STATE_FORMAT, "status": status,
+        "variables": instance_variables(workflow), "revision": loaded.seen_revision + 1,
+        "ended_at": now if ended else None,
+        "ended_by": actor.name if ended else None, "end_reason": end_reason,
+    }
+    if new:
+        for key, value in values.items():
+            setattr(row, key, value)
+        session.add(row)
+        session.flush()
+    else:
+        moved = session.execute(
+            update(InstanceRow)
+            .where(InstanceRow.id == row.id, InstanceRow.revision == loaded.seen_revision,
+                   InstanceRow.audit_seq == loaded.seen_audit_seq)
+            .values(**values).execution_options(synchronize_session=False)
+        ).rowcount
+        if moved != 1:
+            raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+    projections.sync_tasks(session, row, workflow, loaded.definition, loaded.events, actor.name)
+    if ended:
+        projections.clear(session, row)
+        if status == "completed":
+            loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
+    else:
+        projections.sync_jobs(session, row, workflow, loaded.events, actor.name)
+        projections.sync_subscriptions(session, row, workflow)
+    _append_events(session, row, loaded.seen_audit_seq, loaded.events)
+
+
+def _append_events(session: Session, row: InstanceRow, seen_seq: int, events: list[Event]) -> None:
+    if not events:
+        return
+    snapshot = InstanceRow(id=row.id, definition_id=row.definition_id, definition_key=row.definition_key,
+                           definition_version=row.definition_version, audit_seq=seen_seq,
+                           last_audit_hash=row.last_audit_hash if seen_seq else None)
+    rows, head, seq = audit.chain_instance_events(snapshot, events)
+    moved = session.execute(
+        update(InstanceRow).where(InstanceRow.id == row.id, InstanceRow.audit_seq == seen_seq)
+        .values(audit_seq=seq, last_audit_hash=head).execution_options(synchronize_session=False)
+    ).rowcount
+    if moved != 1:
+        raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+    session.add_all(rows)
+    session.flush()
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+@dataclass
+class DeployResult:
+    deployment_id: str
+    created: bool
+    definitions: list[dict[str, Any]]
+
+
+def _definitions_of(session: Session, deployment_id: str) -> list[dict[str, Any]]:
+    rows = session.scalars(select(DefinitionRow).where(DefinitionRow.deployment_id == deployment_id)
+                           .order_by(DefinitionRow.key)).all()
+    return [{"id": r.id, "key": r.key, "version": r.version, "name": r.name, "resource": r.resource_name}
+            for r in rows]
+
+
+def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: str | None = None,
+           settings: Settings | None = None) -> DeployResult:
+    settings = settings or load_settings()
+    checksum = bundle_checksum(files) if files else ""
+    existing = session.scalar(select(DeploymentRow).where(DeploymentRow.checksum == checksum))
+    if existing is not None:
+        return DeployResult(existing.id, False, _definitions_of(session, existing.id))
+    bundle = parse_bundle(files, settings)
+    now = clock.now()
+    deployment = DeploymentRow(id=str(uuid.uuid4()), name=name or ", ".join(sorted(f.name for f in files))[:200],
+                               checksum=checksum, dialect=bundle.dialect, deployed_by=actor.name, deployed_at=now)
+    session.add(deployment)
+    session.flush()
+    import hashlib
+
+    session.add_all([DeploymentResourceRow(deployment_id=deployment.id, name=f.name, content=f.data,
+                                           sha256=hashlib.sha256(f.data).hexdigest()) for f in files])
+    created = []
+    for process in bundle.processes:
+        latest = session.scalar(select(func.max(DefinitionRow.version)).where(DefinitionRow.key == process.key))
+        row = DefinitionRow(
+            id=str(uuid.uuid4()), key=process.key, version=(latest or 0) + 1, name=process.name,
+            deployment_id=deployment.id, resource_name=process.resource_name,
+            spec=dump_specs(process.spec, process.subprocess_specs),
+            user_tasks={k: m.to_dict() for k, m in process.user_tasks.items()},
+            message_names=process.message_names, created_at=now,
+        )
+        session.add(row)
+        created.append({"id": row.id, "key": row.key, "version": row.version, "name": row.name,
+                        "resource": row.resource_name})
+    session.flush()
+    audit.append_global(session, audit.DEPLOYMENTS_CHAIN, [Event("deployment.created", actor.name, {
+        "deployment_id": deployment.id, "checksum": checksum, "files": sorted(f.name for f in files),
+        "definitions": [{"key": d["key"], "version": d["version"]} for d in created],
+    })])
+    return DeployResult(deployment.id, True, created)
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def latest_definition(session: Session, key: str, version: int | None = None) -> DefinitionRow:
+    query = select(DefinitionRow).where(DefinitionRow.key == key)
+    query = query.where(DefinitionRow.version == version) if version else query.order_by(
+        DefinitionRow.version.desc())
+    row = session.scalars(query.limit(1)).first()
+    if row is None:
+        suffix = f" version {version}" if version else ""
+        raise NotFound(f"no process definition with key '{key}'{suffix}", key=key)
+    return row
+
+
+def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[str, Any] | None = None,
+                   business_key: str | None = None, version: int | None = None,
+                   settings: Settings | None = None) -> InstanceRow:
+    settings = settings or load_settings()
+    data = _check_variables(variables)
+    if business_key is not None and (not isinstance(business_key, str) or len(business_key) > 200):
+        raise InvalidInput("business_key must be a string of at most 200 characters", field="business_key")
+    definition = latest_definition(session, key, version)
+    spec, subs = _specs(definition)
+    workflow = new_workflow(spec, subs)
+    for task in workflow.get_tasks(state=TaskState.READY):
+        task.data.update(data)
+    row = InstanceRow(
+        id=str(uuid.uuid4()), definition_id=definition.id, definition_key=definition.key,
+        definition_version=definition.version, business_key=business_key, started_by=actor.name,
+        started_at=clock.now(), audit_seq=0, revision=0,
+    )
+    loaded = _Loaded(row, definition, workflow, 0, 0)
+    loaded.events.append(Event("instance.started", actor.name, {
+        "variables": data, "business_key": business_key, "definition_key": definition.key,
+        "definition_version": definition.version,
+    }))
+    _run(loaded, actor, settings)
+    _persist(session, loaded, actor, new=True)
+    return row
+
+
+def cancel_instance(session: Session, *, instance_id: str, actor: Actor, reason: str | None = None) -> None:
+    loaded = _load(session, instance_id)
+    loaded.workflow.cancel()
+    loaded.events.append(Event("instance.cancelled", actor.name, {"reason": reason}))
+    _persist(session, loaded, actor, status="cancelled", end_reason=reason)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def get_task_row(session: Session, task_id: str) -> TaskRow:
+    row = session.get(TaskRow, task_id)
+    if row is None:
+        raise NotFound(f"task {task_id} not found", task_id=task_id)
+    return row
+
+
+def is_candidate(row: TaskRow, actor: Actor) -> bool:
+    if not row.candidate_users and not row.candidate_groups:
+        return True  # nobody named: any employee may take it (Camunda's behaviour)
+    return actor.name in row.candidate_users or bool(actor.groups & set(row.candidate_groups))
+
+
+def _require_open(row: TaskRow) -> None:
+    if row.state != "open":
+        raise Conflict(f"task '{row.name}' is already {row.state}", task_id=row.id, state=row.state)
+
+
+def may_work_on(row: TaskRow, actor: Actor) -> bool:
+    if actor.is_admin:
+        return True
+    if row.assignee:
+        return row.assignee == actor.name
+    return is_candidate(row, actor)
+
+
+def _task_event(session: Session, row: TaskRow, event: Event) -> None:
+    instance = session.get(InstanceRow, row.instance_id)
+    assert instance is not None
+    _append_events(session, instance, instance.audit_seq or 0, [event])
+
+
+def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
+    row = get_task_row(session, task_id)
+    _require_open(row)
+    if row.assignee == actor.name:
+        return row
+    if row.assignee:
+        raise Conflict(f"task '{row.name}' is already claimed by {row.assignee}", task_id=row.id,
+                       assignee=row.assignee)
+    if not (is_candidate(row, actor) or actor.is_admin):
+        raise Forbidden(f"you are not a candidate for task '{row.name}'", task_id=row.id)
+    row.assignee, row.claimed_at = actor.name, clock.now()
+    _task_event(session, row, Event("task.claimed", actor.name, {"assignee": actor.name}, task_id=row.id))
+    return row
+
+
+def unclaim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
+    row = get_task_row(session, task_id)
+    _require_open(row)
+    if not row.assignee:
+        return row
+    if row.assignee != actor.name and not actor.is_admin:
+        raise Forbidden(f"task '{row.name}' is claimed by {row.assignee}; only they can release it",
+                        task_id=row.id)
+    previous, row.assignee, row.claimed_at = row.assignee, None, None
+    _task_event(session, row, Event("task.unclaimed", actor.name, {"previous_assignee": previous}, task_id=row.id))
+    return row
+
+
+def assign_task(session: Session, *, task_id: str, assignee: str | None, actor: Actor) -> TaskRow:
+    """Set or clear the assignee. Who may assign is the caller's decision (a role check at the edge)."""
+    row = get_task_row(session, task_id)
+    _require_open(row)
+    if assignee is not None and (not isinstance(assignee, str) or not assignee.strip() or len(assignee) > 100):
+        raise InvalidInput("assignee must be a user name", field="assignee")
+    previous, row.assignee = row.assignee, assignee
+    row.claimed_at = clock.now() if assignee else None
+    _task_event(session, row, Event("task.assigned", actor.name, {"assignee": assignee, "previous_assignee": previous},
+                                    task_id=row.id))
+    return row
+
+
+def _coerce_form_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> dict[str, Any]:
+    """Camunda generated-form fields: required and type checks, with the common coercions."""
+    errors: dict[str, str] = {}
+    out = dict(variables)
+    for f in fields:
+        fid, ftype = f["id"], (f.get("type") or "string")
+        value = variables.get(fid)
+        if value is None or value == "":
+            if f.get("required"):
+                errors[fid] = "is required"
+            continue
+        try:
+            if ftype == "long":
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                out[fid] = int(value)
+            elif ftype == "boolean":
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif ftype == "date":
+                out[fid] = date.fromisoformat(str(value)[:10]) if not isinstance(value, date) else value
+            elif ftype == "enum":
+                options = {o["id"] for o in f.get("options", [])}
+                if options and value not in options:
+                    errors[fid] = f"must be one of {sorted(options)}"
+            elif ftype in ("decimal", "double"):
+                out[fid] = Decimal(str(value)) if ftype == "decimal" else float(value)
+            elif not isinstance(value, str):
+                raise ValueError
+        except (ValueError, TypeError, InvalidOperation):
+            errors[fid] = f"must be a {ftype}"
+    if errors:
+        first = next(iter(errors))
+        raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
+                           field=first, errors=errors)
+    return out
+
+
+def complete_task(session: Session, *, task_id: str, actor: Actor, variables: dict[str, Any] | None = None,
+                  settings: Settings | None = None) -> TaskRow:
+    settings = settings or load_settings()
+    data = _check_variables(variables)
+    row = get_task_row(session, task_id)
+    _require_open(row)
+    if not may_work_on(row, actor):
+        whose = f"claimed by {row.assignee}" if row.assignee else "not in your groups"
+        raise Forbidden(f"task '{row.name}' is {whose}", task_id=row.id)
+    loaded = _load(session, row.instance_id)
+    meta = loaded.definition.user_tasks.get(row.meta_key) or {}
+    if meta.get("form_fields"):
+        data = _coerce_form_fields(meta["form_fields"], data)
+    task = loaded.workflow.get_task_from_id(UUID(task_id))
+    if task is None or task.state != TaskState.READY or not task.task_spec.manual:
+        raise Conflict(f"task '{row.name}' can no longer be completed", task_id=row.id)
+    before = {k: task.data.get(k) for k in data}
+    variable = getattr(task.task_spec, "variable", None)  # Spiff UserTask's variableName
+    if variable:
+        task.data[variable] = data
+    else:
+        task.data.update(data)
+    try:
+        task.run()
+    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
+        raise _spiff_error(exc) from None
+    row.state, row.ended_at, row.completed_by = "completed", clock.now(), actor.name
+    loaded.events.append(Event("task.completed", actor.name, {
+        "element_id": row.element_id, "name": row.name, "variables": data,
+        "changed": {k: {"from": before[k], "to": v} for k, v in data.items() if before[k] != v},
+    }, task_id=row.id))
+    _run(loaded, actor, settings)
+    _persist(session, loaded, actor)
+    return row
+
+
+# --------------------------------------------------------------------------- events
+
+
+def correlate_message(session: Session, *, name: str, actor: Actor, business_key: str | None = None,
+                      correlation: dict[str, Any] | None = None, variables: dict[str, Any] | None = None,
+                      all_matches: bool = False, settings: Settings | None = None) -> list[str]:
+    settings = settings or load_settings()
+    data = _check_variables(variables)
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("a message needs a name", field="name")
+    correlation = _check_variables(correlation, "correlation")
+    query = (select(SubscriptionRow.instance_id).join(InstanceRow, InstanceRow.id == SubscriptionRow.instance_id)
+             .where(SubscriptionRow.name == name, InstanceRow.status == "running").distinct())
+    if business_key is not None:
+        query = query.where(InstanceRow.business_key == business_key)
+    instance_ids = sorted(session.scalars(query))
+    if correlation:
+        matched = []
+        for iid, values in session.execute(select(InstanceRow.id, InstanceRow.variables)
+                                           .where(InstanceRow.id.in_(instance_ids))):
+            if all(_json_safe({k: v}).get(k) == (values or {}).get(k) for k, v in correlation.items()):
+                matched.append(iid)
+        instance_ids = sorted(matched)
+    if not instance_ids:
+        raise NotFound(f"no running instance is waiting for message '{name}'", message_name=name)
+    if len(instance_ids) > 1 and not all_matches:
+        raise Conflict(f"{len(instance_ids)} instances wait for message '{name}'; narrow it with a business key "
+                       "or correlation variables, or deliver to all", message_name=name, matches=len(instance_ids))
+    for instance_id in instance_ids:
+        loaded = _load(session, instance_id)
+        waiting = [t for t in projections.waiting_events(loaded.workflow)
+                   if name in projections.message_names(t)]
+        # the event must be of the catching definition's own class (Spiff and Camunda dialects differ)
+        definition = projections.message_definition(waiting[0], name) if waiting else MessageEventDefinition(name)
+        try:
+            loaded.workflow.send_event(BpmnEvent(definition, payload=data))
+        except SpiffWorkflowException as exc:
+            raise _spiff_error(exc) from None
+        for task in waiting:
+            ed = projections.message_definition(task, name)
+            if getattr(ed, "message_var", "") is None or getattr(ed, "variable", "") is None:
+                task.data.update(data)  # these dialects drop a payload that has no variable to land in
+        loaded.events.append(Event("message.correlated", actor.name, {"message": name, "variables": data}))
+        _run(loaded, actor, settings)
+        _persist(session, loaded, actor)
+    return instance_ids
+
+
+def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None = None, actor: Actor = SYSTEM,
+                settings: Settings | None = None) -> int:
+    """Fire the instance's due timers. Returns how many were due."""
+    settings = settings or load_settings()
+    now = clock.now()
+    row = session.get(InstanceRow, instance_id)
+    if row is None or row.status != "running":
+        session.execute(delete(JobRow).where(JobRow.instance_id == instance_id))
+        return 0
+    due_query = select(JobRow).where(JobRow.instance_id == instance_id, JobRow.due_at <= now,
+                                     JobRow.state == "pending")
+    if job_ids is not None:
+        due_query = due_query.where(JobRow.id.in_(job_ids))
+    due = session.scalars(due_query).all()
+    if not due:
+        return 0
+    loaded = _load(session, instance_id)
+    for job in due:
+        loaded.events.append(Event("timer.fired", actor.name, {"element_id": job.element_id, "due_at": job.due_at},
+                                   task_id=job.task_id))
+    try:
+        loaded.workflow.refresh_timers()
+    except SpiffWorkflowException as exc:
+        raise _spiff_error(exc) from None
+    _run(loaded, actor, settings)
+    _persist(session, loaded, actor)
+    return len(due)
+
+
+def task_candidates(session: Session, task_id: str) -> list[TaskCandidateRow]:
+    return list(session.scalars(select(TaskCandidateRow).where(TaskCandidateRow.task_id == task_id)))

@@ -1,0 +1,289 @@
+"""Restricted execution of the Python that comes inside uploaded diagrams.
+
+Script tasks, gateway conditions, timer, due-date and DMN expressions are compiled with
+RestrictedPython's ``compile_restricted`` (not merely run with fewer builtins, which
+``().__class__.__base__.__subclasses__()`` escapes). On top of its policy we:
+
+- refuse imports except ``datetime``, ``decimal``, ``math`` and ``json``;
+- count loop iterations (``for``, ``while``, comprehensions) and check a wall-time
+  deadline on each count, so ``while True: pass`` fails after the budget;
+- bound ``range`` and the size of ``*``/``**``/``<<`` results, so one C-level call
+  cannot allocate or spin without passing a checkpoint.
+
+The environment plugs into SpiffWorkflow's script-engine hook
+(``PythonScriptEngine(environment=...)``). SpiffWorkflow does not serialize the engine,
+so :func:`script_engine` must be re-attached on every load (``engine.serialization``).
+"""
+from __future__ import annotations
+
+import ast
+import datetime as _datetime
+import decimal as _decimal
+import json as _json
+import math as _math
+import operator
+import re
+import threading
+import time
+import types
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from RestrictedPython import RestrictingNodeTransformer, compile_restricted_eval, compile_restricted_exec
+from RestrictedPython.Guards import (
+    full_write_guard,
+    guarded_iter_unpack_sequence,
+    guarded_unpack_sequence,
+    safe_builtins,
+    safer_getattr,
+)
+from RestrictedPython.PrintCollector import PrintCollector
+from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
+from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
+
+from engine.config import load as load_settings
+
+
+
+def _public_namespace(module: types.ModuleType) -> types.SimpleNamespace:
+    """A module's public names minus any module it imported (``json.codecs`` would reach ``open``)."""
+    names = {name: getattr(module, name) for name in dir(module) if not name.startswith("_")}
+    return types.SimpleNamespace(**{k: v for k, v in names.items() if not isinstance(v, types.ModuleType)})
+
+
+ALLOWED_MODULES = {m.__name__: _public_namespace(m) for m in (_datetime, _decimal, _math, _json)}
+MAX_RANGE = 1_000_000
+MAX_SEQUENCE = 1_000_000
+MAX_POW_BITS = 4096
+
+
+class ScriptRefused(Exception):
+    """Compile-time refusal (syntax or restricted construct), with the 1-based line."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class ScriptBudgetExceeded(Exception):
+    pass
+
+
+class _Policy(RestrictingNodeTransformer):
+    """RestrictedPython's policy plus step checkpoints and size-guarded arithmetic."""
+
+    @staticmethod
+    def _located(new: ast.AST, old: ast.AST) -> ast.AST:
+        for child in ast.walk(new):
+            if not hasattr(child, "lineno") or child is new:
+                ast.copy_location(child, old)
+        return new
+
+    def _tick(self, node: ast.AST) -> ast.stmt:
+        call = ast.Expr(ast.Call(func=ast.Name("_tick_", ast.Load()), args=[], keywords=[]))
+        return self._located(call, node)
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        node = self.node_contents_visit(node)
+        node.body.insert(0, self._tick(node))
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        node = self.node_contents_visit(node)
+        guard = {ast.Pow: "_pow_", ast.Mult: "_mul_", ast.LShift: "_lshift_"}.get(type(node.op))
+        if guard is None:
+            return node
+        call = ast.Call(func=ast.Name(guard, ast.Load()), args=[node.left, node.right], keywords=[])
+        return self._located(call, node)
+
+
+_LINE = re.compile(r"[Ll]ine (\d+)")
+
+
+@lru_cache(maxsize=4096)
+def _compile(source: str, mode: str) -> types.CodeType:
+    compiler = compile_restricted_exec if mode == "exec" else compile_restricted_eval
+    try:
+        result = compiler(source, policy=_Policy)
+    except SyntaxError as exc:  # raised by some policies for constructs they refuse outright
+        raise ScriptRefused(exc.msg, exc.lineno) from None
+    if result.errors or result.code is None:
+        message = "; ".join(result.errors) or "script refused"
+        match = _LINE.search(message)
+        raise ScriptRefused(message, int(match.group(1)) if match else None)
+    return result.code
+
+
+def check(source: str, mode: str = "exec") -> None:
+    """Raise :class:`ScriptRefused` if ``source`` would not compile in the sandbox."""
+    _compile(source, mode)
+
+
+@dataclass
+class _Budget:
+    steps_left: int
+    deadline: float
+
+
+_state = threading.local()
+
+
+def _tick() -> None:
+    budget: _Budget = _state.budget
+    budget.steps_left -= 1
+    if budget.steps_left < 0:
+        raise ScriptBudgetExceeded("script exceeded its step budget (endless loop?)")
+    if budget.steps_left % 256 == 0 and time.monotonic() > budget.deadline:
+        raise ScriptBudgetExceeded("script exceeded its time budget (endless loop?)")
+
+
+def _getiter(obj: Any):
+    for item in iter(obj):
+        _tick()
+        yield item
+
+
+def _range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise ValueError(f"range() larger than {MAX_RANGE} items is not allowed in scripts")
+    return r
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+
+
+def _mul(left: Any, right: Any) -> Any:
+    for seq, times in ((left, right), (right, left)):
+        if _size(seq) and isinstance(times, int) and _size(seq) * times > MAX_SEQUENCE:
+            raise ValueError("sequence repetition too large for a script")
+    return left * right
+
+
+def _pow(base: Any, exp: Any) -> Any:
+    if isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1:
+        if exp * max(abs(base).bit_length(), 1) > MAX_POW_BITS:
+            raise ValueError("power too large for a script")
+    return base**exp
+
+
+def _lshift(left: Any, right: Any) -> Any:
+    if isinstance(right, int) and right > MAX_POW_BITS:
+        raise ValueError("shift too large for a script")
+    return left << right
+
+
+def _import(name: str, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+    root = name.split(".")[0]
+    if level != 0 or root not in ALLOWED_MODULES or name != root:
+        raise ImportError(f"import of '{name}' is not allowed (allowed: {', '.join(sorted(ALLOWED_MODULES))})")
+    return ALLOWED_MODULES[root]
+
+
+_INPLACE = {
+    "+=": operator.iadd, "-=": operator.isub, "*=": _mul, "/=": operator.itruediv,
+    "//=": operator.ifloordiv, "%=": operator.imod, "**=": _pow, "|=": operator.ior,
+    "&=": operator.iand, "^=": operator.ixor, ">>=": operator.irshift, "<<=": _lshift,
+}
+
+
+def _inplacevar(op: str, x: Any, y: Any) -> Any:
+    return _INPLACE[op](x, y)
+
+
+def _build_builtins() -> dict[str, Any]:
+    b = dict(safe_builtins)
+    for name in ("list", "dict", "set", "frozenset", "min", "max", "sum", "any", "all", "enumerate",
+                 "map", "filter", "reversed", "sorted", "zip", "tuple", "isinstance", "bool"):
+        b[name] = __builtins__[name] if isinstance(__builtins__, dict) else getattr(__builtins__, name)
+    b["range"] = _range
+    b["__import__"] = _import
+    return b
+
+
+_BUILTINS = _build_builtins()
+_GUARDS: dict[str, Any] = {
+    "__builtins__": _BUILTINS,
+    "__name__": "sopflow_script",
+    "__metaclass__": type,
+    "_getattr_": safer_getattr,
+    "_getitem_": operator.getitem,
+    "_getiter_": _getiter,
+    "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+    "_unpack_sequence_": guarded_unpack_sequence,
+    "_write_": full_write_guard,
+    "_inplacevar_": _inplacevar,
+    "_print_": PrintCollector,
+    "_apply_": lambda f, *a, **kw: f(*a, **kw),
+    "_tick_": _tick,
+    "_mul_": _mul,
+    "_pow_": _pow,
+    "_lshift_": _lshift,
+}
+_NOT_DATA = (types.ModuleType, types.SimpleNamespace, types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)
+
+
+class _Run:
+    """Installs a fresh budget for one script or expression (re-entrant: nested calls share it)."""
+
+    def __enter__(self) -> None:
+        self.outer = getattr(_state, "budget", None)
+        if self.outer is None:
+            settings = load_settings()
+            _state.budget = _Budget(settings.script_max_steps, time.monotonic() + settings.script_max_seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.outer is None:
+            _state.budget = None
+
+
+class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
+    """SpiffWorkflow script environment that runs everything through the restricted compiler."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def evaluate(self, expression: str, context: dict, external_context: dict | None = None) -> Any:
+        code = _compile(expression.strip(), "eval")
+        scope = {**context, **(external_context or {}), **_GUARDS}
+        with _Run():
+            return eval(code, scope)  # noqa: S307  (restricted bytecode, guarded globals)
+
+    def execute(self, script: str, context: dict, external_context: dict | None = None) -> bool:
+        code = _compile(script, "exec")
+        external = external_context or {}
+        scope = {**context, **external, **_GUARDS}
+        with _Run():
+            exec(code, scope)  # noqa: S102  (restricted bytecode, guarded globals)
+        for key in list(context):
+            if key not in scope:
+                del context[key]
+        for key, value in scope.items():
+            if key in _GUARDS or key.startswith("_") or isinstance(value, _NOT_DATA):
+                continue
+            if key in external and external[key] is value:
+                continue
+            context[key] = value
+        return True
+
+    def call_service(self, context: dict, **kwargs: Any) -> Any:
+        raise NotImplementedError("service tasks have no connector in sopflow")
+
+
+class SandboxedScriptEngine(PythonScriptEngine):
+    """SpiffWorkflow's engine with the restricted environment; compile errors carry their line."""
+
+    def __init__(self) -> None:
+        super().__init__(environment=RestrictedEnvironment())
+
+    def validate(self, expression: str) -> None:
+        check(expression, "eval")
+
+
+_ENGINE = SandboxedScriptEngine()
+
+
+def script_engine() -> SandboxedScriptEngine:
+    return _ENGINE

@@ -1,0 +1,126 @@
+"""Workflow state <-> JSON, with specs stored once per definition version.
+
+SpiffWorkflow embeds the whole spec and every call-activity spec in each serialized
+instance. We register a lean converter for ``BpmnWorkflow`` that leaves them out;
+the specs live in ``process_definitions.spec`` and are restored once per process
+(cached by definition id) and handed back on load.
+
+Invariants kept here:
+- every load re-attaches the sandboxed script engine (SpiffWorkflow does not
+  serialize it and would silently fall back to plain ``exec``);
+- task data may hold what forms and scripts produce: JSON types plus ``date``,
+  ``datetime``, ``time``, ``timedelta``, ``Decimal`` and ``UUID``.
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+from collections import OrderedDict
+from datetime import date, time
+from decimal import Decimal
+from threading import Lock
+from typing import Any
+from uuid import UUID
+
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
+from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, WorkflowConverter
+from SpiffWorkflow.bpmn.serializer.helpers.registry import DefaultRegistry
+from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
+from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
+
+from engine.sandbox import script_engine
+
+_specs: contextvars.ContextVar[tuple[Any, dict[str, Any]]] = contextvars.ContextVar("sopflow_specs")
+
+
+class _LeanWorkflowConverter(BpmnWorkflowConverter):
+    """Like SpiffWorkflow's converter, minus the embedded specs (we store them per definition)."""
+
+    def to_dict(self, workflow: BpmnWorkflow) -> dict[str, Any]:
+        dct = WorkflowConverter.to_dict(self, workflow)
+        dct["subprocesses"] = self.mapping_to_dict(workflow.subprocesses)
+        dct["bpmn_events"] = self.registry.convert(workflow.bpmn_events)
+        return dct
+
+    def from_dict(self, dct: dict[str, Any]) -> BpmnWorkflow:
+        spec, subprocess_specs = _specs.get()
+        dct = {**dct, "spec": None, "subprocess_specs": {}}
+        dct.pop("spec")
+        dct.pop("subprocess_specs")
+        workflow = self.target_class(spec, subprocess_specs, deserializing=True)
+        workflow.tasks = self.mapping_from_dict(dct["tasks"], UUID, workflow=workflow)
+        workflow.task_tree = workflow.tasks.get(UUID(dct["root"]))
+        self.set_default_attributes(workflow, dct)
+        self.subprocesses_from_dict(dict(dct["subprocesses"]), workflow)
+        workflow.bpmn_events = self.registry.restore(dct.get("bpmn_events", []))
+        return workflow
+
+
+def _registry() -> DefaultRegistry:
+    registry = DefaultRegistry()
+    registry.register(date, lambda v: {"value": v.isoformat()}, lambda v: date.fromisoformat(v["value"]))
+    registry.register(time, lambda v: {"value": v.isoformat()}, lambda v: time.fromisoformat(v["value"]))
+    registry.register(Decimal, lambda v: {"value": str(v)}, lambda v: Decimal(v["value"]))
+    config = {**CAMUNDA_CONFIG, **SPIFF_CONFIG, BpmnWorkflow: _LeanWorkflowConverter}
+    return BpmnWorkflowSerializer.configure(config, registry)
+
+
+SERIALIZER = BpmnWorkflowSerializer(_registry())
+STATE_FORMAT = f"sopflow-1/spiff-{SERIALIZER.VERSION}"
+
+
+def dump_specs(spec: Any, subprocess_specs: dict[str, Any]) -> str:
+    registry = SERIALIZER.registry
+    return json.dumps({
+        "spec": registry.convert(spec),
+        "subprocess_specs": {name: registry.convert(s) for name, s in subprocess_specs.items()},
+    })
+
+
+def load_specs(text: str) -> tuple[Any, dict[str, Any]]:
+    registry = SERIALIZER.registry
+    dct = json.loads(text)
+    return registry.restore(dct["spec"]), {n: registry.restore(s) for n, s in dct["subprocess_specs"].items()}
+
+
+class SpecCache:
+    """Restored specs per definition id (definitions are immutable once deployed)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._items: OrderedDict[str, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._size = size
+        self._lock = Lock()
+
+    def get(self, definition_id: str, loader) -> tuple[Any, dict[str, Any]]:
+        with self._lock:
+            if definition_id in self._items:
+                self._items.move_to_end(definition_id)
+                return self._items[definition_id]
+        specs = load_specs(loader())
+        with self._lock:
+            self._items[definition_id] = specs
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return specs
+
+
+SPECS = SpecCache()
+
+
+def new_workflow(spec: Any, subprocess_specs: dict[str, Any]) -> BpmnWorkflow:
+    return BpmnWorkflow(spec, subprocess_specs, script_engine=script_engine())
+
+
+def dump_state(workflow: BpmnWorkflow) -> str:
+    return SERIALIZER.serialize_json(workflow)
+
+
+def load_state(state: str, spec: Any, subprocess_specs: dict[str, Any]) -> BpmnWorkflow:
+    token = _specs.set((spec, subprocess_specs))
+    try:
+        workflow = SERIALIZER.deserialize_json(state)
+    finally:
+        _specs.reset(token)
+    workflow.script_engine = script_engine()
+    return workflow

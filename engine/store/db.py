@@ -1,0 +1,108 @@
+"""Database engines, sessions and the edge's transaction helper.
+
+- SQLite (the embedded default): WAL, ``synchronous=FULL`` (a commit is durable),
+  foreign keys on, and write transactions opened with ``BEGIN IMMEDIATE`` so two
+  writers queue on the busy timeout instead of failing a read-to-write upgrade.
+- PostgreSQL (``postgresql+psycopg://``): the scale-out path; instances are guarded
+  by their ``revision`` column and jobs are claimed with ``FOR UPDATE SKIP LOCKED``.
+
+:meth:`Database.command` is the edge of a unit of work: it opens one transaction,
+runs the command (which only flushes), commits, and retries the whole command a
+bounded number of times when another writer moved the instance first.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.errors import Conflict, StaleInstance
+
+T = TypeVar("T")
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("sopflow_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+        write_bind = self.engine.execution_options(sopflow_write=True)
+        self._write = sessionmaker(bind=write_bind, expire_on_commit=False, autoflush=True)
+        self._read = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
+        self.retries = 5
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session for queries (never commits)."""
+        session = self._read()
+        try:
+            yield session
+        finally:
+            session.close()  # ends the transaction; loaded objects stay readable (detached)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction: commit on success, roll back on any error."""
+        session = self._write()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def command(self, fn: Callable[[Session], T], *, retries: int | None = None) -> T:
+        """Run ``fn`` as one unit of work, retrying when another writer got there first."""
+        attempts = (self.retries if retries is None else retries) + 1
+        for attempt in range(attempts):
+            try:
+                with self.transaction() as session:
+                    return fn(session)
+            except StaleInstance:
+                if attempt == attempts - 1:
+                    raise
+            except IntegrityError as exc:  # a concurrent writer appended to the same audit chain
+                if attempt == attempts - 1 or "audit" not in str(exc.orig).lower() and "chain" not in str(exc.orig).lower():
+                    raise Conflict("another change was stored at the same time; please retry") from None
+            except OperationalError as exc:
+                transient = any(s in str(exc.orig).lower() for s in ("locked", "deadlock", "serialize"))
+                if not transient or attempt == attempts - 1:
+                    raise
+            time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # noqa: S311 (jitter, not crypto)
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        self.engine.dispose()

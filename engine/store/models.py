@@ -1,0 +1,253 @@
+"""SQLAlchemy 2 models for every table in DESIGN.md.
+
+``process_instances.state`` holds the serialized workflow (without specs) guarded by
+``revision``; ``tasks``, ``jobs`` and ``event_subscriptions`` are projections of that
+state, re-synced in the same transaction by every command; ``audit_events`` is the
+append-only, hash-chained log. Relationships are not declared: queries are explicit.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use engine.clock")
+        from datetime import UTC
+
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        from datetime import UTC
+
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    checksum: Mapped[str] = mapped_column(String(64), unique=True)
+    dialect: Mapped[str] = mapped_column(String(20))
+    deployed_by: Mapped[str | None] = mapped_column(String(100))
+    deployed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeploymentResourceRow(Base):
+    __tablename__ = "deployment_resources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class DefinitionRow(Base):
+    __tablename__ = "process_definitions"
+    __table_args__ = (UniqueConstraint("key", "version"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    resource_name: Mapped[str] = mapped_column(String(255))
+    spec: Mapped[str] = mapped_column(Text, deferred=True)  # restored once per process (SpecCache)
+    user_tasks: Mapped[dict[str, Any]] = mapped_column(JSON)
+    message_names: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class InstanceRow(Base):
+    __tablename__ = "process_instances"
+    __table_args__ = (
+        Index("ix_process_instances_status_started", "status", "started_at"),
+        Index("ix_process_instances_key_status", "definition_key", "status"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    definition_id: Mapped[str] = mapped_column(ForeignKey("process_definitions.id"), index=True)
+    definition_key: Mapped[str] = mapped_column(String(200))
+    definition_version: Mapped[int] = mapped_column(Integer)
+    business_key: Mapped[str | None] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(20))  # running | completed | cancelled
+    state: Mapped[str] = mapped_column(Text, deferred=True)
+    state_format: Mapped[str] = mapped_column(String(40))
+    variables: Mapped[dict[str, Any]] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer)
+    started_by: Mapped[str | None] = mapped_column(String(100), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_by: Mapped[str | None] = mapped_column(String(100))
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    last_audit_hash: Mapped[str | None] = mapped_column(String(64))
+    audit_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_state_assignee", "state", "assignee"),
+        Index("ix_tasks_state_due", "state", "due_at"),
+        Index("ix_tasks_instance_state", "instance_id", "state"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # SpiffWorkflow task UUID
+    instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"))
+    definition_id: Mapped[str] = mapped_column(String(36))
+    definition_key: Mapped[str] = mapped_column(String(200), index=True)
+    element_id: Mapped[str] = mapped_column(String(200))
+    meta_key: Mapped[str] = mapped_column(String(400))
+    name: Mapped[str] = mapped_column(String(400))
+    lane: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20))  # open | completed | cancelled
+    assignee: Mapped[str | None] = mapped_column(String(100))
+    candidate_users: Mapped[list[str]] = mapped_column(JSON)
+    candidate_groups: Mapped[list[str]] = mapped_column(JSON)
+    form_key: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    follow_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class TaskCandidateRow(Base):
+    """One row per candidate user or group of an open task: the inbox's index."""
+
+    __tablename__ = "task_candidates"
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)  # user | group
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    __table_args__ = (Index("ix_task_candidates_kind_name", "kind", "name"),)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "state", "due_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(30))  # timer
+    instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    element_id: Mapped[str | None] = mapped_column(String(200))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | failed (incident)
+    lock_owner: Mapped[str | None] = mapped_column(String(100))
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SubscriptionRow(Base):
+    """A waiting message catch event (projection), for correlation without deserializing."""
+
+    __tablename__ = "event_subscriptions"
+    __table_args__ = (Index("ix_event_subscriptions_name", "name"),)
+    task_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # message
+    element_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class AuditEventRow(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        UniqueConstraint("chain", "chain_seq"),
+        Index("ix_audit_events_actor_time", "actor", "occurred_at"),
+        Index("ix_audit_events_action_time", "action", "occurred_at"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(60))
+    chain_seq: Mapped[int] = mapped_column(Integer)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str | None] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(60))
+    instance_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    definition_id: Mapped[str | None] = mapped_column(String(36))
+    definition_key: Mapped[str | None] = mapped_column(String(200), index=True)
+    definition_version: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly as hashed
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class ChainHeadRow(Base):
+    """Head of the non-instance audit chains (deployments, identity)."""
+
+    __tablename__ = "audit_chain_heads"
+    chain: Mapped[str] = mapped_column(String(60), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))  # designer | employee | auditor | admin
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GroupRow(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class MembershipRow(Base):
+    __tablename__ = "memberships"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+
+
+class ApiTokenRow(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
