@@ -124,6 +124,9 @@ def bundle_checksum(files: list[UploadedFile]) -> str:
 _ISO_DURATION = re.compile(r"^-?P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 
 
+_UNQUOTED_TIME = re.compile(r"^(R\d*/)?(-?P[0-9YMWDTHS.]+|\d{4}-\d{2}-\d{2}\S*)(/\S+)?$")
+
+
 def _owner_id(node: etree._Element) -> str | None:
     while node is not None:
         if node.get("id"):
@@ -162,7 +165,15 @@ def _check_expressions(name: str, root: etree._Element) -> None:
     )
     for el in root.xpath(expression_paths, namespaces=ns):
         checks.append((el, el.text or "", "eval"))
+    timer_tags = {f"{{{BPMN_NS}}}{t}" for t in ("timeDuration", "timeDate", "timeCycle")}
     for el, source, mode in checks:
+        text = source.strip()
+        if el.tag in timer_tags and _UNQUOTED_TIME.match(text):
+            raise InvalidDefinition(
+                f"{name}: timer '{_owner_id(el)}' has the bare value {text}; timer expressions are Python, "
+                f'so write it quoted, e.g. "PT24H"',
+                file=name, element_id=_owner_id(el), line=el.sourceline,
+            )
         if mode == "eval" and not source.strip():
             raise InvalidDefinition(
                 f"{name}: empty expression in element '{_owner_id(el)}'",
@@ -172,11 +183,8 @@ def _check_expressions(name: str, root: etree._Element) -> None:
             sandbox.check(source.strip() if mode == "eval" else source, mode)
         except sandbox.ScriptRefused as exc:
             line = el.sourceline + (exc.line - 1 if exc.line else 0) if el.sourceline else None
-            hint = ""
-            if mode == "eval" and source.strip().startswith("P") and _ISO_DURATION.match(source.strip()):
-                hint = ' (timer expressions are Python: write the duration quoted, e.g. "PT24H")'
             raise InvalidDefinition(
-                f"{name}: element '{_owner_id(el)}' has an invalid script or expression{hint}: {exc}",
+                f"{name}: element '{_owner_id(el)}' has an invalid script or expression: {exc}",
                 file=name, element_id=_owner_id(el), line=line,
             ) from None
 

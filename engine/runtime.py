@@ -36,7 +36,7 @@ from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptErr
 from engine.execution import EngineBudget, run_engine
 from engine.loading import UploadedFile, bundle_checksum, parse_bundle
 from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
-from engine.serialization import SPECS, STATE_FORMAT, dump_specs, dump_state, load_state, new_workflow
+from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_specs, dump_state, load_state, new_workflow
 from engine.store.models import (
     DefinitionRow,
     DeploymentResourceRow,
@@ -120,7 +120,7 @@ def _definition(session: Session, definition_id: str) -> DefinitionRow:
     return row
 
 
-def _specs(definition: DefinitionRow) -> tuple[Any, dict[str, Any]]:
+def _specs(definition: DefinitionRow) -> Specs:
     return SPECS.get(definition.id, lambda: definition.spec)
 
 
@@ -128,6 +128,7 @@ def _specs(definition: DefinitionRow) -> tuple[Any, dict[str, Any]]:
 class _Loaded:
     row: InstanceRow
     definition: DefinitionRow
+    specs: Specs
     workflow: BpmnWorkflow
     seen_revision: int
     seen_audit_seq: int
@@ -142,9 +143,9 @@ def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loade
         raise Conflict(f"process instance {instance_id} is {row.status}", instance_id=instance_id,
                        status=row.status)
     definition = _definition(session, row.definition_id)
-    spec, subs = _specs(definition)
-    workflow = load_state(row.state, spec, subs)
-    return _Loaded(row, definition, workflow, row.revision, row.audit_seq or 0)
+    specs = _specs(definition)
+    workflow = load_state(row.state, specs)
+    return _Loaded(row, definition, specs, workflow, row.revision, row.audit_seq or 0)
 
 
 def _spiff_error(exc: Exception) -> ScriptError:
@@ -191,7 +192,7 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         status = "completed" if workflow.is_completed() else "running"
     ended = status != "running"
     values = {
-        "state": dump_state(workflow), "state_format": STATE_FORMAT, "status": status,
+        "state": dump_state(loaded.specs, workflow), "state_format": STATE_FORMAT, "status": status,
         "variables": instance_variables(workflow), "revision": loaded.seen_revision + 1,
         "ended_at": now if ended else None,
         "ended_by": actor.name if ended else None, "end_reason": end_reason,
@@ -278,7 +279,7 @@ def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: s
         row = DefinitionRow(
             id=str(uuid.uuid4()), key=process.key, version=(latest or 0) + 1, name=process.name,
             deployment_id=deployment.id, resource_name=process.resource_name,
-            spec=dump_specs(process.spec, process.subprocess_specs),
+            spec=dump_specs(bundle.dialect, process.spec, process.subprocess_specs),
             user_tasks={k: m.to_dict() for k, m in process.user_tasks.items()},
             message_names=process.message_names, created_at=now,
         )
@@ -315,8 +316,8 @@ def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[
     if business_key is not None and (not isinstance(business_key, str) or len(business_key) > 200):
         raise InvalidInput("business_key must be a string of at most 200 characters", field="business_key")
     definition = latest_definition(session, key, version)
-    spec, subs = _specs(definition)
-    workflow = new_workflow(spec, subs)
+    specs = _specs(definition)
+    workflow = new_workflow(specs)
     for task in workflow.get_tasks(state=TaskState.READY):
         task.data.update(data)
     row = InstanceRow(
@@ -324,7 +325,7 @@ def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[
         definition_version=definition.version, business_key=business_key, started_by=actor.name,
         started_at=clock.now(), audit_seq=0, revision=0,
     )
-    loaded = _Loaded(row, definition, workflow, 0, 0)
+    loaded = _Loaded(row, definition, specs, workflow, 0, 0)
     loaded.events.append(Event("instance.started", actor.name, {
         "variables": data, "business_key": business_key, "definition_key": definition.key,
         "definition_version": definition.version,

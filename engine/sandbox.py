@@ -36,7 +36,7 @@ from RestrictedPython.Guards import (
     guarded_iter_unpack_sequence,
     guarded_unpack_sequence,
     safe_builtins,
-    safer_getattr,
+    safer_getattr_raise,
 )
 from RestrictedPython.PrintCollector import PrintCollector
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
@@ -208,7 +208,7 @@ _GUARDS: dict[str, Any] = {
     "__builtins__": _BUILTINS,
     "__name__": "sopflow_script",
     "__metaclass__": type,
-    "_getattr_": safer_getattr,
+    "_getattr_": safer_getattr_raise,  # a missing attribute raises, as in Python
     "_getitem_": operator.getitem,
     "_getiter_": _getiter,
     "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
@@ -221,6 +221,21 @@ _GUARDS: dict[str, Any] = {
     "_mul_": _mul,
     "_pow_": _pow,
     "_lshift_": _lshift,
+}
+def _now() -> _datetime.datetime:
+    from engine import clock
+
+    return clock.now()
+
+
+def _today() -> _datetime.date:
+    return _now().date()
+
+
+# Convenience names every script and expression sees (task data of the same name wins).
+HELPERS: dict[str, Any] = {
+    "now": _now, "today": _today, "timedelta": _datetime.timedelta, "date": _datetime.date,
+    "Decimal": _decimal.Decimal,
 }
 _NOT_DATA = (types.ModuleType, types.SimpleNamespace, types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)
 
@@ -247,14 +262,14 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
 
     def evaluate(self, expression: str, context: dict, external_context: dict | None = None) -> Any:
         code = _compile(expression.strip(), "eval")
-        scope = {**context, **(external_context or {}), **_GUARDS}
+        scope = {**HELPERS, **context, **(external_context or {}), **_GUARDS}
         with _Run():
             return eval(code, scope)  # noqa: S307  (restricted bytecode, guarded globals)
 
     def execute(self, script: str, context: dict, external_context: dict | None = None) -> bool:
         code = _compile(script, "exec")
         external = external_context or {}
-        scope = {**context, **external, **_GUARDS}
+        scope = {**HELPERS, **context, **external, **_GUARDS}
         with _Run():
             exec(code, scope)  # noqa: S102  (restricted bytecode, guarded globals)
         for key in list(context):
@@ -263,7 +278,7 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
         for key, value in scope.items():
             if key in _GUARDS or key.startswith("_") or isinstance(value, _NOT_DATA):
                 continue
-            if key in external and external[key] is value:
+            if (key in external and external[key] is value) or (key in HELPERS and HELPERS[key] is value):
                 continue
             context[key] = value
         return True

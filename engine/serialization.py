@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextvars
 import json
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, time
 from decimal import Decimal
 from threading import Lock
@@ -57,42 +59,55 @@ class _LeanWorkflowConverter(BpmnWorkflowConverter):
         return workflow
 
 
-def _registry() -> DefaultRegistry:
+def _registry(config: dict[Any, Any]) -> DefaultRegistry:
     registry = DefaultRegistry()
     registry.register(date, lambda v: {"value": v.isoformat()}, lambda v: date.fromisoformat(v["value"]))
     registry.register(time, lambda v: {"value": v.isoformat()}, lambda v: time.fromisoformat(v["value"]))
     registry.register(Decimal, lambda v: {"value": str(v)}, lambda v: Decimal(v["value"]))
-    config = {**CAMUNDA_CONFIG, **SPIFF_CONFIG, BpmnWorkflow: _LeanWorkflowConverter}
-    return BpmnWorkflowSerializer.configure(config, registry)
+    return BpmnWorkflowSerializer.configure({**config, BpmnWorkflow: _LeanWorkflowConverter}, registry)
 
 
-SERIALIZER = BpmnWorkflowSerializer(_registry())
-STATE_FORMAT = f"sopflow-1/spiff-{SERIALIZER.VERSION}"
+# One serializer per dialect: the registry keys converters by class *name*, and both
+# dialects have a ``UserTask``, ``BusinessRuleTask``, ... of their own.
+SERIALIZERS = {
+    "spiff": BpmnWorkflowSerializer(_registry(SPIFF_CONFIG)),
+    "camunda": BpmnWorkflowSerializer(_registry(CAMUNDA_CONFIG)),
+}
+STATE_FORMAT = f"sopflow-1/spiff-{SERIALIZERS['spiff'].VERSION}"
 
 
-def dump_specs(spec: Any, subprocess_specs: dict[str, Any]) -> str:
-    registry = SERIALIZER.registry
+def dump_specs(dialect: str, spec: Any, subprocess_specs: dict[str, Any]) -> str:
+    registry = SERIALIZERS[dialect].registry
     return json.dumps({
+        "dialect": dialect,
         "spec": registry.convert(spec),
         "subprocess_specs": {name: registry.convert(s) for name, s in subprocess_specs.items()},
     })
 
 
-def load_specs(text: str) -> tuple[Any, dict[str, Any]]:
-    registry = SERIALIZER.registry
+@dataclass(frozen=True)
+class Specs:
+    dialect: str
+    spec: Any
+    subprocess_specs: dict[str, Any]
+
+
+def load_specs(text: str) -> Specs:
     dct = json.loads(text)
-    return registry.restore(dct["spec"]), {n: registry.restore(s) for n, s in dct["subprocess_specs"].items()}
+    registry = SERIALIZERS[dct["dialect"]].registry
+    return Specs(dct["dialect"], registry.restore(dct["spec"]),
+                 {n: registry.restore(s) for n, s in dct["subprocess_specs"].items()})
 
 
 class SpecCache:
     """Restored specs per definition id (definitions are immutable once deployed)."""
 
     def __init__(self, size: int = 256) -> None:
-        self._items: OrderedDict[str, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._items: OrderedDict[str, Specs] = OrderedDict()
         self._size = size
         self._lock = Lock()
 
-    def get(self, definition_id: str, loader) -> tuple[Any, dict[str, Any]]:
+    def get(self, definition_id: str, loader: Callable[[], str]) -> Specs:
         with self._lock:
             if definition_id in self._items:
                 self._items.move_to_end(definition_id)
@@ -108,18 +123,18 @@ class SpecCache:
 SPECS = SpecCache()
 
 
-def new_workflow(spec: Any, subprocess_specs: dict[str, Any]) -> BpmnWorkflow:
-    return BpmnWorkflow(spec, subprocess_specs, script_engine=script_engine())
+def new_workflow(specs: Specs) -> BpmnWorkflow:
+    return BpmnWorkflow(specs.spec, specs.subprocess_specs, script_engine=script_engine())
 
 
-def dump_state(workflow: BpmnWorkflow) -> str:
-    return SERIALIZER.serialize_json(workflow)
+def dump_state(specs: Specs, workflow: BpmnWorkflow) -> str:
+    return SERIALIZERS[specs.dialect].serialize_json(workflow)
 
 
-def load_state(state: str, spec: Any, subprocess_specs: dict[str, Any]) -> BpmnWorkflow:
-    token = _specs.set((spec, subprocess_specs))
+def load_state(state: str, specs: Specs) -> BpmnWorkflow:
+    token = _specs.set((specs.spec, specs.subprocess_specs))
     try:
-        workflow = SERIALIZER.deserialize_json(state)
+        workflow = SERIALIZERS[specs.dialect].deserialize_json(state)
     finally:
         _specs.reset(token)
     workflow.script_engine = script_engine()
