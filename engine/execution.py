@@ -15,8 +15,15 @@ still influence the future. After every engine round we:
 What is never touched, because SpiffWorkflow reads it later:
 - any unfinished task and its direct parent (joins identify the arriving flow by
   ``task.parent.task_spec``; inclusive gateways likewise);
-- the children of boundary-event and start-event splits, multi-instance, loop,
-  sub-process and event-based-gateway tasks (their specs inspect their children);
+- above every unfinished task, the nearest ancestor of each spec that feeds a
+  multi-input parallel or inclusive gateway (the parallel gateway walks ancestors to
+  decide which inputs a loop's next token has already passed);
+- the newest cancelled token of each join per arriving flow, with its parent
+  (a join's next firing merges that parent's data, e.g. the end join merging a
+  finished non-interrupting branch);
+- the children of boundary-event and start-event splits while anything below them
+  is unfinished, and of unfinished multi-instance, loop, sub-process and
+  event-based-gateway tasks (their specs inspect their children);
 - the root.
 Sub-workflows whose parent task was removed are deleted with it. The tree then stays
 bounded by the diagram's width, not by the instance's history.
@@ -36,6 +43,7 @@ from SpiffWorkflow.bpmn.specs.control import BoundaryEventSplit, StartEventSplit
 from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
+from SpiffWorkflow.bpmn.specs.mixins.unstructured_join import UnstructuredJoin
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
 
@@ -43,7 +51,8 @@ from engine.errors import ScriptError
 
 from SpiffWorkflow.bpmn.specs.mixins.events.intermediate_event import EventBasedGateway
 
-_CHILD_INSPECTING = (BoundaryEventSplit, StartEventSplit, LoopTask, SubWorkflowTask, EventBasedGateway)
+_SPLITS = (BoundaryEventSplit, StartEventSplit)
+_CHILD_INSPECTING = (LoopTask, SubWorkflowTask, EventBasedGateway)
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
 
 
@@ -51,9 +60,46 @@ def _finished(task: Task) -> bool:
     return task.has_state(_FINISHED)
 
 
+def _join_inputs(spec: Any) -> frozenset[Any]:
+    """Specs that feed a multi-input parallel/inclusive gateway (cached per workflow spec)."""
+    cached = getattr(spec, "_sopflow_join_inputs", None)
+    if cached is None:
+        cached = frozenset(
+            i for ts in spec.task_specs.values()
+            if isinstance(ts, UnstructuredJoin) and len(ts.inputs) > 1 for i in ts.inputs
+        )
+        spec._sopflow_join_inputs = cached
+    return cached
+
+
+def _pinned(workflow: Any, tasks: dict[Any, Task]) -> set[Any]:
+    """The nearest ancestor of each join-input spec above every unfinished task.
+
+    SpiffWorkflow's parallel gateway decides which inputs a join still waits for by walking
+    a task's ancestors until it meets a task of an input spec; one such ancestor per spec and
+    path is all it ever needs, so that one is kept and older ones may go.
+    """
+    inputs = _join_inputs(workflow.spec)
+    if not inputs:
+        return set()
+    pinned: set[Any] = set()
+    for task in tasks.values():
+        if _finished(task):
+            continue
+        seen: set[Any] = set()
+        node = tasks.get(task._parent)
+        while node is not None and len(seen) < len(inputs):
+            if node.task_spec in inputs and node.task_spec not in seen:
+                seen.add(node.task_spec)
+                pinned.add(node.id)
+            node = tasks.get(node._parent)
+    return pinned
+
+
 def _prune_tree(workflow: Any, removed: list[Task]) -> None:
     root = workflow.task_tree
     tasks = workflow.tasks
+    pinned = _pinned(workflow, tasks)
     # post-order over an explicit stack: which subtrees are wholly finished?
     order: list[Task] = []
     stack = [root]
@@ -62,8 +108,28 @@ def _prune_tree(workflow: Any, removed: list[Task]) -> None:
         order.append(task)
         stack.extend(tasks[c] for c in task._children if c in tasks)
     dead: dict[Any, bool] = {}
+    # the newest superseded (cancelled) token of each join, per arriving flow, is merged into
+    # the join's next firing (UnstructuredJoin._run_hook reads its parent's data): keep it
+    # and its parent
+    newest: dict[tuple[Any, Any], Task] = {}
+    for task in order:
+        if (isinstance(task.task_spec, UnstructuredJoin) and task.state == TaskState.CANCELLED
+                and task._parent in tasks):
+            key = (task.task_spec, tasks[task._parent].task_spec)
+            if key not in newest or task.last_state_change >= newest[key].last_state_change:
+                newest[key] = task
+    for token in newest.values():
+        pinned.add(token.id)
+        pinned.add(token._parent)
+    live: dict[Any, bool] = {}
     for task in reversed(order):
-        dead[task.id] = _finished(task) and all(dead.get(c, True) for c in task._children)
+        live[task.id] = not _finished(task) or any(live.get(c, False) for c in task._children)
+        dead[task.id] = task.id not in pinned and not live[task.id]
+
+    def inspects_children(parent: Task) -> bool:
+        if isinstance(parent.task_spec, _SPLITS):
+            return live[parent.id]  # a split completes at once; its children matter while any is live
+        return isinstance(parent.task_spec, _CHILD_INSPECTING) and not _finished(parent)
 
     def remove(task: Task) -> None:
         sub = [task]
@@ -79,16 +145,17 @@ def _prune_tree(workflow: Any, removed: list[Task]) -> None:
         parent = tasks.get(task._parent)
         if parent is None:
             continue
-        inspecting = isinstance(parent.task_spec, _CHILD_INSPECTING)
+        inspecting = inspects_children(parent)
         if dead[task.id] and _finished(parent) and not inspecting:
             parent._children.remove(task.id)
             remove(task)
             continue
         if (
-            _finished(task)
+            task.id not in pinned
+            and _finished(task)
             and _finished(parent)
             and not inspecting
-            and not isinstance(task.task_spec, _CHILD_INSPECTING)
+            and not (isinstance(task.task_spec, _SPLITS) and live[task.id])
             and len(task._children) == 1
         ):
             child = tasks.get(task._children[0])
