@@ -58,12 +58,18 @@ MAX_SEQUENCE = 1_000_000
 MAX_POW_BITS = 4096
 
 
-class ScriptRefused(Exception):
-    """Compile-time refusal (syntax or restricted construct), with the 1-based line."""
+class ScriptRefused(SyntaxError):
+    """Compile-time refusal (syntax or restricted construct), with the 1-based line.
+
+    A ``SyntaxError`` because SpiffWorkflow's DMN engine probes ``validate()`` for one.
+    """
 
     def __init__(self, message: str, line: int | None) -> None:
         super().__init__(message)
         self.line = line
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "script refused"
 
 
 class ScriptBudgetExceeded(Exception):

@@ -1,0 +1,125 @@
+"""The unit of work under concurrent writers (real threads, real databases)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from engine import audit, runtime
+from engine.errors import Conflict, StaleInstance
+from engine.runtime import cancel_instance, complete_task, start_instance
+from tests.bpmnkit import Bpmn
+from tests.helpers import ALICE, BOB, deploy_xml, instance, open_tasks
+
+
+def _parallel() -> bytes:
+    b = (Bpmn("par").start().parallel("split").user("a", props={"candidateGroups": "staff"})
+         .user("b", props={"candidateGroups": "staff"}).parallel("join")
+         .user("c", props={"candidateGroups": "staff"}).end())
+    b.chain("start", "split").flow("split", "a").flow("split", "b").flow("a", "join").flow("b", "join")
+    return b.chain("join", "c", "end").xml()
+
+
+def _race(monkeypatch, db, *jobs):
+    """Run the commands in threads; each pauses after loading the instance until all have loaded."""
+    barrier = threading.Barrier(len(jobs), timeout=2)
+    conflicts = []
+    original_run, original_persist = runtime._run, runtime._persist
+
+    def paused_run(loaded, actor, settings):
+        if not db.is_sqlite:  # SQLite queues writers at BEGIN IMMEDIATE: the other cannot have loaded yet
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass  # a retry runs alone
+        return original_run(loaded, actor, settings)
+
+    def counted_persist(*args, **kwargs):
+        try:
+            return original_persist(*args, **kwargs)
+        except StaleInstance:
+            conflicts.append(1)
+            raise
+
+    monkeypatch.setattr(runtime, "_run", paused_run)
+    monkeypatch.setattr(runtime, "_persist", counted_persist)
+    outcomes: list[object] = [None] * len(jobs)
+
+    def worker(i, job):
+        try:
+            outcomes[i] = db.command(job)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertions
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i, j)) for i, j in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes, conflicts
+
+
+def test_concurrent_completions_of_parallel_tasks_both_land(db, clock, monkeypatch):
+    deploy_xml(db, _parallel())
+    row = db.command(lambda s: start_instance(s, key="par", actor=ALICE))
+    a, b = open_tasks(db, row.id)
+    outcomes, conflicts = _race(
+        monkeypatch, db,
+        lambda s: complete_task(s, task_id=a.id, actor=ALICE, variables={"from_a": 1}),
+        lambda s: complete_task(s, task_id=b.id, actor=BOB, variables={"from_b": 2}),
+    )
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    [c] = open_tasks(db, row.id)
+    assert c.element_id == "c"
+    stored = instance(db, row.id)
+    assert stored.revision == 3 and stored.variables["from_a"] == 1 and stored.variables["from_b"] == 2
+    if not db.is_sqlite:
+        assert conflicts, "both loaded the same revision; one must have retried"
+    with db.read() as s:
+        assert audit.verify(s).ok
+
+
+def test_completion_racing_a_cancel_loses_cleanly(db, clock, monkeypatch):
+    deploy_xml(db, _parallel())
+    row = db.command(lambda s: start_instance(s, key="par", actor=ALICE))
+    a, _ = open_tasks(db, row.id)
+    outcomes, _ = _race(
+        monkeypatch, db,
+        lambda s: complete_task(s, task_id=a.id, actor=ALICE),
+        lambda s: cancel_instance(s, instance_id=row.id, actor=BOB, reason="withdrawn"),
+    )
+    completed, cancelled = outcomes
+    assert not isinstance(cancelled, Exception), cancelled
+    assert completed is not None and (not isinstance(completed, Exception) or isinstance(completed, Conflict))
+    stored = instance(db, row.id)
+    assert stored.status == "cancelled" and open_tasks(db, row.id) == []
+    with db.read() as s:
+        assert audit.verify(s).ok
+    from tests.helpers import snapshot
+
+    states = snapshot(db)["task_states"]
+    assert states[a.id] == ("cancelled" if isinstance(completed, Conflict) else "completed")
+
+
+@pytest.mark.parametrize("writers", [6])
+def test_many_instances_in_parallel_do_not_block_each_other(db, clock, writers):
+    deploy_xml(db, _parallel())
+    ids = [db.command(lambda s: start_instance(s, key="par", actor=ALICE)).id for _ in range(writers)]
+    errors = []
+
+    def work(instance_id):
+        try:
+            for task in open_tasks(db, instance_id):
+                db.command(lambda s, t=task: complete_task(s, task_id=t.id, actor=ALICE))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert all([t.element_id for t in open_tasks(db, i)] == ["c"] for i in ids)
+    with db.read() as s:
+        assert audit.verify(s).ok
