@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import clock
@@ -102,6 +102,16 @@ def chain_instance_events(instance: InstanceRow, events: list[Event]) -> tuple[l
     return rows, head, (instance.audit_seq or 0) + len(rows)
 
 
+def insert_rows(session: Session, rows: list[AuditEventRow]) -> None:
+    """Bulk insert (Core): audit rows are write-once and need no identity tracking."""
+    session.execute(insert(AuditEventRow), [
+        {c: getattr(r, c) for c in ("chain", "chain_seq", "occurred_at", "actor", "action", "instance_id",
+                                    "task_id", "definition_id", "definition_key", "definition_version",
+                                    "payload", "prev_hash", "hash")}
+        for r in rows
+    ])
+
+
 def append_global(session: Session, chain: str, events: list[Event],
                   definition: tuple[str | None, str | None, int | None] = (None, None, None)) -> None:
     """Append to the deployments or identity chain (compare-and-set on its head)."""
@@ -118,8 +128,8 @@ def append_global(session: Session, chain: str, events: list[Event],
         ).rowcount
         if moved != 1:
             raise StaleInstance(f"audit chain {chain} moved; retrying")
-    session.add_all(rows)
     session.flush()
+    insert_rows(session, rows)
 
 
 @dataclass

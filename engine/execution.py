@@ -194,6 +194,11 @@ def prune(workflow: BpmnWorkflow) -> int:
     return len(removed)
 
 
+# Prune between engine rounds only once the tree is this large: small trees are cheap to walk,
+# and this bounds both the per-round cost and the depth a long script loop can reach.
+PRUNE_AT = 64
+
+
 class EngineBudget:
     def __init__(self, max_steps: int, max_seconds: float) -> None:
         self.max_steps = max_steps
@@ -231,10 +236,12 @@ def run_engine(
 
     while True:
         more = workflow._do_engine_steps(None, did_complete)
-        prune(workflow)
+        if len(workflow.tasks) > PRUNE_AT:
+            prune(workflow)
         if not more:
             break
     workflow.refresh_timers()
+    prune(workflow)  # what is stored stays small, whatever the threshold
 
 
 def waiting_catch_events(workflow: BpmnWorkflow) -> list[Task]:

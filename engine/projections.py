@@ -22,7 +22,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.multiple import MultipleEventDef
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import clock
@@ -30,7 +30,7 @@ from engine.audit import Event
 from engine.errors import ScriptError
 from engine.loading import UserTaskMeta
 from engine.sandbox import ScriptRefused, script_engine
-from engine.store.models import DefinitionRow, InstanceRow, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
+from engine.store.models import InstanceRow, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
 
 
 def meta_key(task: Task) -> str:
@@ -116,41 +116,46 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRow, now: dat
     )
 
 
-def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, definition: DefinitionRow,
-               events: list[Event], actor: str | None) -> None:
+def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, user_tasks: dict[str, Any],
+               events: list[Event], actor: str | None, *, completed: str | None = None) -> list[str]:
+    """Re-sync the instance's task rows; returns the ids of its open tasks.
+
+    ``instance.open_task_ids`` (stored with the instance, under its revision) says which
+    rows are open, so nothing is queried unless a task has to be closed.
+    """
     now = clock.now()
     ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
-    open_rows = session.scalars(
-        select(TaskRow).where(TaskRow.instance_id == instance.id, TaskRow.state == "open")
-    ).all()
-    known = {row.id for row in open_rows}
-    for row in open_rows:
-        if row.id not in ready:
-            row.state, row.ended_at = "cancelled", now
-            session.execute(delete(TaskCandidateRow).where(TaskCandidateRow.task_id == row.id))
-            events.append(Event("task.cancelled", actor, {"element_id": row.element_id, "name": row.name},
-                                task_id=row.id))
-    created: list[TaskRow] = []
+    known = set(instance.open_task_ids or [])
+    gone = sorted(known - set(ready) - {completed})
+    if gone:
+        for task_id, element_id, name in session.execute(
+                select(TaskRow.id, TaskRow.element_id, TaskRow.name).where(TaskRow.id.in_(gone))):
+            events.append(Event("task.cancelled", actor, {"element_id": element_id, "name": name}, task_id=task_id))
+        session.execute(update(TaskRow).where(TaskRow.id.in_(gone), TaskRow.state == "open")
+                        .values(state="cancelled", ended_at=now).execution_options(synchronize_session=False))
+        session.execute(delete(TaskCandidateRow).where(TaskCandidateRow.task_id.in_(gone)))
+    created: list[dict[str, Any]] = []
     for task_id, task in ready.items():
         if task_id in known:
             continue
-        meta_dict = definition.user_tasks.get(meta_key(task))
+        meta_dict = user_tasks.get(meta_key(task))
         meta = UserTaskMeta.from_dict(meta_dict) if meta_dict else UserTaskMeta(
             element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
         row = new_task_row(task, meta, instance, now)
-        created.append(row)
+        created.append({c.name: getattr(row, c.name) for c in TaskRow.__table__.columns})
         events.append(Event("task.created", actor, {
             "element_id": row.element_id, "name": row.name, "assignee": row.assignee,
             "candidate_users": row.candidate_users, "candidate_groups": row.candidate_groups,
             "due_at": row.due_at, "priority": row.priority,
         }, task_id=row.id))
     if created:
-        session.add_all(created)
-        session.flush()  # candidates reference their task rows
-        session.add_all(
-            [TaskCandidateRow(task_id=r.id, kind="user", name=n) for r in created for n in r.candidate_users]
-            + [TaskCandidateRow(task_id=r.id, kind="group", name=n) for r in created for n in r.candidate_groups]
-        )
+        session.execute(insert(TaskRow), created)
+        candidates = [{"task_id": r["id"], "kind": "user", "name": n} for r in created for n in r["candidate_users"]]
+        candidates += [{"task_id": r["id"], "kind": "group", "name": n} for r in created
+                       for n in r["candidate_groups"]]
+        if candidates:
+            session.execute(insert(TaskCandidateRow), candidates)
+    return sorted(ready)
 
 
 def _timer_due(task: Task) -> datetime | None:
@@ -189,15 +194,29 @@ def waiting_events(workflow: BpmnWorkflow) -> list[Task]:
     return [t for t in workflow.event_manager.tasks.values() if t.state == TaskState.WAITING]
 
 
-def sync_jobs(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, events: list[Event],
-              actor: str | None) -> None:
+def sync_waits(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, events: list[Event],
+               actor: str | None) -> int:
+    """Re-sync timer jobs and message subscriptions; returns how many rows the instance now has.
+
+    ``instance.waits`` (stored under the revision) lets an instance that waits for nothing
+    skip the queries altogether.
+    """
+    waiting = waiting_events(workflow)
+    if not waiting and not instance.waits:
+        return 0
+    return _sync_jobs(session, instance, waiting, events, actor) + _sync_subscriptions(session, instance, waiting)
+
+
+def _sync_jobs(session: Session, instance: InstanceRow, waiting: list[Task], events: list[Event],
+               actor: str | None) -> int:
     now = clock.now()
     desired: dict[str, tuple[datetime, Task]] = {}
-    for task in waiting_events(workflow):
+    for task in waiting:
         due = _timer_due(task)
         if due is not None:
             desired[f"timer:{instance.id}:{task.id}"] = (due, task)
-    existing = {j.dedup_key: j for j in session.scalars(select(JobRow).where(JobRow.instance_id == instance.id))}
+    existing = {} if not instance.waits else {
+        j.dedup_key: j for j in session.scalars(select(JobRow).where(JobRow.instance_id == instance.id))}
     for key, job in existing.items():
         if key not in desired:
             session.delete(job)
@@ -214,12 +233,14 @@ def sync_jobs(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, e
                            state="pending", attempts=0, created_at=now))
         events.append(Event("timer.scheduled", actor, {"element_id": task.task_spec.bpmn_id, "due_at": due},
                             task_id=str(task.id)))
+    return len(desired)
 
 
-def sync_subscriptions(session: Session, instance: InstanceRow, workflow: BpmnWorkflow) -> None:
-    desired = {(str(t.id), name): t for t in waiting_events(workflow) for name in message_names(t)}
-    existing = {(s.task_id, s.name): s for s in
-                session.scalars(select(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))}
+def _sync_subscriptions(session: Session, instance: InstanceRow, waiting: list[Task]) -> int:
+    desired = {(str(t.id), name): t for t in waiting for name in message_names(t)}
+    existing = {} if not instance.waits else {
+        (s.task_id, s.name): s
+        for s in session.scalars(select(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))}
     for key, row in existing.items():
         if key not in desired:
             session.delete(row)
@@ -227,9 +248,12 @@ def sync_subscriptions(session: Session, instance: InstanceRow, workflow: BpmnWo
         if (task_id, name) not in existing:
             session.add(SubscriptionRow(task_id=task_id, name=name, instance_id=instance.id, kind="message",
                                         element_id=task.task_spec.bpmn_id))
+    return len(desired)
 
 
 def clear(session: Session, instance: InstanceRow) -> None:
     """An ended instance waits for nothing."""
+    if not instance.waits:
+        return
     session.execute(delete(JobRow).where(JobRow.instance_id == instance.id))
     session.execute(delete(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))

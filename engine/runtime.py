@@ -26,7 +26,7 @@ from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from engine import audit, clock, projections
 from engine.audit import Event
@@ -113,37 +113,67 @@ def instance_variables(workflow: BpmnWorkflow) -> dict[str, Any]:
     return _json_safe(merged)
 
 
-def _definition(session: Session, definition_id: str) -> DefinitionRow:
+@dataclass(frozen=True)
+class DefinitionInfo:
+    """What commands need of a deployed definition; definitions never change once deployed."""
+
+    id: str
+    key: str
+    version: int
+    user_tasks: dict[str, Any]
+
+
+_DEFINITIONS: dict[str, DefinitionInfo] = {}
+
+
+def _info(row: DefinitionRow) -> DefinitionInfo:
+    info = _DEFINITIONS.get(row.id)
+    if info is None:
+        info = _DEFINITIONS[row.id] = DefinitionInfo(row.id, row.key, row.version, dict(row.user_tasks))
+    return info
+
+
+def _definition(session: Session, definition_id: str) -> DefinitionInfo:
+    info = _DEFINITIONS.get(definition_id)
+    if info is not None:
+        return info
     row = session.get(DefinitionRow, definition_id)
     if row is None:
         raise NotFound(f"process definition {definition_id} not found")
-    return row
+    return _info(row)
 
 
-def _specs(definition: DefinitionRow) -> Specs:
-    return SPECS.get(definition.id, lambda: definition.spec)
+def _specs(session: Session, definition: DefinitionInfo) -> Specs:
+    def spec_text() -> str:
+        text = session.scalar(select(DefinitionRow.spec).where(DefinitionRow.id == definition.id))
+        if text is None:
+            raise NotFound(f"process definition {definition.id} not found")
+        return text
+
+    return SPECS.get(definition.id, spec_text)
 
 
 @dataclass
 class _Loaded:
     row: InstanceRow
-    definition: DefinitionRow
+    definition: DefinitionInfo
     specs: Specs
     workflow: BpmnWorkflow
     seen_revision: int
     seen_audit_seq: int
     events: list[Event] = field(default_factory=list)
+    completed_task: str | None = None  # the task row this command closed itself
 
 
 def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loaded:
-    row = session.get(InstanceRow, instance_id)
+    row = session.get(InstanceRow, instance_id, options=[undefer(InstanceRow.state)])
     if row is None:
         raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
     if running and row.status != "running":
         raise Conflict(f"process instance {instance_id} is {row.status}", instance_id=instance_id,
                        status=row.status)
     definition = _definition(session, row.definition_id)
-    specs = _specs(definition)
+    specs = _specs(session, definition)
     workflow = load_state(row.state, specs)
     return _Loaded(row, definition, specs, workflow, row.revision, row.audit_seq or 0)
 
@@ -168,12 +198,13 @@ def _spiff_error(exc: Exception) -> ScriptError:
 def _run(loaded: _Loaded, actor: Actor, settings: Settings) -> None:
     budget = EngineBudget(settings.command_max_steps, settings.command_max_seconds)
 
+    activities: list[dict[str, Any]] = []
+
     def record(task: Task) -> None:
         spec = task.task_spec
         if getattr(spec, "bpmn_id", None):
-            loaded.events.append(Event("activity.completed", actor.name, {
-                "element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
-            }, task_id=str(task.id)))
+            activities.append({"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
+                               "task_id": str(task.id)})
 
     try:
         run_engine(loaded.workflow, budget, record)
@@ -181,11 +212,18 @@ def _run(loaded: _Loaded, actor: Actor, settings: Settings) -> None:
         raise _spiff_error(exc) from None
     except RecursionError:
         raise ScriptError("the workflow recursed too deeply (a script or the diagram loops on itself)") from None
+    if activities:  # one event per command: they all happened in this transaction, at this instant
+        loaded.events.append(Event("activities.completed", actor.name, {"activities": activities}))
 
 
 def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = False,
              status: str | None = None, end_reason: str | None = None) -> None:
-    """Store state, projections and audit in the current transaction (the unit of work's steps 4-6)."""
+    """Store state, projections and audit in the current transaction (the unit of work's steps 4-6).
+
+    An existing instance is written by one ``UPDATE ... WHERE revision = :seen`` that also
+    moves its audit-chain head; 0 rows means another command moved it first
+    (:class:`StaleInstance`, retried by the edge), and everything written here rolls back.
+    """
     row, workflow = loaded.row, loaded.workflow
     now = clock.now()
     if status is None:
@@ -197,46 +235,66 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         "ended_at": now if ended else None,
         "ended_by": actor.name if ended else None, "end_reason": end_reason,
     }
-    if new:
+    if new:  # projection rows reference the instance row
         for key, value in values.items():
             setattr(row, key, value)
+        row.open_task_ids, row.waits = [], 0
         session.add(row)
         session.flush()
-    else:
-        moved = session.execute(
-            update(InstanceRow)
-            .where(InstanceRow.id == row.id, InstanceRow.revision == loaded.seen_revision,
-                   InstanceRow.audit_seq == loaded.seen_audit_seq)
-            .values(**values).execution_options(synchronize_session=False)
-        ).rowcount
-        if moved != 1:
-            raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
-    projections.sync_tasks(session, row, workflow, loaded.definition, loaded.events, actor.name)
+    values["open_task_ids"] = projections.sync_tasks(session, row, workflow, loaded.definition.user_tasks,
+                                                     loaded.events, actor.name, completed=loaded.completed_task)
     if ended:
         projections.clear(session, row)
+        values["waits"] = 0
         if status == "completed":
             loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
     else:
-        projections.sync_jobs(session, row, workflow, loaded.events, actor.name)
-        projections.sync_subscriptions(session, row, workflow)
-    _append_events(session, row, loaded.seen_audit_seq, loaded.events)
+        values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name)
+    head = _chain(session, row, loaded.seen_audit_seq, loaded.events)
+    conditions = [InstanceRow.id == row.id, InstanceRow.audit_seq == loaded.seen_audit_seq]
+    if not new:
+        conditions.append(InstanceRow.revision == loaded.seen_revision)
+    changes = {"open_task_ids": values["open_task_ids"], "waits": values["waits"], **head} if new else {
+        **values, **head}
+    if changes:
+        moved = session.execute(
+            update(InstanceRow).where(*conditions).values(**changes).execution_options(synchronize_session=False)
+        ).rowcount
+        if moved != 1:
+            raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+    _insert_events(session)
 
 
-def _append_events(session: Session, row: InstanceRow, seen_seq: int, events: list[Event]) -> None:
+def _chain(session: Session, row: InstanceRow, seen_seq: int, events: list[Event]) -> dict[str, Any]:
+    """Hash-chain ``events`` onto the instance's chain; returns the new head for the row update."""
     if not events:
-        return
+        return {}
     snapshot = InstanceRow(id=row.id, definition_id=row.definition_id, definition_key=row.definition_key,
                            definition_version=row.definition_version, audit_seq=seen_seq,
                            last_audit_hash=row.last_audit_hash if seen_seq else None)
     rows, head, seq = audit.chain_instance_events(snapshot, events)
+    session.info.setdefault("sopflow_audit_rows", []).extend(rows)
+    return {"audit_seq": seq, "last_audit_hash": head}
+
+
+def _insert_events(session: Session) -> None:
+    rows = session.info.pop("sopflow_audit_rows", [])
+    if rows:
+        audit.insert_rows(session, rows)
+
+
+def _append_events(session: Session, row: InstanceRow, seen_seq: int, events: list[Event]) -> None:
+    """Audit events that do not change the workflow (claim, assign): compare-and-set on the head."""
+    head = _chain(session, row, seen_seq, events)
+    if not head:
+        return
     moved = session.execute(
         update(InstanceRow).where(InstanceRow.id == row.id, InstanceRow.audit_seq == seen_seq)
-        .values(audit_seq=seq, last_audit_hash=head).execution_options(synchronize_session=False)
+        .values(**head).execution_options(synchronize_session=False)
     ).rowcount
     if moved != 1:
         raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
-    session.add_all(rows)
-    session.flush()
+    _insert_events(session)
 
 
 # --------------------------------------------------------------------------- deploy
@@ -315,8 +373,8 @@ def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[
     data = _check_variables(variables)
     if business_key is not None and (not isinstance(business_key, str) or len(business_key) > 200):
         raise InvalidInput("business_key must be a string of at most 200 characters", field="business_key")
-    definition = latest_definition(session, key, version)
-    specs = _specs(definition)
+    definition = _info(latest_definition(session, key, version))
+    specs = _specs(session, definition)
     workflow = new_workflow(specs)
     for task in workflow.get_tasks(state=TaskState.READY):
         task.data.update(data)
@@ -483,6 +541,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
         raise _spiff_error(exc) from None
     row.state, row.ended_at, row.completed_by = "completed", clock.now(), actor.name
+    loaded.completed_task = row.id
     loaded.events.append(Event("task.completed", actor.name, {
         "element_id": row.element_id, "name": row.name, "variables": data,
         "changed": {k: {"from": before[k], "to": v} for k, v in data.items() if before[k] != v},

@@ -94,8 +94,10 @@ class Database:
             except StaleInstance:
                 if attempt == attempts - 1:
                     raise
-            except IntegrityError as exc:  # a concurrent writer appended to the same audit chain
-                if attempt == attempts - 1 or "audit" not in str(exc.orig).lower() and "chain" not in str(exc.orig).lower():
+            except IntegrityError:
+                # a concurrent writer got there first (same audit chain, same projection rows,
+                # same new version number): the retry sees its result
+                if attempt == attempts - 1:
                     raise Conflict("another change was stored at the same time; please retry") from None
             except OperationalError as exc:
                 transient = any(s in str(exc.orig).lower() for s in ("locked", "deadlock", "serialize"))

@@ -120,6 +120,10 @@ class InstanceRow(Base):
     end_reason: Mapped[str | None] = mapped_column(Text)
     last_audit_hash: Mapped[str | None] = mapped_column(String(64))
     audit_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # what the projections hold for this instance, kept under the revision check so a
+    # command can re-sync them without querying first
+    open_task_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    waits: Mapped[int] = mapped_column(Integer, default=0)  # jobs + event subscriptions
 
 
 class TaskRow(Base):

@@ -1,14 +1,14 @@
 """initial schema
 
-Revision ID: f359a6ebcb99
+Revision ID: d2b85036b193
 Revises: 
-Create Date: 2026-11-28 03:36:09.327643
+Create Date: 2026-11-28 03:52:20.759038
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = 'f359a6ebcb99'
+revision = 'd2b85036b193'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -141,6 +141,8 @@ def upgrade() -> None:
     sa.Column('end_reason', sa.Text(), nullable=True),
     sa.Column('last_audit_hash', sa.String(length=64), nullable=True),
     sa.Column('audit_seq', sa.Integer(), nullable=False),
+    sa.Column('open_task_ids', sa.JSON(), nullable=False),
+    sa.Column('waits', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['definition_id'], ['process_definitions.id'], name=op.f('fk_process_instances_definition_id_process_definitions')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_process_instances'))
     )
