@@ -26,7 +26,9 @@ from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from engine import audit, clock, projections
 from engine.audit import Event
@@ -166,7 +168,9 @@ class _Loaded:
 
 
 def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loaded:
-    row = session.get(InstanceRow, instance_id, options=[undefer(InstanceRow.state)])
+    # a plain (transient) copy: _persist writes the row with one guarded UPDATE, not the ORM
+    data = session.execute(select(InstanceRow.__table__).where(InstanceRow.id == instance_id)).mappings().first()
+    row = InstanceRow(**data) if data is not None else None
     if row is None:
         raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
     if running and row.status != "running":
@@ -262,6 +266,12 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         ).rowcount
         if moved != 1:
             raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+        persistent = sa_inspect(row).persistent
+        for key, value in changes.items():  # the caller's copy reflects what was stored
+            if persistent:
+                set_committed_value(row, key, value)
+            else:
+                setattr(row, key, value)
     _insert_events(session)
 
 
@@ -515,10 +525,13 @@ def _coerce_form_fields(fields: list[dict[str, Any]], variables: dict[str, Any])
 
 
 def complete_task(session: Session, *, task_id: str, actor: Actor, variables: dict[str, Any] | None = None,
-                  settings: Settings | None = None) -> TaskRow:
+                  settings: Settings | None = None) -> InstanceRow:
+    """Complete a READY user task with the submitted variables; returns the instance as stored."""
     settings = settings or load_settings()
     data = _check_variables(variables)
-    row = get_task_row(session, task_id)
+    row = session.execute(select(TaskRow.__table__).where(TaskRow.id == task_id)).first()
+    if row is None:
+        raise NotFound(f"task {task_id} not found", task_id=task_id)
     _require_open(row)
     if not may_work_on(row, actor):
         whose = f"claimed by {row.assignee}" if row.assignee else "not in your groups"
@@ -540,7 +553,13 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         task.run()
     except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
         raise _spiff_error(exc) from None
-    row.state, row.ended_at, row.completed_by = "completed", clock.now(), actor.name
+    closed = session.execute(
+        update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open")
+        .values(state="completed", ended_at=clock.now(), completed_by=actor.name)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if closed != 1:
+        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
     loaded.completed_task = row.id
     loaded.events.append(Event("task.completed", actor.name, {
         "element_id": row.element_id, "name": row.name, "variables": data,
@@ -548,7 +567,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     }, task_id=row.id))
     _run(loaded, actor, settings)
     _persist(session, loaded, actor)
-    return row
+    return loaded.row
 
 
 # --------------------------------------------------------------------------- events
