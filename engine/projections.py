@@ -33,6 +33,10 @@ from engine.sandbox import ScriptRefused, script_engine
 from engine.store.models import InstanceRow, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
 
 
+# A task is "at risk" once this share of the time between its creation and its due date has passed.
+AT_RISK_FRACTION = 0.75
+
+
 def meta_key(task: Task) -> str:
     return f"{task.workflow.spec.name}/{task.task_spec.bpmn_id}"
 
@@ -133,7 +137,6 @@ def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, 
             events.append(Event("task.cancelled", actor, {"element_id": element_id, "name": name}, task_id=task_id))
         session.execute(update(TaskRow).where(TaskRow.id.in_(gone), TaskRow.state == "open")
                         .values(state="cancelled", ended_at=now).execution_options(synchronize_session=False))
-        session.execute(delete(TaskCandidateRow).where(TaskCandidateRow.task_id.in_(gone)))
     created: list[dict[str, Any]] = []
     for task_id, task in ready.items():
         if task_id in known:
@@ -142,6 +145,8 @@ def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, 
         meta = UserTaskMeta.from_dict(meta_dict) if meta_dict else UserTaskMeta(
             element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
         row = new_task_row(task, meta, instance, now)
+        if row.due_at is not None:
+            row.at_risk_at = row.created_at + (row.due_at - row.created_at) * AT_RISK_FRACTION
         created.append({c.name: getattr(row, c.name) for c in TaskRow.__table__.columns})
         events.append(Event("task.created", actor, {
             "element_id": row.element_id, "name": row.name, "assignee": row.assignee,

@@ -30,7 +30,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from engine import audit, clock, projections
+from engine import audit, clock, forms, projections
 from engine.audit import Event
 from engine.config import Settings
 from engine.config import load as load_settings
@@ -538,6 +538,9 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         raise Forbidden(f"task '{row.name}' is {whose}", task_id=row.id)
     loaded = _load(session, row.instance_id)
     meta = loaded.definition.user_tasks.get(row.meta_key) or {}
+    form = forms.form_for(row.form_key, meta.get("form_fields"))
+    if form and not form.get("generated"):
+        forms.validate(form, data)
     if meta.get("form_fields"):
         data = _coerce_form_fields(meta["form_fields"], data)
     task = loaded.workflow.get_task_from_id(UUID(task_id))

@@ -110,7 +110,7 @@ def test_complaint_reminder_breach_and_escalation(shipped, clock):
     assert run_once(db).fired == 1
     assert instance(db, row.id).variables.get("answer_breached") is True
     _do(db, row.id, "escalate_answer", LEAD)
-    _do(db, row.id, "answer", AGENT)
+    _do(db, row.id, "answer", AGENT, outcome="explanation")
     done = instance(db, row.id)
     assert done.status == "completed" and done.variables["acknowledge_breached"] is True
 

@@ -1,14 +1,14 @@
 """initial schema
 
-Revision ID: d2b85036b193
+Revision ID: 92cf52d59a53
 Revises: 
-Create Date: 2026-11-28 03:52:20.759038
+Create Date: 2026-11-28 04:01:04.119681
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = 'd2b85036b193'
+revision = '92cf52d59a53'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -204,6 +204,7 @@ def upgrade() -> None:
     sa.Column('form_key', sa.String(length=200), nullable=True),
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('due_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('at_risk_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('follow_up_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),

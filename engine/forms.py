@@ -1,0 +1,102 @@
+"""Task forms (JSON Schema + UI hints, named by form key) and SOP text rendering.
+
+A form lives in ``forms/<form key>.json`` as ``{"title", "schema", "ui", "shows"}``:
+``schema`` validates what the task's completion submits, ``shows`` lists the instance
+variables the form displays. Camunda diagrams that carry ``camunda:formData`` and no
+such file get a schema generated from their form fields. SOP text (``bpmn:documentation``)
+is a jinja2 template rendered in the immutable sandbox against the instance variables.
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from engine.errors import InvalidInput
+
+FORMS_DIR = Path(os.environ.get("SOPFLOW_FORMS_DIR", Path(__file__).resolve().parent.parent / "forms"))
+_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+_CAMUNDA_TYPES: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "long": {"type": "integer"},
+    "boolean": {"type": "boolean"},
+    "date": {"type": "string", "format": "date"},
+    "enum": {"type": "string"},
+    "double": {"type": "number"},
+    "decimal": {"type": ["number", "string"]},
+}
+
+
+@lru_cache(maxsize=256)
+def _load(form_key: str) -> dict[str, Any] | None:
+    if not form_key or not set(form_key) <= _KEY_CHARS or form_key.startswith("."):
+        return None
+    path = FORMS_DIR / f"{form_key}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if "schema" in data else {"schema": data}
+
+
+def form_for(form_key: str | None, form_fields: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The form of a task: its file, else one generated from Camunda form fields, else None."""
+    if form_key and (found := _load(form_key)) is not None:
+        return found
+    if not form_fields:
+        return None
+    properties, required = {}, []
+    for f in form_fields:
+        prop = dict(_CAMUNDA_TYPES.get(f.get("type") or "string", {"type": "string"}))
+        if f.get("label"):
+            prop["title"] = f["label"]
+        if f.get("type") == "enum" and f.get("options"):
+            prop["enum"] = [o["id"] for o in f["options"]]
+        if f.get("type") == "long":
+            prop = {"type": ["integer", "string"], "pattern": r"^-?\d+$", **({"title": f["label"]} if f.get("label") else {})}
+        properties[f["id"]] = prop
+        if f.get("required"):
+            required.append(f["id"])
+    return {"title": None, "schema": {"type": "object", "properties": properties, "required": required},
+            "generated": True}
+
+
+def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
+    """Raise InvalidInput naming every bad field (422 at the edge)."""
+    if not form:
+        return
+    try:
+        validator = Draft202012Validator(form["schema"])
+    except SchemaError as exc:  # a broken form file is the operator's problem, reported plainly
+        raise InvalidInput(f"the task's form schema is invalid: {exc.message}") from None
+    errors: dict[str, str] = {}
+    for err in sorted(validator.iter_errors(variables), key=lambda e: list(e.path)):
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else "?"
+            errors.setdefault(missing, "is required")
+        else:
+            name = ".".join(str(p) for p in err.path) or "(form)"
+            errors.setdefault(name, err.message)
+    if errors:
+        raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
+                           field=next(iter(errors)), errors=errors)
+
+
+_SOP = ImmutableSandboxedEnvironment(autoescape=False)
+
+
+def render_sop(text: str | None, variables: dict[str, Any]) -> str | None:
+    """Render SOP text against the instance's variables; a broken template shows as written."""
+    if not text:
+        return text
+    try:
+        return _SOP.from_string(text).render(**{k: v for k, v in variables.items() if k.isidentifier()})
+    except TemplateError:
+        return text

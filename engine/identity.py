@@ -1,0 +1,161 @@
+"""Users, groups, memberships and API tokens (stored as SHA-256 hashes).
+
+Roles: ``designer`` (deploys), ``employee`` (own and group tasks, starts processes),
+``auditor`` (reads history and audit, nothing else), ``admin`` (everything). Every
+change is appended to the identity audit chain.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from engine import audit, clock
+from engine.audit import Event
+from engine.errors import Conflict, InvalidInput, NotFound
+from engine.runtime import Actor
+from engine.store.models import ApiTokenRow, GroupRow, MembershipRow, UserRow
+
+ROLES = ("designer", "employee", "auditor", "admin")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+TOKEN_PREFIX = "sop_"
+
+
+@dataclass(frozen=True)
+class UserView:
+    name: str
+    role: str
+    groups: list[str]
+    display_name: str | None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidInput(f"{what} '{value}' is not valid: use letters, digits, '.', '_', '@' or '-' "
+                           "(at most 100 characters)", field=what)
+    return value
+
+
+def _groups_of(session: Session, user_id: int) -> list[str]:
+    return sorted(session.scalars(select(GroupRow.name).join(MembershipRow, MembershipRow.group_id == GroupRow.id)
+                                  .where(MembershipRow.user_id == user_id)))
+
+
+def _ensure_group(session: Session, name: str) -> GroupRow:
+    group = session.scalar(select(GroupRow).where(GroupRow.name == name))
+    if group is None:
+        group = GroupRow(name=_check_name(name, "group"))
+        session.add(group)
+        session.flush()
+    return group
+
+
+def add_user(session: Session, *, name: str, role: str, groups: list[str] | None = None,
+             display_name: str | None = None, actor: Actor) -> UserView:
+    _check_name(name, "name")
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+    if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
+        raise Conflict(f"user '{name}' already exists", name=name)
+    user = UserRow(name=name, role=role, display_name=display_name, created_at=clock.now())
+    session.add(user)
+    session.flush()
+    for group in sorted(set(groups or [])):
+        session.add(MembershipRow(user_id=user.id, group_id=_ensure_group(session, group).id))
+    session.flush()
+    audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.created", actor.name, {
+        "name": name, "role": role, "groups": sorted(set(groups or []))})])
+    return UserView(name, role, sorted(set(groups or [])), display_name)
+
+
+def set_groups(session: Session, *, name: str, groups: list[str], actor: Actor) -> UserView:
+    user = _user(session, name)
+    session.execute(delete(MembershipRow).where(MembershipRow.user_id == user.id))
+    for group in sorted(set(groups)):
+        session.add(MembershipRow(user_id=user.id, group_id=_ensure_group(session, group).id))
+    session.flush()
+    audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.groups_changed", actor.name, {
+        "name": name, "groups": sorted(set(groups))})])
+    return UserView(user.name, user.role, sorted(set(groups)), user.display_name)
+
+
+def _user(session: Session, name: str) -> UserRow:
+    user = session.scalar(select(UserRow).where(UserRow.name == name))
+    if user is None:
+        raise NotFound(f"user '{name}' not found", name=name)
+    return user
+
+
+def issue_token(session: Session, *, name: str, actor: Actor) -> str:
+    """Create a new API token for ``name``; the plain token is returned once and never stored."""
+    user = _user(session, name)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiTokenRow(user_id=user.id, token_hash=hash_token(token), created_at=clock.now()))
+    session.flush()
+    audit.append_global(session, audit.IDENTITY_CHAIN, [Event("token.issued", actor.name, {"name": name})])
+    return token
+
+
+def authenticate(session: Session, token: str) -> Actor | None:
+    if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    row = session.execute(
+        select(UserRow.id, UserRow.name, UserRow.role)
+        .join(ApiTokenRow, ApiTokenRow.user_id == UserRow.id)
+        .where(ApiTokenRow.token_hash == hash_token(token), ApiTokenRow.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    return Actor(row.name, frozenset(_groups_of(session, row.id)), frozenset({row.role}))
+
+
+def actor_for(session: Session, name: str) -> Actor:
+    user = _user(session, name)
+    return Actor(user.name, frozenset(_groups_of(session, user.id)), frozenset({user.role}))
+
+
+def list_users(session: Session) -> list[UserView]:
+    users = session.scalars(select(UserRow).order_by(UserRow.name)).all()
+    return [UserView(u.name, u.role, _groups_of(session, u.id), u.display_name) for u in users]
+
+
+def list_groups(session: Session) -> list[str]:
+    return list(session.scalars(select(GroupRow.name).order_by(GroupRow.name)))
+
+
+DEMO_ORGANISATION: list[tuple[str, str, list[str], str]] = [
+    ("admin", "admin", [], "Administrator"),
+    ("dora", "designer", [], "Dora the process designer"),
+    ("audrey", "auditor", [], "Audrey the auditor"),
+    ("rita", "employee", ["staff"], "Rita, requester"),
+    ("max", "employee", ["staff", "managers"], "Max, manager"),
+    ("fiona", "employee", ["staff", "finance"], "Fiona, finance"),
+    ("paul", "employee", ["staff", "procurement"], "Paul, procurement"),
+    ("sam", "employee", ["staff", "support"], "Sam, support agent"),
+    ("lena", "employee", ["staff", "support", "support-leads"], "Lena, support lead"),
+    ("carl", "employee", ["staff", "controllers"], "Carl, controller"),
+    ("mia", "employee", ["staff", "management"], "Mia, management"),
+    ("eve", "employee", ["staff", "executives"], "Eve, executive"),
+    ("ian", "employee", ["staff", "it"], "Ian, IT"),
+    ("hal", "employee", ["staff", "hr"], "Hal, HR"),
+    ("fay", "employee", ["staff", "facilities"], "Fay, facilities"),
+]
+
+
+def seed_demo(session: Session, *, actor: Actor) -> dict[str, str]:
+    """Create the demo organisation; returns new tokens for the users it created (none if present)."""
+    tokens = {}
+    for name, role, groups, display in DEMO_ORGANISATION:
+        if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
+            continue
+        add_user(session, name=name, role=role, groups=groups, display_name=display, actor=actor)
+        tokens[name] = issue_token(session, name=name, actor=actor)
+    return tokens
