@@ -19,6 +19,7 @@ deploy: migrate
 	$(BIN)/sopflow deploy processes/
 
 run: deploy
+	$(BIN)/sopflow users demo
 	$(BIN)/sopflow serve
 
 test: $(STAMP)

@@ -1,4 +1,4 @@
-"""The FastAPI application factory: wires settings, the database and the in-process worker."""
+"""The FastAPI application factory: settings, database, routes, errors, observability, worker."""
 from __future__ import annotations
 
 import threading
@@ -6,18 +6,33 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import func, select
 
-from engine import migrate
+from api import observability, problems
+from api.deps import ActorDep, DbDep, require
+from api.routes import audit, definitions, identity, instances, tasks
+from engine import clock, migrate
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.store.db import Database
+from engine.store.models import TaskRow
 from engine.worker import run_forever
+
+DESCRIPTION = """
+sopflow runs standard operating procedures as BPMN 2.0 processes.
+
+Every endpoint except `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
+(`sopflow users token NAME` prints one). Errors are `application/problem+json`
+(RFC 9457) with a stable `code`. Lists answer `{"items": [...], "total": n, "next_cursor": ...}`
+and page with `limit`/`cursor` or `first_result`/`max_results`.
+"""
 
 
 def create_app(*, settings: Settings | None = None, db: Database | None = None, run_worker: bool = True) -> FastAPI:
     settings = settings or load_settings()
     database = db or Database(settings.resolved_database_url())
+    database.retries = settings.command_retries
     stop = threading.Event()
 
     @asynccontextmanager
@@ -32,16 +47,19 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
         if worker is not None:
             worker.join(timeout=5)
 
-    app = FastAPI(title="sopflow", version="0.1.0", lifespan=lifespan,
-                  description="BPMN workflow engine and SOP runtime")
+    app = FastAPI(title="sopflow", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
     app.state.db = database
     app.state.settings = settings
+    problems.install(app)
+    observability.install(app)
+    for module in (definitions, instances, tasks, audit, identity):
+        app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
     def readyz() -> JSONResponse:
         try:
             at_head = migrate.is_at_head(database.url)
@@ -50,5 +68,14 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
         if not at_head:
             return JSONResponse({"status": "unavailable", "database": "migrations pending"}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics(db: DbDep, actor: ActorDep) -> Response:
+        require(actor)
+        with db.read() as s:
+            breached = s.scalar(select(func.count()).select_from(TaskRow).where(
+                TaskRow.state == "open", TaskRow.due_at <= clock.now())) or 0
+        return Response(observability.render_metrics(breached), media_type="text/plain; version=0.0.4")
 
     return app

@@ -84,9 +84,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.observability import configure_logging
 
+    configure_logging()
+    print(f"sopflow serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
     uvicorn.run(create_app(run_worker=not args.no_worker), host=args.host, port=args.port,
-                log_level="info", access_log=False)
+                log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from engine import identity
+
+    db = _db()
+    try:
+        if args.action == "add":
+            view = db.command(lambda s: identity.add_user(s, name=args.name, role=args.role, groups=args.group,
+                                                          actor=SYSTEM))
+            print(f"added {view.name} ({view.role}) groups: {', '.join(view.groups) or '-'}")
+        elif args.action == "token":
+            print(db.command(lambda s: identity.issue_token(s, name=args.name, actor=SYSTEM)))
+        elif args.action == "list":
+            with db.read() as s:
+                for u in identity.list_users(s):
+                    print(f"{u.name:<12} {u.role:<9} {', '.join(u.groups)}")
+        elif args.action == "demo":
+            tokens = db.command(lambda s: identity.seed_demo(s, actor=SYSTEM))
+            if tokens:
+                print("Demo organisation created. These tokens are shown once:")
+                for name, token in tokens.items():
+                    print(f"  {name:<8} {token}")
+            else:
+                print("Demo organisation already present (new token: sopflow users token NAME).")
+    except SopflowError as exc:
+        print(f"sopflow users: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -105,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--once", action="store_true", help="fire what is due now and exit")
     wk.add_argument("--interval", type=float, default=1.0)
     wk.set_defaults(fn=cmd_worker)
+    us = sub.add_parser("users", help="identity: users add|token|list|demo")
+    us_sub = us.add_subparsers(dest="action", required=True)
+    add = us_sub.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["designer", "employee", "auditor", "admin"])
+    add.add_argument("--group", action="append", default=[], help="repeatable")
+    tok = us_sub.add_parser("token", help="print a new API token for a user (only the token)")
+    tok.add_argument("name")
+    us_sub.add_parser("list", help="list users")
+    us_sub.add_parser("demo", help="create the demo organisation (idempotent); prints new tokens once")
+    us.set_defaults(fn=cmd_users)
     sv = sub.add_parser("serve", help="serve the HTTP API (and, by default, the worker)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)

@@ -121,7 +121,7 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRow, now: dat
 
 
 def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, user_tasks: dict[str, Any],
-               events: list[Event], actor: str | None, *, completed: str | None = None) -> list[str]:
+               events: list[Event], actor: str | None, *, revision: int, completed: str | None = None) -> list[str]:
     """Re-sync the instance's task rows; returns the ids of its open tasks.
 
     ``instance.open_task_ids`` (stored with the instance, under its revision) says which
@@ -145,6 +145,7 @@ def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, 
         meta = UserTaskMeta.from_dict(meta_dict) if meta_dict else UserTaskMeta(
             element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
         row = new_task_row(task, meta, instance, now)
+        row.created_revision = revision
         if row.due_at is not None:
             row.at_risk_at = row.created_at + (row.due_at - row.created_at) * AT_RISK_FRACTION
         created.append({c.name: getattr(row, c.name) for c in TaskRow.__table__.columns})

@@ -270,7 +270,7 @@ def instance_tasks(session: Session, instance_id: str, *, state: str | None = "o
     query = select(TaskRow).where(TaskRow.instance_id == instance_id)
     if state:
         query = query.where(TaskRow.state == state)
-    return list(session.scalars(query.order_by(TaskRow.created_at, TaskRow.id)))
+    return list(session.scalars(query.order_by(TaskRow.created_revision, TaskRow.created_at, TaskRow.id)))
 
 
 # ------------------------------------------------------------------ definitions
@@ -359,3 +359,39 @@ def timeline(session: Session, actor: Actor, instance_id: str) -> dict[str, Any]
     events = [event_dict(e) for e in session.scalars(
         select(AuditEventRow).where(AuditEventRow.chain == instance_id).order_by(AuditEventRow.chain_seq))]
     return {"instance": instance, "events": events, "tasks": instance_tasks(session, instance_id, state=None)}
+
+
+def task_detail(session: Session, actor: Actor, task_id: str) -> dict[str, Any]:
+    """A task with what its performer needs: the SOP text rendered, the form, the data it shows."""
+    from engine import forms
+
+    task = visible_task(session, actor, task_id)
+    meta = (session.scalar(select(DefinitionRow.user_tasks).where(DefinitionRow.id == task.definition_id))
+            or {}).get(task.meta_key) or {}
+    variables = session.scalar(select(InstanceRow.variables).where(InstanceRow.id == task.instance_id)) or {}
+    form = forms.form_for(task.form_key, meta.get("form_fields"))
+    if form is None:
+        shown = dict(variables)
+    else:
+        names = form.get("shows") or list(form["schema"].get("properties", {}))
+        shown = {k: variables[k] for k in names if k in variables}
+    return {
+        "task": task,
+        "documentation": meta.get("documentation"),
+        "sop": forms.render_sop(meta.get("documentation"), variables),
+        "form": None if form is None else {"title": form.get("title"), "schema": form["schema"],
+                                           "ui": form.get("ui")},
+        "data": shown,
+    }
+
+
+def may_act_on(session: Session, actor: Actor, task_id: str) -> bool:
+    """May ``actor`` issue commands on this task (the engine then applies the task's own rules)?"""
+    if actor.is_admin:
+        return True
+    related = or_(task_scope(actor), _candidate_of(actor))
+    return session.scalar(select(TaskRow.id).where(TaskRow.id == task_id, related)) is not None
+
+
+def task_exists(session: Session, task_id: str) -> bool:
+    return session.scalar(select(TaskRow.id).where(TaskRow.id == task_id)) is not None

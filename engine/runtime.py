@@ -246,7 +246,8 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         session.add(row)
         session.flush()
     values["open_task_ids"] = projections.sync_tasks(session, row, workflow, loaded.definition.user_tasks,
-                                                     loaded.events, actor.name, completed=loaded.completed_task)
+                                                     loaded.events, actor.name, revision=values["revision"],
+                                                     completed=loaded.completed_task)
     if ended:
         projections.clear(session, row)
         values["waits"] = 0

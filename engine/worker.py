@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select, update
 
-from engine import clock
+from engine import clock, stats
 from engine.errors import SopflowError
 from engine.runtime import fire_timers
 from engine.store.db import Database
@@ -86,14 +86,19 @@ def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_att
     result = WorkerResult()
     for instance_id, job_ids in acquire(db, owner=owner, limit=limit).items():
         result.acquired += len(job_ids)
+        stats.incr("jobs", len(job_ids))
         try:
-            result.fired += db.command(lambda s, i=instance_id, j=job_ids: fire_timers(s, instance_id=i, job_ids=j))
+            fired = db.command(lambda s, i=instance_id, j=job_ids: fire_timers(s, instance_id=i, job_ids=j))
+            result.fired += fired
+            stats.incr("timers_fired", fired)
         except SopflowError as exc:
             result.failed += len(job_ids)
+            stats.incr("job_failures", len(job_ids))
             log.warning("timer jobs failed", extra={"instance_id": instance_id, "error": str(exc)})
             _record_failure(db, job_ids, str(exc), max_attempts)
         except Exception as exc:  # noqa: BLE001 - a worker must survive any one job
             result.failed += len(job_ids)
+            stats.incr("job_failures", len(job_ids))
             log.exception("timer jobs crashed", extra={"instance_id": instance_id})
             _record_failure(db, job_ids, f"{type(exc).__name__}: {exc}", max_attempts)
     return result

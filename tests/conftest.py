@@ -153,3 +153,13 @@ def sqlite_db(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
     database = _sqlite_db(sqlite_template, tmp_path)
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def api(db, clock):
+    """The HTTP API over each real database, with the demo organisation and its tokens."""
+    from tests.api_helpers import make_api
+
+    built = make_api(db)
+    with built.client:
+        yield built

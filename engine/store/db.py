@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine import stats
 from engine.errors import Conflict, StaleInstance
 
 T = TypeVar("T")
@@ -90,8 +91,11 @@ class Database:
         for attempt in range(attempts):
             try:
                 with self.transaction() as session:
-                    return fn(session)
+                    result = fn(session)
+                stats.incr("commands")
+                return result
             except StaleInstance:
+                stats.incr("command_conflicts")
                 if attempt == attempts - 1:
                     raise
             except IntegrityError:

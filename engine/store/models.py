@@ -151,6 +151,7 @@ class TaskRow(Base):
     at_risk_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # 75% of the time to due_at spent
     follow_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_revision: Mapped[int] = mapped_column(Integer, default=0)  # instance revision that opened it
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_by: Mapped[str | None] = mapped_column(String(100))

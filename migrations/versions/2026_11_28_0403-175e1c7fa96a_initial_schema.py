@@ -1,14 +1,14 @@
 """initial schema
 
-Revision ID: 92cf52d59a53
+Revision ID: 175e1c7fa96a
 Revises: 
-Create Date: 2026-11-28 04:01:04.119681
+Create Date: 2026-11-28 04:03:43.103210
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '92cf52d59a53'
+revision = '175e1c7fa96a'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -207,6 +207,7 @@ def upgrade() -> None:
     sa.Column('at_risk_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('follow_up_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('created_revision', sa.Integer(), nullable=False),
     sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('completed_by', sa.String(length=100), nullable=True),

@@ -1,0 +1,52 @@
+"""Request dependencies: the database, the authenticated actor and role checks."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.problems import Unauthorized
+from engine.config import Settings
+from engine.errors import Forbidden
+from engine.identity import authenticate
+from engine.runtime import Actor
+from engine.store.db import Database
+
+bearer = HTTPBearer(auto_error=False, description="an API token from `sopflow users token NAME`")
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def current_actor(request: Request, db: DbDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Actor:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
+    with db.read() as session:
+        actor = authenticate(session, credentials.credentials)
+    if actor is None:
+        raise Unauthorized("the API token is unknown or revoked")
+    request.state.user = actor.name
+    return actor
+
+
+ActorDep = Annotated[Actor, Depends(current_actor)]
+
+
+def require(actor: Actor, *roles: str) -> None:
+    """Admins pass every check; others need one of ``roles``."""
+    if actor.is_admin or actor.roles & set(roles):
+        return
+    raise Forbidden(f"this needs the {' or '.join(roles)} role" if roles else "this needs the admin role")

@@ -1,0 +1,100 @@
+"""History and audit: instance timelines, the audit trail, streaming export, chain verification."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import ActorDep, DbDep, require
+from api.schemas import AuditEventRead, HistoryRead, Page, Verification
+from api.views import task_read
+from engine import audit
+from engine.queries import AuditFilter, Paging, event_dict, iter_audit, list_audit, timeline
+
+router = APIRouter(prefix="/api", tags=["history and audit"])
+
+
+@router.get("/history/process-instances/{instance_id}", response_model=HistoryRead)
+def history(db: DbDep, actor: ActorDep, instance_id: str) -> dict:
+    require(actor, "auditor", "employee")
+    with db.read() as s:
+        found = timeline(s, actor, instance_id)
+    return {"id": instance_id, "instance": found["instance"], "events": found["events"],
+            "tasks": [task_read(t) for t in found["tasks"]]}
+
+
+def _filter(actor_name: str | None, action: str | None, instance_id: str | None, definition_key: str | None,
+            since: datetime | None, until: datetime | None) -> AuditFilter:
+    return AuditFilter(actor_name, action, instance_id, definition_key, since, until)
+
+
+@router.get("/audit", response_model=Page[AuditEventRead])
+def get_audit(db: DbDep, actor: ActorDep,
+              actor_name: Annotated[str | None, Query(alias="actor", max_length=100)] = None,
+              action: Annotated[str | None, Query(max_length=60)] = None,
+              instance_id: Annotated[str | None, Query(max_length=36)] = None,
+              definition_key: Annotated[str | None, Query(max_length=200)] = None,
+              since: Annotated[datetime | None, Query(alias="from")] = None,
+              until: Annotated[datetime | None, Query(alias="to")] = None,
+              limit: Annotated[int | None, Query(ge=1, le=500)] = None, cursor: str | None = None,
+              first_result: Annotated[int | None, Query(ge=0)] = None,
+              max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+    require(actor, "auditor")
+    with db.read() as s:
+        page = list_audit(s, actor, _filter(actor_name, action, instance_id, definition_key, since, until),
+                          Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
+                                       max_results=max_results))
+    return {"items": [event_dict(e) for e in page.items], "total": page.total, "next_cursor": page.next_cursor}
+
+
+CSV_FIELDS = ["seq", "occurred_at", "actor", "action", "instance_id", "task_id", "definition_key",
+              "definition_version", "chain", "chain_seq", "payload", "prev_hash", "hash"]
+
+
+@router.get("/audit/export", response_class=StreamingResponse,
+            responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
+def export_audit(db: DbDep, actor: ActorDep, format: Literal["csv", "jsonl"] = "jsonl",  # noqa: A002
+                 actor_name: Annotated[str | None, Query(alias="actor", max_length=100)] = None,
+                 action: Annotated[str | None, Query(max_length=60)] = None,
+                 instance_id: Annotated[str | None, Query(max_length=36)] = None,
+                 definition_key: Annotated[str | None, Query(max_length=200)] = None,
+                 since: Annotated[datetime | None, Query(alias="from")] = None,
+                 until: Annotated[datetime | None, Query(alias="to")] = None) -> StreamingResponse:
+    require(actor, "auditor")
+    f = _filter(actor_name, action, instance_id, definition_key, since, until)
+
+    def rows() -> Iterator[str]:
+        with db.read() as s:
+            if format == "csv":
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                for event in iter_audit(s, actor, f):
+                    row = event_dict(event)
+                    row["payload"] = event.payload
+                    writer.writerow(row)
+                    if buffer.tell() > 64 * 1024:
+                        yield buffer.getvalue()
+                        buffer.seek(0)
+                        buffer.truncate()
+                yield buffer.getvalue()
+            else:
+                for event in iter_audit(s, actor, f):
+                    yield json.dumps(event_dict(event), ensure_ascii=False) + "\n"
+
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    return StreamingResponse(rows(), media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="sopflow-audit.{format}"'})
+
+
+@router.get("/audit/verify", response_model=Verification)
+def verify(db: DbDep, actor: ActorDep) -> dict:
+    require(actor, "auditor")
+    with db.read() as s:
+        return audit.verify(s).to_dict()

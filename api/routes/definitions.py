@@ -1,0 +1,98 @@
+"""Deployments and process definitions (designers deploy; employees list what they can start)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile, status
+from sqlalchemy import select
+
+from api.deps import ActorDep, DbDep, SettingsDep, require
+from api.schemas import DefinitionRead, DeploymentCreated, DeploymentRead, Page
+from engine.errors import InvalidDefinition, NotFound
+from engine.loading import UploadedFile
+from engine.queries import Paging, list_definitions, list_deployments
+from engine.runtime import deploy, latest_definition
+from engine.store.models import DefinitionRow, DeploymentResourceRow
+
+router = APIRouter(prefix="/api", tags=["definitions"])
+
+
+@router.post("/deployments", status_code=status.HTTP_201_CREATED, response_model=DeploymentCreated,
+             responses={200: {"model": DeploymentCreated, "description": "identical files: the existing versions"}})
+def create_deployment(db: DbDep, actor: ActorDep, settings: SettingsDep, response: Response,
+                      files: Annotated[list[UploadFile], File(description="one or more .bpmn/.dmn files")],
+                      name: Annotated[str | None, Query(max_length=200)] = None) -> DeploymentCreated:
+    require(actor, "designer")
+    limit = settings.max_upload_bytes
+    uploads = []
+    for f in files:
+        data = f.file.read(limit + 1)
+        if len(data) > limit:
+            raise InvalidDefinition(f"{f.filename} is larger than {limit} bytes", file=f.filename)
+        uploads.append(UploadedFile(f.filename or "upload.bpmn", data))
+    result = db.command(lambda s: deploy(s, files=uploads, actor=actor, name=name, settings=settings))
+    if not result.created:
+        response.status_code = status.HTTP_200_OK
+    return DeploymentCreated(id=result.deployment_id, created=result.created, definitions=result.definitions)
+
+
+@router.get("/deployments", response_model=Page[DeploymentRead])
+def get_deployments(db: DbDep, actor: ActorDep, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0)] = None,
+                    max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+    require(actor, "designer")
+    with db.read() as s:
+        page = list_deployments(s, Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
+                                                max_results=max_results))
+    return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
+
+
+@router.get("/process-definitions", response_model=Page[DefinitionRead])
+def get_definitions(db: DbDep, actor: ActorDep, key: Annotated[str | None, Query(max_length=200)] = None,
+                    latest: bool = False, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0)] = None,
+                    max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+    require(actor, "designer", "employee")
+    with db.read() as s:
+        page = list_definitions(s, key=key, latest=latest, paging=Paging.parse(
+            limit=limit, cursor=cursor, first_result=first_result, max_results=max_results))
+    return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
+
+
+@router.get("/process-definitions/{key}", response_model=DefinitionRead)
+def get_latest_definition(db: DbDep, actor: ActorDep, key: str) -> DefinitionRow:
+    require(actor, "designer", "employee")
+    with db.read() as s:
+        return latest_definition(s, key)
+
+
+@router.get("/process-definitions/{key}/versions/{version}", response_model=DefinitionRead)
+def get_definition_version(db: DbDep, actor: ActorDep, key: str, version: int) -> DefinitionRow:
+    require(actor, "designer", "employee")
+    with db.read() as s:
+        return latest_definition(s, key, version)
+
+
+def _xml(db: DbDep, key: str, version: int | None) -> Response:
+    with db.read() as s:
+        definition = latest_definition(s, key, version)
+        content = s.scalar(select(DeploymentResourceRow.content).where(
+            DeploymentResourceRow.deployment_id == definition.deployment_id,
+            DeploymentResourceRow.name == definition.resource_name))
+    if content is None:
+        raise NotFound(f"the source of {key} is not stored")
+    return Response(content, media_type="application/xml")
+
+
+@router.get("/process-definitions/{key}/xml", response_class=Response,
+            responses={200: {"content": {"application/xml": {}}}})
+def get_latest_xml(db: DbDep, actor: ActorDep, key: str) -> Response:
+    require(actor, "designer")
+    return _xml(db, key, None)
+
+
+@router.get("/process-definitions/{key}/versions/{version}/xml", response_class=Response,
+            responses={200: {"content": {"application/xml": {}}}})
+def get_version_xml(db: DbDep, actor: ActorDep, key: str, version: int) -> Response:
+    require(actor, "designer")
+    return _xml(db, key, version)

@@ -1,0 +1,89 @@
+"""Process instances: start, list, read, cancel; message correlation."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import ActorDep, DbDep, SettingsDep, require
+from api.schemas import CancelRequest, InstanceDetail, InstanceRead, MessageRequest, MessageResult, Page, StartRequest
+from api.views import task_read
+from engine.errors import Forbidden, InvalidInput
+from engine.queries import InstanceFilter, Paging, instance_tasks, list_instances, visible_instance
+from engine.runtime import cancel_instance, correlate_message, start_instance
+
+router = APIRouter(prefix="/api", tags=["instances"])
+
+
+@router.post("/process-definitions/{key}/start", status_code=status.HTTP_201_CREATED, response_model=InstanceDetail)
+def start(db: DbDep, actor: ActorDep, settings: SettingsDep, key: str, body: StartRequest) -> dict:
+    require(actor, "employee")
+    row = db.command(lambda s: start_instance(s, key=key, actor=actor, variables=body.variables,
+                                              business_key=body.business_key, version=body.version,
+                                              settings=settings))
+    return _detail(db, row.id, actor)
+
+
+def _detail(db: DbDep, instance_id: str, actor: ActorDep) -> dict:
+    with db.read() as s:
+        row = visible_instance(s, actor, instance_id)
+        tasks = instance_tasks(s, instance_id)
+    return {**InstanceRead.model_validate(row).model_dump(), "open_tasks": [task_read(t) for t in tasks]}
+
+
+@router.get("/process-instances", response_model=Page[InstanceRead])
+def get_instances(
+    db: DbDep, actor: ActorDep,
+    definition_key: Annotated[str | None, Query(max_length=200)] = None,
+    status_: Annotated[str | None, Query(alias="status", description="running, completed or cancelled")] = None,
+    business_key: Annotated[str | None, Query(max_length=200)] = None,
+    started_by: Annotated[str | None, Query(max_length=100)] = None,
+    started_before: datetime | None = None, started_after: datetime | None = None,
+    variable: Annotated[list[str] | None, Query(description="name_eq_value, repeatable (value is JSON or text)")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None, cursor: str | None = None,
+    first_result: Annotated[int | None, Query(ge=0)] = None,
+    max_results: Annotated[int | None, Query(ge=1, le=500)] = None,
+) -> dict:
+    require(actor, "employee")
+    variables = {}
+    for item in variable or []:
+        name, sep, raw = item.partition("_eq_")
+        if not sep or not name:
+            raise InvalidInput("variable filters look like name_eq_value", field="variable")
+        try:
+            variables[name] = json.loads(raw)
+        except ValueError:
+            variables[name] = raw
+    f = InstanceFilter(definition_key, status_, business_key, started_by, started_before, started_after, variables)
+    with db.read() as s:
+        page = list_instances(s, actor, f, Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
+                                                        max_results=max_results))
+    return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
+
+
+@router.get("/process-instances/{instance_id}", response_model=InstanceDetail)
+def get_instance(db: DbDep, actor: ActorDep, instance_id: str) -> dict:
+    require(actor, "employee")
+    return _detail(db, instance_id, actor)
+
+
+@router.post("/process-instances/{instance_id}/cancel", response_model=InstanceDetail)
+def cancel(db: DbDep, actor: ActorDep, instance_id: str, body: CancelRequest) -> dict:
+    require(actor, "employee")
+    with db.read() as s:
+        row = visible_instance(s, actor, instance_id)
+    if not actor.is_admin and row.started_by != actor.name:
+        raise Forbidden("only whoever started an instance, or an admin, may cancel it", instance_id=instance_id)
+    db.command(lambda s: cancel_instance(s, instance_id=instance_id, actor=actor, reason=body.reason))
+    return _detail(db, instance_id, actor)
+
+
+@router.post("/messages", response_model=MessageResult)
+def message(db: DbDep, actor: ActorDep, settings: SettingsDep, body: MessageRequest) -> MessageResult:
+    require(actor, "employee")
+    ids = db.command(lambda s: correlate_message(
+        s, name=body.name, actor=actor, business_key=body.business_key, correlation=body.correlation,
+        variables=body.variables, all_matches=body.all, settings=settings))
+    return MessageResult(instance_ids=ids)

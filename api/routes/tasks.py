@@ -1,0 +1,114 @@
+"""The task inbox: Camunda-style filters, the task with its SOP step and form, and the task commands."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from api.deps import ActorDep, DbDep, SettingsDep, require
+from api.schemas import AssignRequest, CompleteRequest, Count, InstanceRead, Page, TaskDetail, TaskRead
+from api.views import task_read
+from engine.errors import Forbidden, NotFound
+from engine.queries import Paging, TaskFilter, count_tasks, list_tasks, may_act_on, task_detail, task_exists
+from engine.runtime import Actor, assign_task, claim_task, complete_task, get_task_row, unclaim_task
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+
+@dataclass
+class TaskQuery:
+    state: Annotated[Literal["open", "completed", "cancelled", "all"], Query()] = "open"
+    assignee: Annotated[str | None, Query(max_length=100, description="a user name, or `me`")] = None
+    candidate_user: Annotated[str | None, Query(max_length=100, description="a user name, or `me`")] = None
+    candidate_group: Annotated[str | None, Query(max_length=200)] = None
+    include_assigned: bool = False
+    unassigned: bool | None = None
+    process_instance_id: Annotated[str | None, Query(max_length=36)] = None
+    definition_key: Annotated[str | None, Query(max_length=200)] = None
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+    follow_up_before: datetime | None = None
+    min_priority: int | None = None
+    sla: Annotated[Literal["on_time", "at_risk", "breached"] | None, Query()] = None
+    sort: Annotated[Literal["due", "priority", "created"], Query()] = "created"
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc"
+
+    def filter(self) -> TaskFilter:
+        return TaskFilter(**self.__dict__)
+
+
+QueryDep = Annotated[TaskQuery, Depends()]
+
+
+@router.get("", response_model=Page[TaskRead])
+def get_tasks(db: DbDep, actor: ActorDep, q: QueryDep, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+              cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0)] = None,
+              max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+    require(actor, "employee")
+    with db.read() as s:
+        page = list_tasks(s, actor, q.filter(), Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
+                                                            max_results=max_results))
+    return {"items": [task_read(t) for t in page.items], "total": page.total, "next_cursor": page.next_cursor}
+
+
+@router.get("/count", response_model=Count)
+def get_task_count(db: DbDep, actor: ActorDep, q: QueryDep) -> Count:
+    require(actor, "employee")
+    with db.read() as s:
+        return Count(count=count_tasks(s, actor, q.filter()))
+
+
+@router.get("/{task_id}", response_model=TaskDetail)
+def get_task(db: DbDep, actor: ActorDep, task_id: str) -> dict:
+    require(actor, "employee")
+    with db.read() as s:
+        detail = task_detail(s, actor, task_id)
+    return {**task_read(detail.pop("task")), **detail}
+
+
+def _may_act(db: DbDep, actor: Actor, task_id: str) -> None:
+    with db.read() as s:
+        if may_act_on(s, actor, task_id):
+            return
+        if not task_exists(s, task_id):
+            raise NotFound(f"task {task_id} not found", task_id=task_id)
+    raise Forbidden("this task is not yours: it is assigned to someone else or not offered to your groups",
+                    task_id=task_id)
+
+
+def _task(db: DbDep, task_id: str) -> dict:
+    with db.read() as s:
+        return task_read(get_task_row(s, task_id))
+
+
+@router.post("/{task_id}/claim", response_model=TaskRead)
+def claim(db: DbDep, actor: ActorDep, task_id: str) -> dict:
+    require(actor, "employee")
+    _may_act(db, actor, task_id)
+    db.command(lambda s: claim_task(s, task_id=task_id, actor=actor))
+    return _task(db, task_id)
+
+
+@router.post("/{task_id}/unclaim", response_model=TaskRead)
+def unclaim(db: DbDep, actor: ActorDep, task_id: str) -> dict:
+    require(actor, "employee")
+    _may_act(db, actor, task_id)
+    db.command(lambda s: unclaim_task(s, task_id=task_id, actor=actor))
+    return _task(db, task_id)
+
+
+@router.post("/{task_id}/assign", response_model=TaskRead)
+def assign(db: DbDep, actor: ActorDep, task_id: str, body: AssignRequest) -> dict:
+    require(actor)  # assigning work to others is an admin right (Camunda's TASK_ASSIGN)
+    db.command(lambda s: assign_task(s, task_id=task_id, assignee=body.assignee, actor=actor))
+    return _task(db, task_id)
+
+
+@router.post("/{task_id}/complete", response_model=InstanceRead)
+def complete(db: DbDep, actor: ActorDep, settings: SettingsDep, task_id: str, body: CompleteRequest):  # noqa: ANN201
+    require(actor, "employee")
+    _may_act(db, actor, task_id)
+    return db.command(lambda s: complete_task(s, task_id=task_id, actor=actor, variables=body.variables,
+                                              settings=settings))

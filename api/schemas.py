@@ -1,0 +1,204 @@
+"""Request and response bodies (snake_case; every resource has an ``id``; lists answer ``items``)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int = Field(description="how many items match, across all pages")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
+
+
+class Count(BaseModel):
+    count: int
+
+
+class DefinitionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    key: str
+    version: int
+    name: str
+    deployment_id: str
+    resource_name: str
+    message_names: list[str]
+    created_at: datetime
+
+
+class DeploymentRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    checksum: str
+    dialect: str
+    deployed_by: str | None
+    deployed_at: datetime
+
+
+class DeploymentCreated(BaseModel):
+    id: str
+    created: bool = Field(description="false when identical files were deployed before (existing versions)")
+    definitions: list[dict[str, Any]]
+
+
+class TaskRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    element_id: str
+    instance_id: str
+    definition_key: str
+    state: str
+    lane: str | None
+    assignee: str | None
+    candidate_users: list[str]
+    candidate_groups: list[str]
+    form_key: str | None
+    priority: int
+    due_at: datetime | None
+    follow_up_at: datetime | None
+    created_at: datetime
+    claimed_at: datetime | None
+    ended_at: datetime | None
+    completed_by: str | None
+    sla: str | None = Field(None, description="on_time, at_risk or breached (open tasks with a due date)")
+
+
+class FormRead(BaseModel):
+    title: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", serialization_alias="schema")
+    ui: dict[str, Any] | None = None
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class TaskDetail(TaskRead):
+    sop: str | None = Field(None, description="the SOP text of this step, rendered with the instance's data")
+    documentation: str | None = Field(None, description="the SOP text as written in the diagram")
+    form: FormRead | None = None
+    data: dict[str, Any] = Field(default_factory=dict, description="the instance data the form shows")
+
+
+class InstanceRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    definition_id: str
+    definition_key: str
+    definition_version: int
+    business_key: str | None
+    status: str
+    variables: dict[str, Any]
+    revision: int
+    started_by: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    ended_by: str | None
+    end_reason: str | None
+
+
+class InstanceDetail(InstanceRead):
+    open_tasks: list[TaskRead] = Field(default_factory=list)
+
+
+class StartRequest(BaseModel):
+    variables: dict[str, Any] = Field(default_factory=dict)
+    business_key: str | None = Field(None, max_length=200)
+    version: int | None = Field(None, ge=1, description="a specific version; default the latest")
+
+
+class CompleteRequest(BaseModel):
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+
+class AssignRequest(BaseModel):
+    assignee: str | None = Field(None, max_length=100, description="user name; null unassigns")
+
+
+class CancelRequest(BaseModel):
+    reason: str | None = Field(None, max_length=2000)
+
+
+class MessageRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    business_key: str | None = Field(None, max_length=200)
+    correlation: dict[str, Any] = Field(default_factory=dict, description="instance variables that must match")
+    variables: dict[str, Any] = Field(default_factory=dict)
+    all: bool = Field(False, description="deliver to every matching instance instead of exactly one")
+
+
+class MessageResult(BaseModel):
+    instance_ids: list[str]
+
+
+class UserCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    role: str
+    groups: list[str] = Field(default_factory=list)
+    display_name: str | None = Field(None, max_length=200)
+
+
+class UserRead(BaseModel):
+    id: str
+    name: str
+    role: str
+    groups: list[str]
+    display_name: str | None
+
+
+class GroupsUpdate(BaseModel):
+    groups: list[str]
+
+
+class TokenRead(BaseModel):
+    token: str = Field(description="shown once; store it, sopflow keeps only its hash")
+
+
+class GroupRead(BaseModel):
+    id: str
+    name: str
+
+
+class AuditEventRead(BaseModel):
+    id: int
+    seq: int
+    chain: str
+    chain_seq: int
+    occurred_at: str
+    actor: str | None
+    action: str
+    instance_id: str | None
+    task_id: str | None
+    definition_id: str | None
+    definition_key: str | None
+    definition_version: int | None
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class Verification(BaseModel):
+    ok: bool
+    events: int
+    chains: int
+    broken_chain: str | None = None
+    broken_seq: int | None = None
+    reason: str | None = None
+
+
+class HistoryRead(BaseModel):
+    id: str
+    instance: InstanceRead
+    events: list[AuditEventRead]
+    tasks: list[TaskRead]
+
+
+class Me(BaseModel):
+    id: str
+    name: str
+    roles: list[str]
+    groups: list[str]
