@@ -108,7 +108,7 @@ class InstanceDetail(InstanceRead):
 class StartRequest(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict)
     business_key: str | None = Field(None, max_length=200)
-    version: int | None = Field(None, ge=1, description="a specific version; default the latest")
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="a specific version; default the latest")
 
 
 class CompleteRequest(BaseModel):

@@ -104,7 +104,7 @@ def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
 
 def instance_variables(workflow: BpmnWorkflow) -> dict[str, Any]:
     """The instance's current data: the workflow's when done, else its tasks' data folded oldest to newest."""
-    if workflow.is_completed():
+    if workflow.is_completed() and workflow.success:  # a cancelled workflow's data is its tasks'
         return _json_safe(workflow.data)
     merged: dict[str, Any] = {}
     definite = TaskState.DEFINITE_MASK | TaskState.FINISHED_MASK

@@ -43,7 +43,7 @@ def get_audit(db: DbDep, actor: ActorDep,
               since: Annotated[datetime | None, Query(alias="from")] = None,
               until: Annotated[datetime | None, Query(alias="to")] = None,
               limit: Annotated[int | None, Query(ge=1, le=500)] = None, cursor: str | None = None,
-              first_result: Annotated[int | None, Query(ge=0)] = None,
+              first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
               max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
     require(actor, "auditor")
     with db.read() as s:

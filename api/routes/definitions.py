@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Path, Query, Response, UploadFile, status
 from sqlalchemy import select
 
 from api.deps import ActorDep, DbDep, SettingsDep, require
@@ -15,6 +15,7 @@ from engine.runtime import deploy, latest_definition
 from engine.store.models import DefinitionRow, DeploymentResourceRow
 
 router = APIRouter(prefix="/api", tags=["definitions"])
+VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 @router.post("/deployments", status_code=status.HTTP_201_CREATED, response_model=DeploymentCreated,
@@ -38,7 +39,7 @@ def create_deployment(db: DbDep, actor: ActorDep, settings: SettingsDep, respons
 
 @router.get("/deployments", response_model=Page[DeploymentRead])
 def get_deployments(db: DbDep, actor: ActorDep, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0)] = None,
+                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
                     max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
     require(actor, "designer")
     with db.read() as s:
@@ -50,7 +51,7 @@ def get_deployments(db: DbDep, actor: ActorDep, limit: Annotated[int | None, Que
 @router.get("/process-definitions", response_model=Page[DefinitionRead])
 def get_definitions(db: DbDep, actor: ActorDep, key: Annotated[str | None, Query(max_length=200)] = None,
                     latest: bool = False, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0)] = None,
+                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
                     max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
     require(actor, "designer", "employee")
     with db.read() as s:
@@ -67,7 +68,7 @@ def get_latest_definition(db: DbDep, actor: ActorDep, key: str) -> DefinitionRow
 
 
 @router.get("/process-definitions/{key}/versions/{version}", response_model=DefinitionRead)
-def get_definition_version(db: DbDep, actor: ActorDep, key: str, version: int) -> DefinitionRow:
+def get_definition_version(db: DbDep, actor: ActorDep, key: str, version: VersionPath) -> DefinitionRow:
     require(actor, "designer", "employee")
     with db.read() as s:
         return latest_definition(s, key, version)
@@ -93,6 +94,6 @@ def get_latest_xml(db: DbDep, actor: ActorDep, key: str) -> Response:
 
 @router.get("/process-definitions/{key}/versions/{version}/xml", response_class=Response,
             responses={200: {"content": {"application/xml": {}}}})
-def get_version_xml(db: DbDep, actor: ActorDep, key: str, version: int) -> Response:
+def get_version_xml(db: DbDep, actor: ActorDep, key: str, version: VersionPath) -> Response:
     require(actor, "designer")
     return _xml(db, key, version)

@@ -43,7 +43,7 @@ def get_instances(
     started_before: datetime | None = None, started_after: datetime | None = None,
     variable: Annotated[list[str] | None, Query(description="name_eq_value, repeatable (value is JSON or text)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None, cursor: str | None = None,
-    first_result: Annotated[int | None, Query(ge=0)] = None,
+    first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
     max_results: Annotated[int | None, Query(ge=1, le=500)] = None,
 ) -> dict:
     require(actor, "employee")

@@ -30,7 +30,7 @@ class TaskQuery:
     due_before: datetime | None = None
     due_after: datetime | None = None
     follow_up_before: datetime | None = None
-    min_priority: int | None = None
+    min_priority: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None
     sla: Annotated[Literal["on_time", "at_risk", "breached"] | None, Query()] = None
     sort: Annotated[Literal["due", "priority", "created"], Query()] = "created"
     order: Annotated[Literal["asc", "desc"], Query()] = "asc"
@@ -44,7 +44,7 @@ QueryDep = Annotated[TaskQuery, Depends()]
 
 @router.get("", response_model=Page[TaskRead])
 def get_tasks(db: DbDep, actor: ActorDep, q: QueryDep, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-              cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0)] = None,
+              cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
               max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
     require(actor, "employee")
     with db.read() as s:
