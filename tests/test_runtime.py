@@ -297,3 +297,15 @@ def test_user_loop_step_stays_correct_over_many_iterations(db, clock):
     stored = instance(db, row.id)
     assert stored.status == "completed" and stored.variables["count"] == 60 and stored.variables["last"] == 59
     assert len(stored.state) < 10_000  # history lives in tasks/audit, not in the workflow tree
+
+
+def test_redeploying_an_unchanged_process_in_another_bundle_keeps_its_version(db, clock):
+    from engine.loading import UploadedFile
+
+    first = deploy_xml(db, approval_chain().xml(), "approval.bpmn")
+    other = Bpmn("other").start().end().chain("start", "end").xml()
+    both = deploy_xml(db, approval_chain().xml(), "approval.bpmn", UploadedFile("other.bpmn", other))
+    assert both.created
+    versions = {d["key"]: d["version"] for d in both.definitions}
+    assert versions == {"approval": 1, "other": 1}
+    assert [d["id"] for d in both.definitions if d["key"] == "approval"] == [first.definitions[0]["id"]]
