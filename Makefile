@@ -23,6 +23,7 @@ run: deploy
 	$(BIN)/sopflow serve
 
 test: $(STAMP)
+	$(BIN)/ruff check engine api tests bench
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -32,7 +32,6 @@ from engine.loading import UserTaskMeta
 from engine.sandbox import ScriptRefused, script_engine
 from engine.store.models import InstanceRow, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
 
-
 # A task is "at risk" once this share of the time between its creation and its due date has passed.
 AT_RISK_FRACTION = 0.75
 

@@ -27,7 +27,14 @@ from sqlalchemy.sql import Select
 from engine import clock
 from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.runtime import Actor
-from engine.store.models import AuditEventRow, DefinitionRow, DeploymentRow, InstanceRow, TaskCandidateRow, TaskRow
+from engine.store.models import (
+    AuditEventRow,
+    DefinitionRow,
+    DeploymentRow,
+    InstanceRow,
+    TaskCandidateRow,
+    TaskRow,
+)
 
 MAX_LIMIT = 500
 

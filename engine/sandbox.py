@@ -45,7 +45,6 @@ from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScript
 from engine.config import load as load_settings
 
 
-
 def _public_namespace(module: types.ModuleType) -> types.SimpleNamespace:
     """A module's public names minus any module it imported (``json.codecs`` would reach ``open``)."""
     names = {name: getattr(module, name) for name in dir(module) if not name.startswith("_")}
@@ -169,9 +168,9 @@ def _mul(left: Any, right: Any) -> Any:
 
 
 def _pow(base: Any, exp: Any) -> Any:
-    if isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1:
-        if exp * max(abs(base).bit_length(), 1) > MAX_POW_BITS:
-            raise ValueError("power too large for a script")
+    big = isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1
+    if big and exp * abs(base).bit_length() > MAX_POW_BITS:
+        raise ValueError("power too large for a script")
     return base**exp
 
 

@@ -1,6 +1,7 @@
 """The unit of work under concurrent writers (real threads, real databases)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -28,10 +29,8 @@ def _race(monkeypatch, db, *jobs):
 
     def paused_run(loaded, actor, settings):
         if not db.is_sqlite:  # SQLite queues writers at BEGIN IMMEDIATE: the other cannot have loaded yet
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):  # a retry runs alone
                 barrier.wait()
-            except threading.BrokenBarrierError:
-                pass  # a retry runs alone
         return original_run(loaded, actor, settings)
 
     def counted_persist(*args, **kwargs):

@@ -22,7 +22,18 @@ from engine.runtime import (
 from engine.store.models import AuditEventRow, DefinitionRow, TaskRow
 from engine.worker import run_once
 from tests.bpmnkit import Bpmn, approval_chain, script_loop, straight_scripts, user_loop
-from tests.helpers import ALICE, BOB, DESIGNER, MALLORY, audit_actions, deploy_xml, instance, jobs, open_tasks, snapshot
+from tests.helpers import (
+    ALICE,
+    BOB,
+    DESIGNER,
+    MALLORY,
+    audit_actions,
+    deploy_xml,
+    instance,
+    jobs,
+    open_tasks,
+    snapshot,
+)
 
 
 def test_deploy_versions_per_key_and_identical_redeploy_returns_existing(db):
@@ -293,7 +304,7 @@ def test_user_loop_step_stays_correct_over_many_iterations(db, clock):
     row = db.command(lambda s: start_instance(s, key="loop", actor=ALICE, variables={"limit": 60}))
     for i in range(60):
         [task] = open_tasks(db, row.id)
-        db.command(lambda s, t=task: complete_task(s, task_id=t.id, actor=ALICE, variables={"last": i}))
+        db.command(lambda s, t=task, n=i: complete_task(s, task_id=t.id, actor=ALICE, variables={"last": n}))
     stored = instance(db, row.id)
     assert stored.status == "completed" and stored.variables["count"] == 60 and stored.variables["last"] == 59
     assert len(stored.state) < 10_000  # history lives in tasks/audit, not in the workflow tree

@@ -8,7 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from api.deps import ActorDep, DbDep, SettingsDep, require
-from api.schemas import CancelRequest, InstanceDetail, InstanceRead, MessageRequest, MessageResult, Page, StartRequest
+from api.schemas import (
+    CancelRequest,
+    InstanceDetail,
+    InstanceRead,
+    MessageRequest,
+    MessageResult,
+    Page,
+    StartRequest,
+)
 from api.views import task_read
 from engine.errors import Forbidden, InvalidInput
 from engine.queries import InstanceFilter, Paging, instance_tasks, list_instances, visible_instance
