@@ -61,55 +61,44 @@ def _hash(prev_hash: str, chain: str, chain_seq: int, row: dict[str, Any]) -> st
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def _hashed_fields(r: AuditEventRow) -> dict[str, Any]:
-    return {
-        "occurred_at": r.occurred_at.isoformat(),
-        "actor": r.actor,
-        "action": r.action,
-        "instance_id": r.instance_id,
-        "task_id": r.task_id,
-        "definition_id": r.definition_id,
-        "definition_key": r.definition_key,
-        "definition_version": r.definition_version,
-        "payload": r.payload,
-    }
+HASHED_FIELDS = ("occurred_at", "actor", "action", "instance_id", "task_id", "definition_id", "definition_key",
+                 "definition_version", "payload")
+
+
+def _hashed_fields(get: Any) -> dict[str, Any]:
+    """What an event's hash covers, read through ``get(name)`` (a stored row or a new one)."""
+    return {k: get(k).isoformat() if k == "occurred_at" else get(k) for k in HASHED_FIELDS}
 
 
 def _rows(chain: str, start_seq: int, prev_hash: str, events: list[Event], *, instance_id: str | None,
-          definition: tuple[str | None, str | None, int | None]) -> tuple[list[AuditEventRow], str]:
+          definition: tuple[str | None, str | None, int | None]) -> tuple[list[dict[str, Any]], str]:
     rows = []
     definition_id, key, version = definition
+    now = clock.now()
     for i, ev in enumerate(events, start=1):
-        row = AuditEventRow(
-            chain=chain, chain_seq=start_seq + i, occurred_at=ev.occurred_at or clock.now(),
-            actor=ev.actor, action=ev.action, instance_id=instance_id, task_id=ev.task_id,
-            definition_id=definition_id, definition_key=key, definition_version=version,
-            payload=canonical(ev.payload), prev_hash=prev_hash,
-        )
-        row.hash = _hash(prev_hash, chain, row.chain_seq, _hashed_fields(row))
-        prev_hash = row.hash
+        row = {
+            "chain": chain, "chain_seq": start_seq + i, "occurred_at": ev.occurred_at or now,
+            "actor": ev.actor, "action": ev.action, "instance_id": instance_id, "task_id": ev.task_id,
+            "definition_id": definition_id, "definition_key": key, "definition_version": version,
+            "payload": canonical(ev.payload), "prev_hash": prev_hash,
+        }
+        row["hash"] = prev_hash = _hash(prev_hash, chain, row["chain_seq"], _hashed_fields(row.__getitem__))
         rows.append(row)
     return rows, prev_hash
 
 
-def chain_instance_events(instance: InstanceRow, events: list[Event]) -> tuple[list[AuditEventRow], str, int]:
+def chain_instance_events(instance_id: str, definition: tuple[str | None, str | None, int | None],
+                          seen_seq: int, seen_hash: str | None,
+                          events: list[Event]) -> tuple[list[dict[str, Any]], str, int]:
     """Rows for an instance's chain; the caller stores the new head with the revision check."""
-    rows, head = _rows(
-        instance.id, instance.audit_seq or 0, instance.last_audit_hash or GENESIS, events,
-        instance_id=instance.id,
-        definition=(instance.definition_id, instance.definition_key, instance.definition_version),
-    )
-    return rows, head, (instance.audit_seq or 0) + len(rows)
+    rows, head = _rows(instance_id, seen_seq, seen_hash or GENESIS, events, instance_id=instance_id,
+                       definition=definition)
+    return rows, head, seen_seq + len(rows)
 
 
-def insert_rows(session: Session, rows: list[AuditEventRow]) -> None:
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bulk insert (Core): audit rows are write-once and need no identity tracking."""
-    session.execute(insert(AuditEventRow), [
-        {c: getattr(r, c) for c in ("chain", "chain_seq", "occurred_at", "actor", "action", "instance_id",
-                                    "task_id", "definition_id", "definition_key", "definition_version",
-                                    "payload", "prev_hash", "hash")}
-        for r in rows
-    ])
+    session.execute(insert(AuditEventRow), rows)
 
 
 def append_global(session: Session, chain: str, events: list[Event],
@@ -128,7 +117,6 @@ def append_global(session: Session, chain: str, events: list[Event],
         ).rowcount
         if moved != 1:
             raise StaleInstance(f"audit chain {chain} moved; retrying")
-    session.flush()
     insert_rows(session, rows)
 
 
@@ -179,7 +167,7 @@ class _ChainWalker:
             return self.fail(row.chain, self.seq, "an event is missing from the chain")
         if row.prev_hash != self.prev:
             return self.fail(row.chain, row.chain_seq, "the previous-hash link is broken")
-        if _hash(self.prev, row.chain, row.chain_seq, _hashed_fields(row)) != row.hash:
+        if _hash(self.prev, row.chain, row.chain_seq, _hashed_fields(lambda k: getattr(row, k))) != row.hash:
             return self.fail(row.chain, row.chain_seq, "the event's content does not match its hash (it was altered)")
         self.prev = row.hash
         self.count += 1

@@ -120,11 +120,13 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRow, now: dat
 
 
 def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, user_tasks: dict[str, Any],
-               events: list[Event], actor: str | None, *, revision: int, completed: str | None = None) -> list[str]:
+               events: list[Event], actor: str | None, *, revision: int, completed: str | None = None,
+               held: list[tuple[Any, Any]]) -> list[str]:
     """Re-sync the instance's task rows; returns the ids of its open tasks.
 
     ``instance.open_task_ids`` (stored with the instance, under its revision) says which
-    rows are open, so nothing is queried unless a task has to be closed.
+    rows are open, so nothing is queried unless a task has to be closed. Inserts of new rows
+    go to ``held``: the caller runs them once the instance row exists.
     """
     now = clock.now()
     ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
@@ -154,12 +156,12 @@ def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, 
             "due_at": row.due_at, "priority": row.priority,
         }, task_id=row.id))
     if created:
-        session.execute(insert(TaskRow), created)
+        held.append((insert(TaskRow), created))
         candidates = [{"task_id": r["id"], "kind": "user", "name": n} for r in created for n in r["candidate_users"]]
         candidates += [{"task_id": r["id"], "kind": "group", "name": n} for r in created
                        for n in r["candidate_groups"]]
         if candidates:
-            session.execute(insert(TaskCandidateRow), candidates)
+            held.append((insert(TaskCandidateRow), candidates))
     return sorted(ready)
 
 

@@ -26,10 +26,8 @@ from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefin
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, select, update
-from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from engine import audit, clock, forms, projections
 from engine.audit import Event
@@ -225,30 +223,26 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
              status: str | None = None, end_reason: str | None = None) -> None:
     """Store state, projections and audit in the current transaction (the unit of work's steps 4-6).
 
-    An existing instance is written by one ``UPDATE ... WHERE revision = :seen`` that also
-    moves its audit-chain head; 0 rows means another command moved it first
+    A new instance is one INSERT; an existing one is one ``UPDATE ... WHERE revision = :seen``
+    that also moves its audit-chain head. 0 rows means another command moved it first
     (:class:`StaleInstance`, retried by the edge), and everything written here rolls back.
+    Projection writes that reference the instance row are held until that row exists.
     """
     row, workflow = loaded.row, loaded.workflow
     now = clock.now()
     if status is None:
         status = "completed" if workflow.is_completed() else "running"
     ended = status != "running"
-    values = {
+    values: dict[str, Any] = {
         "state": dump_state(loaded.specs, workflow), "state_format": STATE_FORMAT, "status": status,
         "variables": instance_variables(workflow), "revision": loaded.seen_revision + 1,
         "ended_at": now if ended else None,
         "ended_by": actor.name if ended else None, "end_reason": end_reason,
     }
-    if new:  # projection rows reference the instance row
-        for key, value in values.items():
-            setattr(row, key, value)
-        row.open_task_ids, row.waits = [], 0
-        session.add(row)
-        session.flush()
-    values["open_task_ids"] = projections.sync_tasks(session, row, workflow, loaded.definition.user_tasks,
-                                                     loaded.events, actor.name, revision=values["revision"],
-                                                     completed=loaded.completed_task)
+    held: list[tuple[Any, Any]] = []
+    values["open_task_ids"] = projections.sync_tasks(
+        session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
+        revision=values["revision"], completed=loaded.completed_task, held=held)
     if ended:
         projections.clear(session, row)
         values["waits"] = 0
@@ -256,24 +250,25 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
             loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
     else:
         values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name)
-    head = _chain(session, row, loaded.seen_audit_seq, loaded.events)
-    conditions = [InstanceRow.id == row.id, InstanceRow.audit_seq == loaded.seen_audit_seq]
-    if not new:
-        conditions.append(InstanceRow.revision == loaded.seen_revision)
-    changes = {"open_task_ids": values["open_task_ids"], "waits": values["waits"], **head} if new else {
-        **values, **head}
-    if changes:
+    values.update(_chain(session, row, loaded.seen_audit_seq, loaded.events))
+    if new:
+        identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",
+                                                 "business_key", "started_by", "started_at")}
+        with session.no_autoflush:  # pending job/subscription rows reference this row: flush after it
+            session.execute(insert(InstanceRow).values(**identity, **values))
+    else:
         moved = session.execute(
-            update(InstanceRow).where(*conditions).values(**changes).execution_options(synchronize_session=False)
+            update(InstanceRow)
+            .where(InstanceRow.id == row.id, InstanceRow.revision == loaded.seen_revision,
+                   InstanceRow.audit_seq == loaded.seen_audit_seq)
+            .values(**values).execution_options(synchronize_session=False)
         ).rowcount
         if moved != 1:
             raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
-        persistent = sa_inspect(row).persistent
-        for key, value in changes.items():  # the caller's copy reflects what was stored
-            if persistent:
-                set_committed_value(row, key, value)
-            else:
-                setattr(row, key, value)
+    for statement, params in held:
+        session.execute(statement, params)
+    for key, value in values.items():  # the caller's (transient) copy reflects what was stored
+        setattr(row, key, value)
     _insert_events(session)
 
 
@@ -281,10 +276,9 @@ def _chain(session: Session, row: InstanceRow, seen_seq: int, events: list[Event
     """Hash-chain ``events`` onto the instance's chain; returns the new head for the row update."""
     if not events:
         return {}
-    snapshot = InstanceRow(id=row.id, definition_id=row.definition_id, definition_key=row.definition_key,
-                           definition_version=row.definition_version, audit_seq=seen_seq,
-                           last_audit_hash=row.last_audit_hash if seen_seq else None)
-    rows, head, seq = audit.chain_instance_events(snapshot, events)
+    rows, head, seq = audit.chain_instance_events(
+        row.id, (row.definition_id, row.definition_key, row.definition_version), seen_seq,
+        row.last_audit_hash if seen_seq else None, events)
     session.info.setdefault("sopflow_audit_rows", []).extend(rows)
     return {"audit_seq": seq, "last_audit_hash": head}
 
@@ -397,6 +391,18 @@ def latest_definition(session: Session, key: str, version: int | None = None) ->
     return row
 
 
+def _definition_for_start(session: Session, key: str, version: int | None) -> DefinitionInfo:
+    """The definition to start: one light query for its id, the rest from the immutable cache."""
+    query = select(DefinitionRow.id).where(DefinitionRow.key == key)
+    query = query.where(DefinitionRow.version == version) if version else query.order_by(
+        DefinitionRow.version.desc())
+    definition_id = session.scalar(query.limit(1))
+    if definition_id is None:
+        suffix = f" version {version}" if version else ""
+        raise NotFound(f"no process definition with key '{key}'{suffix}", key=key)
+    return _definition(session, definition_id)
+
+
 def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[str, Any] | None = None,
                    business_key: str | None = None, version: int | None = None,
                    settings: Settings | None = None) -> InstanceRow:
@@ -404,7 +410,7 @@ def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[
     data = _check_variables(variables)
     if business_key is not None and (not isinstance(business_key, str) or len(business_key) > 200):
         raise InvalidInput("business_key must be a string of at most 200 characters", field="business_key")
-    definition = _info(latest_definition(session, key, version))
+    definition = _definition_for_start(session, key, version)
     specs = _specs(session, definition)
     workflow = new_workflow(specs)
     for task in workflow.get_tasks(state=TaskState.READY):
@@ -412,7 +418,7 @@ def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[
     row = InstanceRow(
         id=str(uuid.uuid4()), definition_id=definition.id, definition_key=definition.key,
         definition_version=definition.version, business_key=business_key, started_by=actor.name,
-        started_at=clock.now(), audit_seq=0, revision=0,
+        started_at=clock.now(), audit_seq=0, revision=0, open_task_ids=[], waits=0, last_audit_hash=None,
     )
     loaded = _Loaded(row, definition, specs, workflow, 0, 0)
     loaded.events.append(Event("instance.started", actor.name, {
