@@ -166,3 +166,15 @@ def test_call_activity_across_files_in_one_deployment(db, clock):
 
     assert instance(db, row.id).status == "completed"
     assert instance(db, row.id).variables["done"] is True
+
+
+def test_spiffworkflow_validation_errors_get_their_line():
+    """SpiffWorkflow's ValidationException never has a line (it reads `line_number`); ours does."""
+    xml = (b'<?xml version="1.0"?>\n<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" '
+           b'id="d">\n<bpmn:process id="p" isExecutable="true">\n<bpmn:startEvent id="s"/>\n'
+           b'<bpmn:complexGateway id="cg"/>\n'
+           b'<bpmn:sequenceFlow id="f" sourceRef="s" targetRef="cg"/>\n</bpmn:process>\n</bpmn:definitions>')
+    with pytest.raises(InvalidDefinition) as err:
+        parse_bundle([UploadedFile("g.bpmn", xml)], SETTINGS)
+    assert err.value.context["element_id"] == "cg" and err.value.context["line"] == 5
+    assert err.value.context["file"] == "g.bpmn"

@@ -320,3 +320,63 @@ def test_redeploying_an_unchanged_process_in_another_bundle_keeps_its_version(db
     versions = {d["key"]: d["version"] for d in both.definitions}
     assert versions == {"approval": 1, "other": 1}
     assert [d["id"] for d in both.definitions if d["key"] == "approval"] == [first.definitions[0]["id"]]
+
+
+def _assert_projections_match(db, instance_id):
+    """The tasks/jobs rows equal what the stored workflow says is open and waiting."""
+    from SpiffWorkflow.util.task import TaskState
+
+    from engine import projections, runtime
+
+    with db.read() as s:
+        loaded = runtime._load(s, instance_id, running=False)
+        ready = {str(t.id) for t in loaded.workflow.get_tasks(state=TaskState.READY, manual=True)}
+        timers = {str(t.id) for t in projections.waiting_events(loaded.workflow) if projections._timer_due(t)}
+    assert {t.id for t in open_tasks(db, instance_id)} == ready
+    assert {j.task_id for j in jobs(db, instance_id)} == timers
+
+
+def test_projections_match_the_workflow_after_every_command(db, clock):
+    b = (Bpmn("proj").start().parallel("split").user("a", props={"candidateGroups": "staff"})
+         .user("b", props={"candidateGroups": "staff"}).boundary_timer("t", "b", duration='"PT1H"')
+         .parallel("join").end().end("timed_out"))
+    b.chain("start", "split").flow("split", "a").flow("split", "b").flow("a", "join").flow("b", "join")
+    b.chain("join", "end").flow("t", "timed_out")
+    deploy_xml(db, b.xml())
+    row = db.command(lambda s: start_instance(s, key="proj", actor=ALICE))
+    _assert_projections_match(db, row.id)
+    a = next(t for t in open_tasks(db, row.id) if t.element_id == "a")
+    db.command(lambda s: claim_task(s, task_id=a.id, actor=ALICE))
+    _assert_projections_match(db, row.id)
+    db.command(lambda s: complete_task(s, task_id=a.id, actor=ALICE))
+    _assert_projections_match(db, row.id)
+    clock.advance(hours=2)
+    run_once(db)
+    _assert_projections_match(db, row.id)
+    assert [t.element_id for t in open_tasks(db, row.id)] == []
+
+
+def test_specs_are_stored_once_per_definition_not_per_instance(db, clock):
+    deploy_xml(db, approval_chain(3).xml())
+    row = db.command(lambda s: start_instance(s, key="approval", actor=ALICE))
+    state = json.loads(instance(db, row.id).state)
+    assert "spec" not in state and "subprocess_specs" not in state
+    with db.read() as s:
+        spec = s.scalar(select(DefinitionRow.spec).where(DefinitionRow.key == "approval"))
+    assert '"u2"' in spec and len(instance(db, row.id).state) < len(spec)
+
+
+def test_dates_and_decimals_from_scripts_survive_storage(db, clock):
+    b = (Bpmn("typed").start().script("make", "import datetime\nfrom decimal import Decimal\n"
+                                      "day = datetime.date(2026, 3, 1)\nprice = Decimal('19.90')\nat = now()")
+         .user("check", props={"candidateGroups": "staff"}).script("use", "total = price * 2\nlater = day.month + 1")
+         .end())
+    b.chain("start", "make", "check", "use", "end")
+    deploy_xml(db, b.xml())
+    row = db.command(lambda s: start_instance(s, key="typed", actor=ALICE))
+    [task] = open_tasks(db, row.id)
+    db.command(lambda s: complete_task(s, task_id=task.id, actor=ALICE))
+    stored = instance(db, row.id)
+    assert stored.status == "completed"
+    assert stored.variables["total"] == "39.80" and stored.variables["later"] == 4
+    assert stored.variables["day"] == "2026-03-01" and stored.variables["at"] == clock.now().isoformat()
