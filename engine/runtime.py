@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -81,7 +82,7 @@ def _check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
         if depth > 20:
             return False
         if isinstance(value, _JSON_SCALARS):
-            return not (isinstance(value, float) and value != value)  # NaN is not data
+            return not isinstance(value, float) or math.isfinite(value)  # NaN and infinities are not data
         if isinstance(value, list):
             return all(ok(v, depth + 1) for v in value)
         if isinstance(value, dict):
@@ -466,10 +467,25 @@ def may_work_on(row: TaskRow, actor: Actor) -> bool:
     return is_candidate(row, actor)
 
 
-def _task_event(session: Session, row: TaskRow, event: Event) -> None:
+def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) -> TaskRow:
+    """Change an open task's assignment, guarded: it must still look as this command saw it.
+
+    The UPDATE's WHERE repeats what was read (state and assignee), so two people claiming
+    at once cannot both win; the loser's retry sees the new assignee. The audit event goes
+    on the instance's chain with a compare-and-set on its head.
+    """
+    seen_seq = session.scalar(select(InstanceRow.audit_seq).where(InstanceRow.id == row.instance_id)) or 0
+    assignee_was = TaskRow.assignee.is_(None) if row.assignee is None else TaskRow.assignee == row.assignee
+    changed = session.execute(
+        update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open", assignee_was)
+        .values(**values).execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
     instance = session.get(InstanceRow, row.instance_id)
     assert instance is not None
-    _append_events(session, instance, instance.audit_seq or 0, [event])
+    _append_events(session, instance, seen_seq, [event])
+    return session.get(TaskRow, row.id, populate_existing=True)
 
 
 def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
@@ -482,9 +498,8 @@ def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
                        assignee=row.assignee)
     if not (is_candidate(row, actor) or actor.is_admin):
         raise Forbidden(f"you are not a candidate for task '{row.name}'", task_id=row.id)
-    row.assignee, row.claimed_at = actor.name, clock.now()
-    _task_event(session, row, Event("task.claimed", actor.name, {"assignee": actor.name}, task_id=row.id))
-    return row
+    return _change_task(session, row, Event("task.claimed", actor.name, {"assignee": actor.name}, task_id=row.id),
+                        assignee=actor.name, claimed_at=clock.now())
 
 
 def unclaim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
@@ -495,9 +510,8 @@ def unclaim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
     if row.assignee != actor.name and not actor.is_admin:
         raise Forbidden(f"task '{row.name}' is claimed by {row.assignee}; only they can release it",
                         task_id=row.id)
-    previous, row.assignee, row.claimed_at = row.assignee, None, None
-    _task_event(session, row, Event("task.unclaimed", actor.name, {"previous_assignee": previous}, task_id=row.id))
-    return row
+    return _change_task(session, row, Event("task.unclaimed", actor.name, {"previous_assignee": row.assignee},
+                                            task_id=row.id), assignee=None, claimed_at=None)
 
 
 def assign_task(session: Session, *, task_id: str, assignee: str | None, actor: Actor) -> TaskRow:
@@ -506,11 +520,9 @@ def assign_task(session: Session, *, task_id: str, assignee: str | None, actor: 
     _require_open(row)
     if assignee is not None and (not isinstance(assignee, str) or not assignee.strip() or len(assignee) > 100):
         raise InvalidInput("assignee must be a user name", field="assignee")
-    previous, row.assignee = row.assignee, assignee
-    row.claimed_at = clock.now() if assignee else None
-    _task_event(session, row, Event("task.assigned", actor.name, {"assignee": assignee, "previous_assignee": previous},
-                                    task_id=row.id))
-    return row
+    event = Event("task.assigned", actor.name, {"assignee": assignee, "previous_assignee": row.assignee},
+                  task_id=row.id)
+    return _change_task(session, row, event, assignee=assignee, claimed_at=clock.now() if assignee else None)
 
 
 def _coerce_form_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> dict[str, Any]:

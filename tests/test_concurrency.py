@@ -8,7 +8,7 @@ import pytest
 
 from engine import audit, runtime
 from engine.errors import Conflict, StaleInstance
-from engine.runtime import cancel_instance, complete_task, start_instance
+from engine.runtime import cancel_instance, claim_task, complete_task, start_instance
 from tests.bpmnkit import Bpmn
 from tests.helpers import ALICE, BOB, deploy_xml, instance, open_tasks
 
@@ -122,3 +122,30 @@ def test_many_instances_in_parallel_do_not_block_each_other(db, clock, writers):
     assert all([t.element_id for t in open_tasks(db, i)] == ["c"] for i in ids)
     with db.read() as s:
         assert audit.verify(s).ok
+
+
+def test_two_people_claiming_at_once_one_wins(db, clock):
+    deploy_xml(db, _parallel())
+    row = db.command(lambda s: start_instance(s, key="par", actor=ALICE))
+    a, _ = open_tasks(db, row.id)
+    barrier = threading.Barrier(2)
+    outcomes = {}
+
+    def claim(actor):
+        barrier.wait()
+        try:
+            db.command(lambda s: claim_task(s, task_id=a.id, actor=actor))
+            outcomes[actor.name] = "won"
+        except Conflict as exc:
+            outcomes[actor.name] = str(exc)
+
+    threads = [threading.Thread(target=claim, args=(x,)) for x in (ALICE, BOB)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(outcomes.values())[-1] == "won"
+    loser = next(v for v in outcomes.values() if v != "won")
+    winner = next(k for k, v in outcomes.items() if v == "won")
+    assert f"already claimed by {winner}" in loser
+    assert next(t for t in open_tasks(db, row.id) if t.id == a.id).assignee == winner
