@@ -51,6 +51,7 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     app.state.db = database
     app.state.settings = settings
     problems.install(app)
+    problems.limit_body_size(app, settings.max_request_bytes)
     observability.install(app)
     for module in (definitions, instances, tasks, audit, identity):
         app.include_router(module.router)

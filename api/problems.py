@@ -79,3 +79,15 @@ def install(app: FastAPI) -> None:
         log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
         return problem(request, 500, "Internal error", "internal_error",
                        "something went wrong on our side; quote the request id when reporting it")
+
+
+def limit_body_size(app: FastAPI, max_bytes: int) -> None:
+    """Refuse bodies larger than ``max_bytes`` before reading them (413, nothing stored)."""
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            return problem(request, 413, "Request too large", "too_large",
+                           f"the request body is {length} bytes; the limit is {max_bytes} bytes")
+        return await call_next(request)

@@ -16,6 +16,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("SOPFLOW_DATA_DIR", "./data")))
     database_url: str = field(default_factory=lambda: os.environ.get("SOPFLOW_DATABASE_URL", ""))
     max_upload_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_UPLOAD_BYTES", 5 * 1024 * 1024))
+    max_request_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_REQUEST_BYTES", 20 * 1024 * 1024))
     max_xml_depth: int = field(default_factory=lambda: _int("SOPFLOW_MAX_XML_DEPTH", 100))
     # Script budgets: loop iterations per script/expression, and wall time per script.
     script_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_SCRIPT_MAX_STEPS", 100_000))

@@ -101,6 +101,9 @@ def test_problem_format_and_request_ids(api):
     bad_body = api.post("rita", "/api/process-definitions/x/start", json={"variables": "nope"})
     assert bad_body.status_code == 422 and "variables" in bad_body.json()["errors"]
     assert api.get("rita", "/api/no-such-route").status_code == 404
+    huge = api.client.post("/api/process-definitions/x/start", content=b"{" + b" " * (21 * 1024 * 1024) + b"}",
+                           headers={**api.h("rita"), "Content-Type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["code"] == "too_large"
 
 
 def test_hostile_and_broken_uploads_store_nothing(api):
