@@ -98,7 +98,7 @@ def chain_instance_events(instance_id: str, definition: tuple[str | None, str | 
 
 def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bulk insert (Core): audit rows are write-once and need no identity tracking."""
-    session.execute(insert(AuditEventRow), rows)
+    session.connection().execute(insert(AuditEventRow), rows)
 
 
 def append_global(session: Session, chain: str, events: list[Event],

@@ -169,7 +169,8 @@ class _Loaded:
 
 def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loaded:
     # a plain (transient) copy: _persist writes the row with one guarded UPDATE, not the ORM
-    data = session.execute(select(InstanceRow.__table__).where(InstanceRow.id == instance_id)).mappings().first()
+    data = session.connection().execute(
+        select(InstanceRow.__table__).where(InstanceRow.id == instance_id)).mappings().first()
     row = InstanceRow(**data) if data is not None else None
     if row is None:
         raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
@@ -256,9 +257,9 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",
                                                  "business_key", "started_by", "started_at")}
         with session.no_autoflush:  # pending job/subscription rows reference this row: flush after it
-            session.execute(insert(InstanceRow).values(**identity, **values))
+            session.connection().execute(insert(InstanceRow).values(**identity, **values))
     else:
-        moved = session.execute(
+        moved = session.connection().execute(
             update(InstanceRow)
             .where(InstanceRow.id == row.id, InstanceRow.revision == loaded.seen_revision,
                    InstanceRow.audit_seq == loaded.seen_audit_seq)
@@ -267,7 +268,7 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         if moved != 1:
             raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
     for statement, params in held:
-        session.execute(statement, params)
+        session.connection().execute(statement, params)
     for key, value in values.items():  # the caller's (transient) copy reflects what was stored
         setattr(row, key, value)
     _insert_events(session)
@@ -568,7 +569,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     """Complete a READY user task with the submitted variables; returns the instance as stored."""
     settings = settings or load_settings()
     data = _check_variables(variables)
-    row = session.execute(select(TaskRow.__table__).where(TaskRow.id == task_id)).first()
+    row = session.connection().execute(select(TaskRow.__table__).where(TaskRow.id == task_id)).first()
     if row is None:
         raise NotFound(f"task {task_id} not found", task_id=task_id)
     _require_open(row)
@@ -595,7 +596,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         task.run()
     except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
         raise _spiff_error(exc) from None
-    closed = session.execute(
+    closed = session.connection().execute(
         update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open")
         .values(state="completed", ended_at=clock.now(), completed_by=actor.name)
         .execution_options(synchronize_session=False)
