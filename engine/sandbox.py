@@ -245,14 +245,21 @@ HELPERS: dict[str, Any] = {
 _NOT_DATA = (types.ModuleType, types.SimpleNamespace, types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)
 
 
+@lru_cache(maxsize=1)
+def _limits() -> tuple[int, float]:
+    """Script budgets from the settings, read once per process."""
+    settings = load_settings()
+    return settings.script_max_steps, settings.script_max_seconds
+
+
 class _Run:
     """Installs a fresh budget for one script or expression (re-entrant: nested calls share it)."""
 
     def __enter__(self) -> None:
         self.outer = getattr(_state, "budget", None)
         if self.outer is None:
-            settings = load_settings()
-            _state.budget = _Budget(settings.script_max_steps, time.monotonic() + settings.script_max_seconds)
+            steps, seconds = _limits()
+            _state.budget = _Budget(steps, time.monotonic() + seconds)
 
     def __exit__(self, *exc: object) -> None:
         if self.outer is None:
