@@ -101,6 +101,7 @@ class ParsedProcess:
     subprocess_specs: dict[str, Any]
     user_tasks: dict[str, UserTaskMeta]  # keyed by "<process or subprocess spec name>/<element id>"
     message_names: list[str]
+    start_messages: list[str]
 
 
 @dataclass
@@ -268,6 +269,13 @@ def _collect_user_tasks(spec: Any, dialect: str) -> dict[str, UserTaskMeta]:
     return found
 
 
+def _message_definitions(ed: Any) -> list[Any]:
+    if ed is None:
+        return []
+    defs = getattr(ed, "event_definitions", None) or [ed]
+    return [d for d in defs if type(d).__name__.startswith("Message") and getattr(d, "name", None)]
+
+
 def _is_dmn(root: etree._Element) -> bool:
     return etree.QName(root).namespace in DMN_NAMESPACES
 
@@ -328,8 +336,12 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
                 if getattr(getattr(ts, "event_definition", None), "name", None)
                 and type(ts.event_definition).__name__.startswith("Message")
             })
+            starts = sorted({
+                d.name for ts in spec.task_specs.values() if type(ts).__name__ == "StartEvent"
+                for d in _message_definitions(getattr(ts, "event_definition", None))
+            })
             processes.append(ParsedProcess(pid, spec.description or pid, process_files[pid], spec, subprocess_specs,
-                                           user_tasks, messages))
+                                           user_tasks, messages, starts))
     except ValidationException as exc:
         file_name, line = locate.find(exc.id or None, exc.file_name or None)
         raise InvalidDefinition(

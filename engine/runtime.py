@@ -27,7 +27,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefin
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock, forms, projections
@@ -358,7 +358,8 @@ def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: s
         row = DefinitionRow(
             id=str(uuid.uuid4()), key=process.key, version=(latest.version if latest else 0) + 1, name=process.name,
             deployment_id=deployment_id, resource_name=process.resource_name, spec=spec_text,
-            user_tasks=user_tasks, message_names=process.message_names, content_hash=content_hash, created_at=now,
+            user_tasks=user_tasks, message_names=process.message_names, start_messages=process.start_messages,
+            content_hash=content_hash, created_at=now,
         )
         new_rows.append(row)
         results.append(_definition_dict(row))
@@ -408,11 +409,14 @@ def _definition_for_start(session: Session, key: str, version: int | None) -> De
 def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[str, Any] | None = None,
                    business_key: str | None = None, version: int | None = None,
                    settings: Settings | None = None) -> InstanceRow:
-    settings = settings or load_settings()
-    data = _check_variables(variables)
+    return _start(session, _definition_for_start(session, key, version), actor=actor,
+                  data=_check_variables(variables), business_key=business_key, settings=settings or load_settings())
+
+
+def _start(session: Session, definition: DefinitionInfo, *, actor: Actor, data: dict[str, Any],
+           business_key: str | None, settings: Settings, message: str | None = None) -> InstanceRow:
     if business_key is not None and (not isinstance(business_key, str) or len(business_key) > 200):
         raise InvalidInput("business_key must be a string of at most 200 characters", field="business_key")
-    definition = _definition_for_start(session, key, version)
     specs = _specs(session, definition)
     workflow = new_workflow(specs)
     for task in workflow.get_tasks(state=TaskState.READY):
@@ -425,9 +429,12 @@ def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[
     loaded = _Loaded(row, definition, specs, workflow, 0, 0)
     loaded.events.append(Event("instance.started", actor.name, {
         "variables": data, "business_key": business_key, "definition_key": definition.key,
-        "definition_version": definition.version,
+        "definition_version": definition.version, **({"message": message} if message else {}),
     }))
     _run(loaded, actor, settings)
+    if message is not None:  # a message start event waits for this very message
+        _deliver(loaded, message, data, actor)
+        _run(loaded, actor, settings)
     _persist(session, loaded, actor, new=True)
     return row
 
@@ -637,28 +644,52 @@ def correlate_message(session: Session, *, name: str, actor: Actor, business_key
                 matched.append(iid)
         instance_ids = sorted(matched)
     if not instance_ids:
-        raise NotFound(f"no running instance is waiting for message '{name}'", message_name=name)
+        return _start_by_message(session, name=name, actor=actor, business_key=business_key, data=data,
+                                 all_matches=all_matches, settings=settings)
     if len(instance_ids) > 1 and not all_matches:
         raise Conflict(f"{len(instance_ids)} instances wait for message '{name}'; narrow it with a business key "
                        "or correlation variables, or deliver to all", message_name=name, matches=len(instance_ids))
     for instance_id in instance_ids:
         loaded = _load(session, instance_id)
-        waiting = [t for t in projections.waiting_events(loaded.workflow)
-                   if name in projections.message_names(t)]
-        # the event must be of the catching definition's own class (Spiff and Camunda dialects differ)
-        definition = projections.message_definition(waiting[0], name) if waiting else MessageEventDefinition(name)
-        try:
-            loaded.workflow.send_event(BpmnEvent(definition, payload=data))
-        except SpiffWorkflowException as exc:
-            raise _spiff_error(exc) from None
-        for task in waiting:
-            ed = projections.message_definition(task, name)
-            if getattr(ed, "message_var", "") is None or getattr(ed, "variable", "") is None:
-                task.data.update(data)  # these dialects drop a payload that has no variable to land in
-        loaded.events.append(Event("message.correlated", actor.name, {"message": name, "variables": data}))
+        _deliver(loaded, name, data, actor)
         _run(loaded, actor, settings)
         _persist(session, loaded, actor)
     return instance_ids
+
+
+def _deliver(loaded: _Loaded, name: str, data: dict[str, Any], actor: Actor) -> None:
+    waiting = [t for t in projections.waiting_events(loaded.workflow) if name in projections.message_names(t)]
+    # the event must be of the catching definition's own class (Spiff and Camunda dialects differ)
+    definition = projections.message_definition(waiting[0], name) if waiting else MessageEventDefinition(name)
+    try:
+        loaded.workflow.send_event(BpmnEvent(definition, payload=data))
+    except SpiffWorkflowException as exc:
+        raise _spiff_error(exc) from None
+    for task in waiting:
+        ed = projections.message_definition(task, name)
+        if getattr(ed, "message_var", "") is None or getattr(ed, "variable", "") is None:
+            task.data.update(data)  # these dialects drop a payload that has no variable to land in
+    loaded.events.append(Event("message.correlated", actor.name, {"message": name, "variables": data}))
+
+
+def _start_by_message(session: Session, *, name: str, actor: Actor, business_key: str | None,
+                      data: dict[str, Any], all_matches: bool, settings: Settings) -> list[str]:
+    """No instance waits for the message: start the latest definitions whose start event catches it."""
+    latest = select(DefinitionRow.key, func.max(DefinitionRow.version).label("v")).group_by(
+        DefinitionRow.key).subquery()
+    candidates = [
+        d for d in session.scalars(select(DefinitionRow).join(
+            latest, (latest.c.key == DefinitionRow.key) & (latest.c.v == DefinitionRow.version)))
+        if name in (d.start_messages or [])
+    ]
+    if not candidates:
+        raise NotFound(f"no running instance is waiting for message '{name}' and no process starts with it",
+                       message_name=name)
+    if len(candidates) > 1 and not all_matches:
+        raise Conflict(f"{len(candidates)} processes start with message '{name}'; deliver to all or rename one",
+                       message_name=name, matches=len(candidates))
+    return [_start(session, _info(d), actor=actor, data=data, business_key=business_key, settings=settings,
+                   message=name).id for d in sorted(candidates, key=lambda d: d.key)]
 
 
 def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None = None, actor: Actor = SYSTEM,

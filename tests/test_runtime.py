@@ -380,3 +380,30 @@ def test_dates_and_decimals_from_scripts_survive_storage(db, clock):
     assert stored.status == "completed"
     assert stored.variables["total"] == "39.80" and stored.variables["later"] == 4
     assert stored.variables["day"] == "2026-03-01" and stored.variables["at"] == clock.now().isoformat()
+
+
+def _message_started(process_id: str = "orders") -> bytes:
+    b = Bpmn(process_id)
+    b.messages.add("order_placed")
+    b.raw('<bpmn:startEvent id="start"><bpmn:messageEventDefinition messageRef="msg_order_placed"/>'
+          "</bpmn:startEvent>")
+    b.user("pack", "Pack the order", props={"candidateGroups": "staff"}).end().chain("start", "pack", "end")
+    return b.xml()
+
+
+def test_a_message_with_nobody_waiting_starts_its_process(db, clock):
+    deploy_xml(db, _message_started())
+    [iid] = db.command(lambda s: correlate_message(s, name="order_placed", actor=ALICE, business_key="O-1",
+                                                   variables={"sku": "X1"}))
+    stored = instance(db, iid)
+    assert stored.business_key == "O-1" and stored.definition_key == "orders" and stored.started_by == "alice"
+    assert stored.variables["sku"] == "X1"
+    assert [t.element_id for t in open_tasks(db, iid)] == ["pack"]
+    assert audit_actions(db, iid)[:2] == ["instance.started", "message.correlated"]
+    deploy_xml(db, _message_started("returns"), "returns.bpmn")
+    with pytest.raises(Conflict, match="2 processes start with message"):
+        db.command(lambda s: correlate_message(s, name="order_placed", actor=ALICE))
+    both = db.command(lambda s: correlate_message(s, name="order_placed", actor=ALICE, all_matches=True))
+    assert sorted(instance(db, i).definition_key for i in both) == ["orders", "returns"]
+    with pytest.raises(NotFound, match="no process starts with it"):
+        db.command(lambda s: correlate_message(s, name="unknown", actor=ALICE))

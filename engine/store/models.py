@@ -94,6 +94,7 @@ class DefinitionRow(Base):
     spec: Mapped[str] = mapped_column(Text, deferred=True)  # restored once per process (SpecCache)
     user_tasks: Mapped[dict[str, Any]] = mapped_column(JSON)
     message_names: Mapped[list[str]] = mapped_column(JSON)
+    start_messages: Mapped[list[str]] = mapped_column(JSON, default=list)  # caught by a top-level start event
     content_hash: Mapped[str] = mapped_column(String(64))  # parsed spec + metadata: unchanged => same version
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

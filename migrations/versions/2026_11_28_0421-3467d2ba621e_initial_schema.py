@@ -1,14 +1,14 @@
 """initial schema
 
-Revision ID: 68ae579ea8d5
+Revision ID: 3467d2ba621e
 Revises: 
-Create Date: 2026-11-28 04:08:45.944897
+Create Date: 2026-11-28 04:21:20.814403
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '68ae579ea8d5'
+revision = '3467d2ba621e'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -114,6 +114,7 @@ def upgrade() -> None:
     sa.Column('spec', sa.Text(), nullable=False),
     sa.Column('user_tasks', sa.JSON(), nullable=False),
     sa.Column('message_names', sa.JSON(), nullable=False),
+    sa.Column('start_messages', sa.JSON(), nullable=False),
     sa.Column('content_hash', sa.String(length=64), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'], name=op.f('fk_process_definitions_deployment_id_deployments')),
