@@ -96,9 +96,12 @@ def chain_instance_events(instance_id: str, definition: tuple[str | None, str | 
     return rows, head, seen_seq + len(rows)
 
 
+_INSERT_EVENTS = insert(AuditEventRow)
+
+
 def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bulk insert (Core): audit rows are write-once and need no identity tracking."""
-    session.connection().execute(insert(AuditEventRow), rows)
+    session.connection().execute(_INSERT_EVENTS, rows)
 
 
 def append_global(session: Session, chain: str, events: list[Event],

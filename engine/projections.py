@@ -36,6 +36,10 @@ from engine.store.models import InstanceRow, JobRow, SubscriptionRow, TaskCandid
 AT_RISK_FRACTION = 0.75
 
 
+_INSERT_TASKS = insert(TaskRow)
+_INSERT_CANDIDATES = insert(TaskCandidateRow)
+
+
 def meta_key(task: Task) -> str:
     return f"{task.workflow.spec.name}/{task.task_spec.bpmn_id}"
 
@@ -156,12 +160,12 @@ def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, 
             "due_at": row.due_at, "priority": row.priority,
         }, task_id=row.id))
     if created:
-        held.append((insert(TaskRow), created))
+        held.append((_INSERT_TASKS, created))
         candidates = [{"task_id": r["id"], "kind": "user", "name": n} for r in created for n in r["candidate_users"]]
         candidates += [{"task_id": r["id"], "kind": "group", "name": n} for r in created
                        for n in r["candidate_groups"]]
         if candidates:
-            held.append((insert(TaskCandidateRow), candidates))
+            held.append((_INSERT_CANDIDATES, candidates))
     return sorted(ready)
 
 

@@ -27,7 +27,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefin
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock, forms, projections
@@ -155,6 +155,16 @@ def _specs(session: Session, definition: DefinitionInfo) -> Specs:
     return SPECS.get(definition.id, spec_text)
 
 
+# Hot-path statements, built once: SQLAlchemy then reuses their compiled form.
+_SELECT_INSTANCE = select(InstanceRow.__table__).where(InstanceRow.id == bindparam("b_id"))
+_INSERT_INSTANCE = insert(InstanceRow)
+_UPDATE_INSTANCE = update(InstanceRow).where(
+    InstanceRow.id == bindparam("b_id"), InstanceRow.revision == bindparam("b_revision"),
+    InstanceRow.audit_seq == bindparam("b_audit_seq"))
+_SELECT_TASK = select(TaskRow.__table__).where(TaskRow.id == bindparam("b_id"))
+_CLOSE_TASK = update(TaskRow).where(TaskRow.id == bindparam("b_id"), TaskRow.state == "open")
+
+
 @dataclass
 class _Loaded:
     row: InstanceRow
@@ -169,8 +179,7 @@ class _Loaded:
 
 def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loaded:
     # a plain (transient) copy: _persist writes the row with one guarded UPDATE, not the ORM
-    data = session.connection().execute(
-        select(InstanceRow.__table__).where(InstanceRow.id == instance_id)).mappings().first()
+    data = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).mappings().first()
     row = InstanceRow(**data) if data is not None else None
     if row is None:
         raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
@@ -257,14 +266,11 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",
                                                  "business_key", "started_by", "started_at")}
         with session.no_autoflush:  # pending job/subscription rows reference this row: flush after it
-            session.connection().execute(insert(InstanceRow).values(**identity, **values))
+            session.connection().execute(_INSERT_INSTANCE, {**identity, **values})
     else:
-        moved = session.connection().execute(
-            update(InstanceRow)
-            .where(InstanceRow.id == row.id, InstanceRow.revision == loaded.seen_revision,
-                   InstanceRow.audit_seq == loaded.seen_audit_seq)
-            .values(**values).execution_options(synchronize_session=False)
-        ).rowcount
+        moved = session.connection().execute(_UPDATE_INSTANCE, {
+            "b_id": row.id, "b_revision": loaded.seen_revision, "b_audit_seq": loaded.seen_audit_seq, **values,
+        }).rowcount
         if moved != 1:
             raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
     for statement, params in held:
@@ -576,7 +582,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     """Complete a READY user task with the submitted variables; returns the instance as stored."""
     settings = settings or load_settings()
     data = _check_variables(variables)
-    row = session.connection().execute(select(TaskRow.__table__).where(TaskRow.id == task_id)).first()
+    row = session.connection().execute(_SELECT_TASK, {"b_id": task_id}).first()
     if row is None:
         raise NotFound(f"task {task_id} not found", task_id=task_id)
     _require_open(row)
@@ -603,11 +609,8 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         task.run()
     except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
         raise _spiff_error(exc) from None
-    closed = session.connection().execute(
-        update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open")
-        .values(state="completed", ended_at=clock.now(), completed_by=actor.name)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    closed = session.connection().execute(_CLOSE_TASK, {
+        "b_id": row.id, "state": "completed", "ended_at": clock.now(), "completed_by": actor.name}).rowcount
     if closed != 1:
         raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
     loaded.completed_task = row.id
