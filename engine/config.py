@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -33,5 +34,7 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'sopflow.db').resolve()}"
 
 
+@lru_cache(maxsize=1)
 def load() -> Settings:
+    """The process's settings, read from the environment once."""
     return Settings()

@@ -163,6 +163,10 @@ _UPDATE_INSTANCE = update(InstanceRow).where(
     InstanceRow.audit_seq == bindparam("b_audit_seq"))
 _SELECT_TASK = select(TaskRow.__table__).where(TaskRow.id == bindparam("b_id"))
 _CLOSE_TASK = update(TaskRow).where(TaskRow.id == bindparam("b_id"), TaskRow.state == "open")
+_LATEST_ID = (select(DefinitionRow.id).where(DefinitionRow.key == bindparam("b_key"))
+              .order_by(DefinitionRow.version.desc()).limit(1))
+_VERSION_ID = select(DefinitionRow.id).where(DefinitionRow.key == bindparam("b_key"),
+                                             DefinitionRow.version == bindparam("b_version"))
 
 
 @dataclass
@@ -402,10 +406,10 @@ def latest_definition(session: Session, key: str, version: int | None = None) ->
 
 def _definition_for_start(session: Session, key: str, version: int | None) -> DefinitionInfo:
     """The definition to start: one light query for its id, the rest from the immutable cache."""
-    query = select(DefinitionRow.id).where(DefinitionRow.key == key)
-    query = query.where(DefinitionRow.version == version) if version else query.order_by(
-        DefinitionRow.version.desc())
-    definition_id = session.scalar(query.limit(1))
+    if version:
+        definition_id = session.connection().execute(_VERSION_ID, {"b_key": key, "b_version": version}).scalar()
+    else:
+        definition_id = session.connection().execute(_LATEST_ID, {"b_key": key}).scalar()
     if definition_id is None:
         suffix = f" version {version}" if version else ""
         raise NotFound(f"no process definition with key '{key}'{suffix}", key=key)
