@@ -40,7 +40,6 @@ from typing import Any
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.specs.control import BoundaryEventSplit, StartEventSplit
-from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent
 from SpiffWorkflow.bpmn.specs.mixins.events.intermediate_event import EventBasedGateway
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
@@ -241,8 +240,3 @@ def run_engine(
             break
     workflow.refresh_timers()
     prune(workflow)  # what is stored stays small, whatever the threshold
-
-
-def waiting_catch_events(workflow: BpmnWorkflow) -> list[Task]:
-    return [t for t in workflow.event_manager.tasks.values()
-            if isinstance(t.task_spec, CatchingEvent) and t.state == TaskState.WAITING]

@@ -117,11 +117,6 @@ def authenticate(session: Session, token: str) -> Actor | None:
     return Actor(row.name, frozenset(_groups_of(session, row.id)), frozenset({row.role}))
 
 
-def actor_for(session: Session, name: str) -> Actor:
-    user = _user(session, name)
-    return Actor(user.name, frozenset(_groups_of(session, user.id)), frozenset({user.role}))
-
-
 def list_users(session: Session) -> list[UserView]:
     users = session.scalars(select(UserRow).order_by(UserRow.name)).all()
     return [UserView(u.name, u.role, _groups_of(session, u.id), u.display_name) for u in users]

@@ -46,7 +46,6 @@ from engine.store.models import (
     InstanceRow,
     JobRow,
     SubscriptionRow,
-    TaskCandidateRow,
     TaskRow,
 )
 
@@ -726,7 +725,3 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
     _run(loaded, actor, settings)
     _persist(session, loaded, actor)
     return len(due)
-
-
-def task_candidates(session: Session, task_id: str) -> list[TaskCandidateRow]:
-    return list(session.scalars(select(TaskCandidateRow).where(TaskCandidateRow.task_id == task_id)))
