@@ -104,6 +104,9 @@ def cmd_users(args: argparse.Namespace) -> int:
             print(f"added {view.name} ({view.role}) groups: {', '.join(view.groups) or '-'}")
         elif args.action == "token":
             print(db.command(lambda s: identity.issue_token(s, name=args.name, actor=SYSTEM)))
+        elif args.action == "revoke":
+            count = db.command(lambda s: identity.revoke_tokens(s, name=args.name, actor=SYSTEM))
+            print(f"revoked {count} token(s) of {args.name}")
         elif args.action == "list":
             with db.read() as s:
                 for u in identity.list_users(s):
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--once", action="store_true", help="fire what is due now and exit")
     wk.add_argument("--interval", type=float, default=1.0)
     wk.set_defaults(fn=cmd_worker)
-    us = sub.add_parser("users", help="identity: users add|token|list|demo")
+    us = sub.add_parser("users", help="identity: users add|token|revoke|list|demo")
     us_sub = us.add_subparsers(dest="action", required=True)
     add = us_sub.add_parser("add", help="add a user")
     add.add_argument("name")
@@ -145,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--group", action="append", default=[], help="repeatable")
     tok = us_sub.add_parser("token", help="print a new API token for a user (only the token)")
     tok.add_argument("name")
+    rev = us_sub.add_parser("revoke", help="revoke every token of a user")
+    rev.add_argument("name")
     us_sub.add_parser("list", help="list users")
     us_sub.add_parser("demo", help="create the demo organisation (idempotent); prints new tokens once")
     us.set_defaults(fn=cmd_users)

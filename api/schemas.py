@@ -158,6 +158,10 @@ class TokenRead(BaseModel):
     token: str = Field(description="shown once; store it, sopflow keeps only its hash")
 
 
+class TokensRevoked(BaseModel):
+    revoked: int = Field(description="how many live tokens were revoked")
+
+
 class GroupRead(BaseModel):
     id: str
     name: str

@@ -11,7 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock
@@ -102,6 +102,18 @@ def issue_token(session: Session, *, name: str, actor: Actor) -> str:
     session.flush()
     audit.append_global(session, audit.IDENTITY_CHAIN, [Event("token.issued", actor.name, {"name": name})])
     return token
+
+
+def revoke_tokens(session: Session, *, name: str, actor: Actor) -> int:
+    """Revoke every live token of ``name``; returns how many were revoked."""
+    user = _user(session, name)
+    revoked = session.execute(
+        update(ApiTokenRow).where(ApiTokenRow.user_id == user.id, ApiTokenRow.revoked_at.is_(None))
+        .values(revoked_at=clock.now())
+    ).rowcount
+    audit.append_global(session, audit.IDENTITY_CHAIN, [Event("tokens.revoked", actor.name,
+                                                              {"name": name, "count": revoked})])
+    return revoked
 
 
 def authenticate(session: Session, token: str) -> Actor | None:

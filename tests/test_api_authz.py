@@ -48,6 +48,7 @@ CASES = [
     ("POST", "/api/users", "new-user", {"admin"}),
     ("PUT", "/api/users/rita/groups", {"groups": ["staff"]}, {"admin"}),
     ("POST", "/api/users/rita/tokens", None, {"admin"}),
+    ("DELETE", "/api/users/fay/tokens", None, {"admin"}),
     ("GET", "/api/groups", None, {"admin"}),
     ("GET", "/metrics", None, {"admin"}),
 ]

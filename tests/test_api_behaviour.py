@@ -153,6 +153,9 @@ def test_identity_endpoints_and_me(api):
     users = {u["name"]: u for u in api.get("admin", "/api/users").json()["items"]}
     assert users["nina"]["groups"] == ["finance"]
     assert api.get("audrey", "/api/audit", params={"action": "user.created", "actor": "admin"}).json()["total"] == 1
+    assert api.client.delete("/api/users/nina/tokens", headers=api.h("rita")).status_code == 403
+    assert api.client.delete("/api/users/nina/tokens", headers=api.h("admin")).json() == {"revoked": 1}
+    assert api.client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
 def test_metrics_expose_counters(api):

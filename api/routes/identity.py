@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from api.deps import ActorDep, DbDep, require
-from api.schemas import GroupRead, GroupsUpdate, Me, Page, TokenRead, UserCreate, UserRead
+from api.schemas import GroupRead, GroupsUpdate, Me, Page, TokenRead, TokensRevoked, UserCreate, UserRead
 from engine import identity
 
 router = APIRouter(prefix="/api", tags=["identity"])
@@ -45,6 +45,12 @@ def set_groups(db: DbDep, actor: ActorDep, name: str, body: GroupsUpdate) -> dic
 def new_token(db: DbDep, actor: ActorDep, name: str) -> TokenRead:
     require(actor)
     return TokenRead(token=db.command(lambda s: identity.issue_token(s, name=name, actor=actor)))
+
+
+@router.delete("/users/{name}/tokens", response_model=TokensRevoked)
+def revoke_tokens(db: DbDep, actor: ActorDep, name: str) -> TokensRevoked:
+    require(actor)
+    return TokensRevoked(revoked=db.command(lambda s: identity.revoke_tokens(s, name=name, actor=actor)))
 
 
 @router.get("/groups", response_model=Page[GroupRead])
