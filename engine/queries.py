@@ -255,15 +255,32 @@ def _instance_query(actor: Actor, f: InstanceFilter) -> Select:
     return query.order_by(InstanceRow.started_at.desc(), InstanceRow.id)
 
 
+def _variable_equals(name: str, value: Any) -> Any:
+    """``variables[name] == value`` in SQL, typed by the value (JSON paths on SQLite and PostgreSQL)."""
+    element = InstanceRow.variables[name]
+    if isinstance(value, bool):
+        return element.as_boolean() == value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise InvalidInput(f"variable filter '{name}' compares with a number out of range", field="variable")
+        return element.as_integer() == value
+    if isinstance(value, float):
+        return element.as_float() == value
+    if isinstance(value, str):
+        return element.as_string() == value
+    if value is None:  # JSON null and a missing variable both read as SQL NULL
+        return element.as_string().is_(None)
+    raise InvalidInput(f"variable filter '{name}' must compare with a string, number, boolean or null",
+                       field="variable")
+
+
 def list_instances(session: Session, actor: Actor, f: InstanceFilter, paging: Paging) -> Page:
     query = _instance_query(actor, f)
-    if not f.variables:
-        return _page(session, query, paging)
-    # variable filters compare JSON values in Python (portable across SQLite and PostgreSQL)
-    matched = [row for row in session.scalars(query)
-               if all((row.variables or {}).get(k) == v for k, v in f.variables.items())]
-    items = matched[paging.offset:paging.offset + paging.limit]
-    return Page(items, len(matched), paging.cursor_after(len(items), len(matched)))
+    for name, value in f.variables.items():
+        if not name.isidentifier():
+            raise InvalidInput(f"'{name}' is not a variable name", field="variable")
+        query = query.where(_variable_equals(name, value))
+    return _page(session, query, paging)
 
 
 def visible_instance(session: Session, actor: Actor, instance_id: str) -> InstanceRow:

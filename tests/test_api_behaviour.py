@@ -80,6 +80,13 @@ def test_instance_filters(api, clock):
     assert q(status="cancelled") == [b["id"]]
     assert q(variable="region_eq_EU") == [a["id"]]
     assert sorted(q(variable="size_eq_3")) == sorted([a["id"], b["id"]])
+    assert q(variable=["size_eq_3", "region_eq_US"]) == [b["id"]]
+    assert q(variable="size_eq_4") == [] and q(variable="missing_eq_1") == []
+    assert q(variable='region_eq_"EU"') == [a["id"]]
+    assert sorted(q(variable="missing_eq_null")) == sorted([a["id"], b["id"]])
+    for bad in ("size_eq_[1]", "size_eq_99999999999999999999", "no-equals"):
+        r = api.get("rita", "/api/process-instances", params={"variable": bad})
+        assert r.status_code == 422 and r.json()["field"] == "variable"
     assert q(started_after=(clock.now() - timedelta(minutes=30)).isoformat()) == [b["id"]]
     assert q(started_by="max") == []
     assert api.get("max", "/api/process-instances").json()["total"] == 0  # not hr, did not start them
