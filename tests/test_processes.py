@@ -155,3 +155,18 @@ def test_onboarding_default_rule(shipped, clock):
     row = db.command(lambda s: start_instance(s, key="employee_onboarding", actor=Actor("hal"), variables={
         "employee_name": "Bo", "role": "accountant", "manager": "max", "start_date": "2026-02-02"}))
     assert instance(db, row.id).variables["laptop"] == "standard laptop"
+
+
+@pytest.mark.parametrize("path", sorted(PROCESSES.glob("*.bpmn")), ids=lambda p: p.name)
+def test_shipped_diagrams_carry_a_layout_for_every_element(path):
+    """Designers open these in a modeler: every node needs a shape and every flow an edge."""
+    from lxml import etree
+
+    ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",
+          "bpmndi": "http://www.omg.org/spec/BPMN/20100524/DI"}
+    root = etree.parse(str(path)).getroot()
+    nodes = set(root.xpath("//bpmn:process/*[not(self::bpmn:laneSet or self::bpmn:sequenceFlow)]/@id", namespaces=ns))
+    flows = set(root.xpath("//bpmn:sequenceFlow/@id", namespaces=ns))
+    shapes = set(root.xpath("//bpmndi:BPMNShape/@bpmnElement", namespaces=ns))
+    edges = set(root.xpath("//bpmndi:BPMNEdge/@bpmnElement", namespaces=ns))
+    assert nodes <= shapes and flows <= edges
