@@ -98,14 +98,13 @@ def _prune_tree(workflow: Any, removed: list[Task]) -> None:
     root = workflow.task_tree
     tasks = workflow.tasks
     pinned = _pinned(workflow, tasks)
-    # post-order over an explicit stack: which subtrees are wholly finished?
+    # pre-order over an explicit stack (reversed, it is a post-order for the liveness pass)
     order: list[Task] = []
     stack = [root]
     while stack:
         task = stack.pop()
         order.append(task)
         stack.extend(tasks[c] for c in task._children if c in tasks)
-    dead: dict[Any, bool] = {}
     # the newest superseded (cancelled) token of each join, per arriving flow, is merged into
     # the join's next firing (UnstructuredJoin._run_hook reads its parent's data): keep it
     # and its parent
@@ -119,10 +118,9 @@ def _prune_tree(workflow: Any, removed: list[Task]) -> None:
     for token in newest.values():
         pinned.add(token.id)
         pinned.add(token._parent)
-    live: dict[Any, bool] = {}
+    live: dict[Any, bool] = {}  # does the subtree hold an unfinished task?
     for task in reversed(order):
         live[task.id] = not _finished(task) or any(live.get(c, False) for c in task._children)
-        dead[task.id] = task.id not in pinned and not live[task.id]
 
     def inspects_children(parent: Task) -> bool:
         if isinstance(parent.task_spec, _SPLITS):
@@ -144,7 +142,7 @@ def _prune_tree(workflow: Any, removed: list[Task]) -> None:
         if parent is None:
             continue
         inspecting = inspects_children(parent)
-        if dead[task.id] and _finished(parent) and not inspecting:
+        if task.id not in pinned and not live[task.id] and _finished(parent) and not inspecting:
             parent._children.remove(task.id)
             remove(task)
             continue

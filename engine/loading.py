@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from lxml import etree
@@ -190,8 +191,6 @@ def _check_expressions(name: str, root: etree._Element) -> None:
 
 
 def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
-    from datetime import datetime
-
     for attr in ("due_date", "follow_up_date"):
         value = getattr(meta, attr)
         if not value:

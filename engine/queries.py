@@ -205,11 +205,9 @@ def sla_state(task: TaskRow, now: datetime | None = None) -> str | None:
 
 
 def visible_task(session: Session, actor: Actor, task_id: str) -> TaskRow:
-    task = session.scalar(select(TaskRow).where(TaskRow.id == task_id))
+    # out of scope reads as absent: an employee must not learn that someone else's task exists
+    task = session.scalar(select(TaskRow).where(TaskRow.id == task_id, task_scope(actor)))
     if task is None:
-        raise NotFound(f"task {task_id} not found", task_id=task_id)
-    if session.scalar(select(TaskRow.id).where(TaskRow.id == task_id, task_scope(actor))) is None:
-        # an employee must not learn that someone else's task exists
         raise NotFound(f"task {task_id} not found", task_id=task_id)
     return task
 

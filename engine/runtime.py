@@ -398,9 +398,13 @@ def latest_definition(session: Session, key: str, version: int | None = None) ->
         DefinitionRow.version.desc())
     row = session.scalars(query.limit(1)).first()
     if row is None:
-        suffix = f" version {version}" if version else ""
-        raise NotFound(f"no process definition with key '{key}'{suffix}", key=key)
+        raise _no_definition(key, version)
     return row
+
+
+def _no_definition(key: str, version: int | None) -> NotFound:
+    suffix = f" version {version}" if version else ""
+    return NotFound(f"no process definition with key '{key}'{suffix}", key=key)
 
 
 def _definition_for_start(session: Session, key: str, version: int | None) -> DefinitionInfo:
@@ -410,8 +414,7 @@ def _definition_for_start(session: Session, key: str, version: int | None) -> De
     else:
         definition_id = session.connection().execute(_LATEST_ID, {"b_key": key}).scalar()
     if definition_id is None:
-        suffix = f" version {version}" if version else ""
-        raise NotFound(f"no process definition with key '{key}'{suffix}", key=key)
+        raise _no_definition(key, version)
     return _definition(session, definition_id)
 
 
