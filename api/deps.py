@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import Unauthorized
 from engine.config import Settings
 from engine.errors import Forbidden
 from engine.identity import authenticate
+from engine.queries import Paging
 from engine.runtime import Actor
 from engine.store.db import Database
 
@@ -43,6 +44,17 @@ def current_actor(request: Request, db: DbDep,
 
 
 ActorDep = Annotated[Actor, Depends(current_actor)]
+
+
+def paging(limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+           cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+           first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+           max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> Paging:
+    """Every list pages with limit/cursor, or Camunda's first_result/max_results."""
+    return Paging.parse(limit=limit, cursor=cursor, first_result=first_result, max_results=max_results)
+
+
+PagingDep = Annotated[Paging, Depends(paging)]
 
 
 def require(actor: Actor, *roles: str) -> None:

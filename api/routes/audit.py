@@ -11,11 +11,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import ActorDep, DbDep, require
+from api.deps import ActorDep, DbDep, PagingDep, require
 from api.schemas import AuditEventRead, HistoryRead, Page, Verification
-from api.views import task_read
+from api.views import page_body, task_read
 from engine import audit
-from engine.queries import AuditFilter, Paging, event_dict, iter_audit, list_audit, timeline
+from engine.queries import AuditFilter, event_dict, iter_audit, list_audit, timeline
 
 router = APIRouter(prefix="/api", tags=["history and audit"])
 
@@ -35,22 +35,18 @@ def _filter(actor_name: str | None, action: str | None, instance_id: str | None,
 
 
 @router.get("/audit", response_model=Page[AuditEventRead])
-def get_audit(db: DbDep, actor: ActorDep,
+def get_audit(db: DbDep, actor: ActorDep, paging: PagingDep,
               actor_name: Annotated[str | None, Query(alias="actor", max_length=100)] = None,
               action: Annotated[str | None, Query(max_length=60)] = None,
               instance_id: Annotated[str | None, Query(max_length=36)] = None,
               definition_key: Annotated[str | None, Query(max_length=200)] = None,
               since: Annotated[datetime | None, Query(alias="from")] = None,
-              until: Annotated[datetime | None, Query(alias="to")] = None,
-              limit: Annotated[int | None, Query(ge=1, le=500)] = None, cursor: str | None = None,
-              first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-              max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+              until: Annotated[datetime | None, Query(alias="to")] = None) -> dict:
     require(actor, "auditor")
     with db.read() as s:
         page = list_audit(s, actor, _filter(actor_name, action, instance_id, definition_key, since, until),
-                          Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
-                                       max_results=max_results))
-    return {"items": [event_dict(e) for e in page.items], "total": page.total, "next_cursor": page.next_cursor}
+                          paging)
+    return page_body(page, [event_dict(e) for e in page.items])
 
 
 CSV_FIELDS = ["seq", "occurred_at", "actor", "action", "instance_id", "task_id", "definition_key",

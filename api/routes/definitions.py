@@ -6,11 +6,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Path, Query, Response, UploadFile, status
 from sqlalchemy import select
 
-from api.deps import ActorDep, DbDep, SettingsDep, require
+from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
 from api.schemas import DefinitionRead, DeploymentCreated, DeploymentRead, Page
+from api.views import page_body
 from engine.errors import InvalidDefinition, NotFound
 from engine.loading import UploadedFile
-from engine.queries import Paging, list_definitions, list_deployments
+from engine.queries import list_definitions, list_deployments
 from engine.runtime import deploy, latest_definition
 from engine.store.models import DefinitionRow, DeploymentResourceRow
 
@@ -38,26 +39,21 @@ def create_deployment(db: DbDep, actor: ActorDep, settings: SettingsDep, respons
 
 
 @router.get("/deployments", response_model=Page[DeploymentRead])
-def get_deployments(db: DbDep, actor: ActorDep, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-                    max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+def get_deployments(db: DbDep, actor: ActorDep, paging: PagingDep) -> dict:
     require(actor, "designer")
     with db.read() as s:
-        page = list_deployments(s, Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
-                                                max_results=max_results))
-    return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
+        page = list_deployments(s, paging)
+    return page_body(page)
 
 
 @router.get("/process-definitions", response_model=Page[DefinitionRead])
-def get_definitions(db: DbDep, actor: ActorDep, key: Annotated[str | None, Query(max_length=200)] = None,
-                    latest: bool = False, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-                    cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-                    max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+def get_definitions(db: DbDep, actor: ActorDep, paging: PagingDep,
+                    key: Annotated[str | None, Query(max_length=200)] = None,
+                    latest: bool = False) -> dict:
     require(actor, "designer", "employee")
     with db.read() as s:
-        page = list_definitions(s, key=key, latest=latest, paging=Paging.parse(
-            limit=limit, cursor=cursor, first_result=first_result, max_results=max_results))
-    return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
+        page = list_definitions(s, key=key, latest=latest, paging=paging)
+    return page_body(page)
 
 
 @router.get("/process-definitions/{key}", response_model=DefinitionRead)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import ActorDep, DbDep, SettingsDep, require
+from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
 from api.schemas import (
     CancelRequest,
     InstanceDetail,
@@ -17,9 +17,9 @@ from api.schemas import (
     Page,
     StartRequest,
 )
-from api.views import task_read
+from api.views import page_body, task_read
 from engine.errors import Forbidden, InvalidInput
-from engine.queries import InstanceFilter, Paging, instance_tasks, list_instances, visible_instance
+from engine.queries import InstanceFilter, instance_tasks, list_instances, visible_instance
 from engine.runtime import cancel_instance, correlate_message, start_instance
 
 router = APIRouter(prefix="/api", tags=["instances"])
@@ -43,16 +43,13 @@ def _detail(db: DbDep, instance_id: str, actor: ActorDep) -> dict:
 
 @router.get("/process-instances", response_model=Page[InstanceRead])
 def get_instances(
-    db: DbDep, actor: ActorDep,
+    db: DbDep, actor: ActorDep, paging: PagingDep,
     definition_key: Annotated[str | None, Query(max_length=200)] = None,
     status_: Annotated[str | None, Query(alias="status", description="running, completed or cancelled")] = None,
     business_key: Annotated[str | None, Query(max_length=200)] = None,
     started_by: Annotated[str | None, Query(max_length=100)] = None,
     started_before: datetime | None = None, started_after: datetime | None = None,
     variable: Annotated[list[str] | None, Query(description="name_eq_value, repeatable (value is JSON or text)")] = None,
-    limit: Annotated[int | None, Query(ge=1, le=500)] = None, cursor: str | None = None,
-    first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-    max_results: Annotated[int | None, Query(ge=1, le=500)] = None,
 ) -> dict:
     require(actor, "employee")
     variables = {}
@@ -66,9 +63,8 @@ def get_instances(
             variables[name] = raw
     f = InstanceFilter(definition_key, status_, business_key, started_by, started_before, started_after, variables)
     with db.read() as s:
-        page = list_instances(s, actor, f, Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
-                                                        max_results=max_results))
-    return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
+        page = list_instances(s, actor, f, paging)
+    return page_body(page)
 
 
 @router.get("/process-instances/{instance_id}", response_model=InstanceDetail)

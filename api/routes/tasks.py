@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import ActorDep, DbDep, SettingsDep, require
+from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
 from api.schemas import AssignRequest, CompleteRequest, Count, InstanceRead, Page, TaskDetail, TaskRead
-from api.views import task_read
+from api.views import page_body, task_read
 from engine.errors import Forbidden, NotFound
-from engine.queries import Paging, TaskFilter, count_tasks, list_tasks, may_act_on, task_detail, task_exists
+from engine.queries import TaskFilter, count_tasks, list_tasks, may_act_on, task_detail, task_exists
 from engine.runtime import Actor, assign_task, claim_task, complete_task, get_task_row, unclaim_task
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
@@ -43,14 +43,11 @@ QueryDep = Annotated[TaskQuery, Depends()]
 
 
 @router.get("", response_model=Page[TaskRead])
-def get_tasks(db: DbDep, actor: ActorDep, q: QueryDep, limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-              cursor: str | None = None, first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-              max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> dict:
+def get_tasks(db: DbDep, actor: ActorDep, q: QueryDep, paging: PagingDep) -> dict:
     require(actor, "employee")
     with db.read() as s:
-        page = list_tasks(s, actor, q.filter(), Paging.parse(limit=limit, cursor=cursor, first_result=first_result,
-                                                            max_results=max_results))
-    return {"items": [task_read(t) for t in page.items], "total": page.total, "next_cursor": page.next_cursor}
+        page = list_tasks(s, actor, q.filter(), paging)
+    return page_body(page, [task_read(t) for t in page.items])
 
 
 @router.get("/count", response_model=Count)
