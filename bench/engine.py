@@ -112,21 +112,30 @@ def sopflow_approval(db: Database, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def loop_latency(db: Database, checkpoints: list[int], samples: int) -> dict[int, float]:
-    row = db.command(lambda s: start_instance(s, key="loop", actor=ACTOR, variables={"limit": 10**9}))
+def _latency_after(checkpoints: list[int], samples: int, step) -> dict[int, float]:
+    """Median time of ``step()`` over the ``samples`` steps after each checkpoint iteration count."""
     results: dict[int, float] = {}
     done = 0
     for point in checkpoints:
         timings = []
         while done < point + samples:
             t0 = time.perf_counter()
-            row = db.command(lambda s, t=row.open_task_ids[0]: complete_task(s, task_id=t, actor=ACTOR))
+            step()
             elapsed = time.perf_counter() - t0
             done += 1
             if done > point:
                 timings.append(elapsed)
         results[point] = statistics.median(timings)
     return results
+
+
+def loop_latency(db: Database, checkpoints: list[int], samples: int) -> dict[int, float]:
+    rows = [db.command(lambda s: start_instance(s, key="loop", actor=ACTOR, variables={"limit": 10**9}))]
+
+    def step() -> None:
+        rows[0] = db.command(lambda s, t=rows[0].open_task_ids[0]: complete_task(s, task_id=t, actor=ACTOR))
+
+    return _latency_after(checkpoints, samples, step)
 
 
 def plain_loop_latency(checkpoints: list[int], samples: int) -> dict[int, float]:
@@ -139,23 +148,16 @@ def plain_loop_latency(checkpoints: list[int], samples: int) -> dict[int, float]
     wf = BpmnWorkflow(spec, subs)
     wf.get_tasks(state=TaskState.READY)[0].data["limit"] = 10**9
     wf.do_engine_steps()
-    state = serializer.serialize_json(wf)
-    results, done = {}, 0
-    for point in checkpoints:
-        timings = []
-        while done < point + samples:
-            t0 = time.perf_counter()
-            wf = serializer.deserialize_json(state)
-            [task] = wf.get_tasks(state=TaskState.READY, manual=True)
-            task.run()
-            wf.do_engine_steps()
-            state = serializer.serialize_json(wf)
-            elapsed = time.perf_counter() - t0
-            done += 1
-            if done > point:
-                timings.append(elapsed)
-        results[point] = statistics.median(timings)
-    return results
+    states = [serializer.serialize_json(wf)]
+
+    def step() -> None:
+        workflow = serializer.deserialize_json(states[0])
+        [task] = workflow.get_tasks(state=TaskState.READY, manual=True)
+        task.run()
+        workflow.do_engine_steps()
+        states[0] = serializer.serialize_json(workflow)
+
+    return _latency_after(checkpoints, samples, step)
 
 
 def median_of(rounds: int, fn, *args) -> float:
