@@ -7,6 +7,10 @@ Figures, all measured in this one run on the same diagrams:
       bytes as sopflow's commit for that step (WAL, synchronous=FULL, like sopflow);
   (3) sopflow, persisted on SQLite through its unit of work (one transaction per command).
 Target: (3) <= 2 x ((1) + (2)) per instance.
+And, to show what the chosen stack costs before sopflow adds anything:
+  (4) the stack's floor: per command, SpiffWorkflow's serializer loading and saving the
+      state around the same steps, plus the same commits made through a SQLAlchemy
+      session (as every sopflow command is). No audit, no projections, no checks.
 Then the latency of one complete-task command after 10, 100 and 1000 loop iterations
 (target: flat, within 1.5x), next to plain SpiffWorkflow loading, stepping and saving
 the same instance without pruning.
@@ -73,6 +77,47 @@ def bare_commits(directory: str, sizes: list[int], n: int) -> float:
             conn.execute("INSERT OR REPLACE INTO t (id, body) VALUES (?, ?)", (i * 10 + j, payload))
             conn.execute("COMMIT")
     conn.close()
+    return (time.perf_counter() - t0) / n
+
+
+def session_commits(directory: str, sizes: list[int], n: int) -> float:
+    """The same commits as :func:`bare_commits`, each through a SQLAlchemy session (``Database.command``)."""
+    from sqlalchemy import text
+
+    db = Database(f"sqlite:///{os.path.join(directory, 'session.db')}")
+    db.command(lambda s: s.execute(text("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body BLOB)")))
+    statement = text("INSERT OR REPLACE INTO t (id, body) VALUES (:id, :body)")
+    payloads = [os.urandom(s) for s in sizes]
+    t0 = time.perf_counter()
+    for i in range(n):
+        for j, payload in enumerate(payloads):
+            db.command(lambda s, k=i * 10 + j, b=payload: s.connection().execute(statement, {"id": k, "body": b}))
+    elapsed = (time.perf_counter() - t0) / n
+    db.dispose()
+    return elapsed
+
+
+def serialized_run(xml: bytes, pid: str, n: int) -> float:
+    """(1) with a load and a save of the state around every command, as a store needs (no pruning)."""
+    from engine.serialization import Specs, dump_state, load_state
+
+    spec, subs = plain_spec(xml, pid)
+    specs = Specs("spiff", spec, subs)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        wf = BpmnWorkflow(spec, subs)  # SpiffWorkflow's default script engine, as in (1)
+        plain_engine = wf.script_engine
+        wf.do_engine_steps()
+        state = dump_state(specs, wf)
+        while True:
+            wf = load_state(state, specs)
+            wf.script_engine = plain_engine
+            ready = wf.get_tasks(state=TaskState.READY, manual=True)
+            if not ready:
+                break
+            ready[0].run()
+            wf.do_engine_steps()
+            state = dump_state(specs, wf)
     return (time.perf_counter() - t0) / n
 
 
@@ -180,6 +225,7 @@ def main() -> None:
         print(f"sopflow engine benchmark: {n} instances per figure, median of {args.rounds} rounds")
         print(f"{'process':<28}{'(1) spiff mem':>14}{'(2) bare commits':>18}{'(3) sopflow':>13}"
               f"{'inst/s (3)':>12}{'(3)/((1)+(2))':>15}")
+        stacks: list[tuple[str, float, float, float]] = []
         for label, xml, pid, commits, run in (
             ("5 script tasks", straight_scripts(5).xml(), "straight", 1, sopflow_straight),
             ("3 user tasks (approval)", approval_chain(3).xml(), "approval", 4, sopflow_approval),
@@ -188,10 +234,16 @@ def main() -> None:
             persisted = median_of(args.rounds, run, db, n)
             sizes = commit_sizes(db) * commits
             floor = median_of(args.rounds, bare_commits, tempfile.mkdtemp(dir=tmp), sizes, n)
+            stack = (median_of(args.rounds, serialized_run, xml, pid, n)
+                     + median_of(args.rounds, session_commits, tempfile.mkdtemp(dir=tmp), sizes, n))
             ratio = persisted / (plain + floor)
             print(f"{label:<28}{plain * 1e3:>11.2f} ms{floor * 1e3:>15.2f} ms{persisted * 1e3:>10.2f} ms"
                   f"{1 / persisted:>12.0f}{ratio:>15.2f}")
             print(f"{'':<28}{1 / plain:>9.0f} inst/s{'':>4}{commits} commit(s) of ~{sizes[0]} B each")
+            stacks.append((label, stack, stack / (plain + floor), persisted / stack))
+        print(f"\n{'':<28}{'(4) stack floor':>16}{'(4)/((1)+(2))':>15}{'(3)/(4)':>10}")
+        for label, stack, floor_ratio, ours_ratio in stacks:
+            print(f"{label:<28}{stack * 1e3:>13.2f} ms{floor_ratio:>15.2f}{ours_ratio:>10.2f}")
 
         checkpoints = [10, 100, 1000]
         ours = loop_latency(db, checkpoints, args.samples)

@@ -333,7 +333,7 @@ def _audit_query(f: AuditFilter) -> Select:
     if f.action:
         query = query.where(AuditEventRow.action == f.action)
     if f.instance_id:
-        query = query.where(AuditEventRow.instance_id == f.instance_id)
+        query = query.where(AuditEventRow.chain == f.instance_id)  # an instance's chain is its id
     if f.definition_key:
         query = query.where(AuditEventRow.definition_key == f.definition_key)
     if f.since:

@@ -172,3 +172,19 @@ def test_metrics_expose_counters(api):
     for name in ("sopflow_http_requests_total", "sopflow_commands_total", "sopflow_command_conflicts_total",
                  "sopflow_jobs_total", "sopflow_timers_fired_total", "sopflow_sla_breached_open_tasks"):
         assert name in text
+
+
+def test_audit_filters_by_instance_action_and_process(api):
+    api.deploy("dora", ("chores.bpmn", _tasks_flow()), ("errands.bpmn", _tasks_flow("errands")))
+    first, second, other = (api.start("rita", key).json() for key in ("chores", "chores", "errands"))
+
+    def trail(**params) -> list[dict]:
+        return api.get("audrey", "/api/audit", params={**params, "max_results": 200}).json()["items"]
+
+    mine = trail(instance_id=first["id"])
+    assert mine and {e["instance_id"] for e in mine} == {first["id"]}
+    assert [e["chain_seq"] for e in mine] == list(range(1, len(mine) + 1))
+    started = trail(action="instance.started")
+    assert {e["instance_id"] for e in started} == {first["id"], second["id"], other["id"]}
+    assert {e["instance_id"] for e in trail(definition_key="errands", action="instance.started")} == {other["id"]}
+    assert trail(definition_key="errands", actor="nobody") == []

@@ -138,7 +138,7 @@ class TaskRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # SpiffWorkflow task UUID
     instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"))
     definition_id: Mapped[str] = mapped_column(String(36))
-    definition_key: Mapped[str] = mapped_column(String(200), index=True)
+    definition_key: Mapped[str] = mapped_column(String(200))  # filtered within the inbox's own index
     element_id: Mapped[str] = mapped_column(String(200))
     meta_key: Mapped[str] = mapped_column(String(400))
     name: Mapped[str] = mapped_column(String(400))
@@ -202,9 +202,11 @@ class SubscriptionRow(Base):
 class AuditEventRow(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
+        # (chain, chain_seq) also serves "events of an instance": an instance's chain is its id.
+        # Every index here is written by every command; action and definition filters ride on
+        # the time or actor index, or scan in sequence order (audit reads are rare, writes are not).
         UniqueConstraint("chain", "chain_seq"),
         Index("ix_audit_events_actor_time", "actor", "occurred_at"),
-        Index("ix_audit_events_action_time", "action", "occurred_at"),
     )
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     chain: Mapped[str] = mapped_column(String(60))
@@ -212,10 +214,10 @@ class AuditEventRow(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     actor: Mapped[str | None] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(60))
-    instance_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    instance_id: Mapped[str | None] = mapped_column(String(36))
     task_id: Mapped[str | None] = mapped_column(String(36))
     definition_id: Mapped[str | None] = mapped_column(String(36))
-    definition_key: Mapped[str | None] = mapped_column(String(200), index=True)
+    definition_key: Mapped[str | None] = mapped_column(String(200))
     definition_version: Mapped[int | None] = mapped_column(Integer)
     payload: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly as hashed
     prev_hash: Mapped[str] = mapped_column(String(64))
