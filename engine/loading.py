@@ -190,6 +190,74 @@ def _check_expressions(name: str, root: etree._Element) -> None:
             ) from None
 
 
+# A '?' outside quotes stands for the input value in a DMN input entry (SpiffWorkflow's rule).
+_DMN_PLACEHOLDER = re.compile(r"""(\?)(?=(?:[^'"]|['"][^'"]*['"])*$)""")
+
+
+def _dmn_children(node: etree._Element, kind: str) -> list[etree._Element]:
+    return [c for c in node if isinstance(c.tag, str) and etree.QName(c).localname == kind]
+
+
+def _dmn_text(node: etree._Element) -> etree._Element | None:
+    found = _dmn_children(node, "text")
+    return found[0] if found else None
+
+
+def _check_dmn(name: str, root: etree._Element) -> None:
+    """Compile every DMN expression as SpiffWorkflow will evaluate it; refuse with element and line.
+
+    An input entry is evaluated against its column's input expression: ``4 < ? < 6`` with
+    ``?`` bound to the input; an entry that is an expression on its own (``"gold"``, ``250``)
+    as ``(input) == (entry)``; any other (``> 100``, ``in (1, 2)``) appended to the input.
+    SpiffWorkflow 3.2 appends without a space (``amount`` + ``in (1, 2)`` reads as a call of
+    ``amountin``), so such entries get a leading space in the tree handed to its parser.
+    """
+
+    def refuse(el: etree._Element, what: str, source: str, exc: Exception) -> InvalidDefinition:
+        return InvalidDefinition(
+            f"{name}: {what} '{source.strip()}' of '{_owner_id(el)}' is not a valid expression: {exc}",
+            file=name, element_id=_owner_id(el), line=el.sourceline,
+        )
+
+    def compile_or_refuse(el: etree._Element, what: str, source: str, expression: str) -> None:
+        try:
+            sandbox.check(expression, "eval")
+        except sandbox.ScriptRefused as exc:
+            raise refuse(el, what, source, exc) from None
+
+    for table in root.xpath("//*[local-name()='decisionTable']"):
+        inputs: list[str] = []
+        for column in _dmn_children(table, "input"):
+            text = next((_dmn_text(e) for e in _dmn_children(column, "inputExpression")), None)
+            source = (text.text or "") if text is not None else ""
+            if not source.strip():
+                raise refuse(text if text is not None else column, "input expression", source,
+                             ValueError("it is empty"))
+            compile_or_refuse(text, "input expression", source, source.strip())
+            inputs.append(source.strip())
+        for rule in _dmn_children(table, "rule"):
+            for column, entry in zip(inputs, _dmn_children(rule, "inputEntry"), strict=False):
+                text = _dmn_text(entry)
+                source = ((text.text or "") if text is not None else "").strip()
+                if not source or source == "-":
+                    continue  # any value matches
+                placeholder = _DMN_PLACEHOLDER.sub("dmninputexpr", source)
+                if "dmninputexpr" in placeholder:
+                    compile_or_refuse(text, "input entry", source, placeholder)
+                    continue
+                try:
+                    sandbox.check(source, "eval")
+                    compile_or_refuse(text, "input entry", source, f"({column}) == ({source})")
+                except sandbox.ScriptRefused:
+                    compile_or_refuse(text, "input entry", source, f"{column} {source}")
+                    text.text = f" {source}"
+            for entry in _dmn_children(rule, "outputEntry"):
+                text = _dmn_text(entry)
+                source = (text.text or "") if text is not None else ""
+                if source.strip():
+                    compile_or_refuse(text, "output entry", source, source.strip())
+
+
 def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
     for attr in ("due_date", "follow_up_date"):
         value = getattr(meta, attr)
@@ -298,6 +366,8 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
         _check_expressions(name, root)
     if not bpmn:
         raise InvalidDefinition("a deployment needs at least one .bpmn file (DMN alone has nothing to run)")
+    for name, root in dmn.items():
+        _check_dmn(name, root)
 
     dialect = "camunda" if any(CAMUNDA_NS in root.nsmap.values() or
                                root.xpath("//@*[namespace-uri()=$ns]", ns=CAMUNDA_NS)

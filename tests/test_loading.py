@@ -178,3 +178,56 @@ def test_spiffworkflow_validation_errors_get_their_line():
         parse_bundle([UploadedFile("g.bpmn", xml)], SETTINGS)
     assert err.value.context["element_id"] == "cg" and err.value.context["line"] == 5
     assert err.value.context["file"] == "g.bpmn"
+
+
+def _decision(*rules: tuple[str, str], input_expression: str = "amount") -> bytes:
+    """A one-input, one-output DMN table (first hit): each rule is (input entry, output entry)."""
+    rows = "".join(
+        f'<rule id="r{i}"><inputEntry id="in{i}"><text>{entry}</text></inputEntry>'
+        f'<outputEntry id="out{i}"><text>{output}</text></outputEntry></rule>\n'
+        for i, (entry, output) in enumerate(rules, start=1))
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<definitions xmlns="https://www.omg.org/spec/DMN/20191111/MODEL/" id="defs" name="d" namespace="x">\n'
+        '<decision id="band" name="Band"><decisionTable id="table" hitPolicy="FIRST">\n'
+        f'<input id="i1" label="Amount"><inputExpression id="ie" typeRef="number"><text>{input_expression}'
+        '</text></inputExpression></input>\n<output id="o1" label="Band" name="band" typeRef="string"/>\n'
+        f"{rows}</decisionTable></decision></definitions>"
+    ).encode()
+
+
+def _decision_process() -> Bpmn:
+    b = Bpmn("banding").start().raw(
+        '<bpmn:businessRuleTask id="decide"><bpmn:extensionElements><spiffworkflow:calledDecisionId>band'
+        "</spiffworkflow:calledDecisionId></bpmn:extensionElements></bpmn:businessRuleTask>")
+    return b.user("look").end().chain("start", "decide", "look", "end")
+
+
+DMN_BANDS = (("&lt; 0", '"refund"'), ("0 &lt;= ? &lt; 100", '"small"'), ("in (100, 200)", '"round"'),
+             ("250", '"exact"'), ("-", '"large"'))
+
+
+@pytest.mark.parametrize("amount, band", [(-5, "refund"), (50, "small"), (200, "round"), (250, "exact"),
+                                          (999, "large")])
+def test_dmn_entry_forms_accepted_at_deploy_evaluate_as_written(db, clock, amount, band):
+    deploy_xml(db, _decision_process().xml(), "banding.bpmn", UploadedFile("bands.dmn", _decision(*DMN_BANDS)))
+    row = db.command(lambda s: start_instance(s, key="banding", actor=ALICE, variables={"amount": amount}))
+    assert row.variables["band"] == band
+
+
+@pytest.mark.parametrize("rules, input_expression, element_id, line", [
+    ((("&gt; &gt; 5", '"x"'),), "amount", "in1", 6),           # an input entry that is no test
+    ((("&gt; 5", '"unclosed'),), "amount", "out1", 6),          # an output entry that does not parse
+    ((("-", '"x"'),), "amount.__class__", "ie", 4),             # a dunder in the input expression
+    ((("-", '"x"'), ("-", "().__class__")), "amount", "out2", 7),  # a dunder in the second rule's output
+    ((("-", '"x"'),), " ", "ie", 4),                            # an empty input expression
+])
+def test_bad_dmn_expressions_are_refused_at_deploy_with_element_and_line(rules, input_expression, element_id,
+                                                                          line):
+    files = [UploadedFile("banding.bpmn", _decision_process().xml()),
+             UploadedFile("bands.dmn", _decision(*rules, input_expression=input_expression))]
+    with pytest.raises(InvalidDefinition) as err:
+        parse_bundle(files, SETTINGS)
+    ctx = err.value.context
+    assert (ctx["file"], ctx["element_id"], ctx["line"]) == ("bands.dmn", element_id, line)
+    assert "bands.dmn" in str(err.value) and element_id in str(err.value)
