@@ -30,7 +30,7 @@ from engine.audit import Event
 from engine.errors import ScriptError
 from engine.loading import UserTaskMeta
 from engine.sandbox import ScriptRefused, script_engine
-from engine.store.models import InstanceRow, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
+from engine.store.models import InstanceRecord, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
 
 # A task is "at risk" once this share of the time between its creation and its due date has passed.
 AT_RISK_FRACTION = 0.75
@@ -38,6 +38,7 @@ AT_RISK_FRACTION = 0.75
 
 _INSERT_TASKS = insert(TaskRow)
 _INSERT_CANDIDATES = insert(TaskCandidateRow)
+_EMPTY_TASK_ROW: dict[str, Any] = {c.name: None for c in TaskRow.__table__.columns}  # one executemany shape
 
 
 def meta_key(task: Task) -> str:
@@ -98,7 +99,9 @@ def _names(value: Any) -> list[str]:
     return [p.strip() for p in str(value).split(",") if p.strip()]
 
 
-def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRow, now: datetime) -> TaskRow:
+def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: datetime,
+                 revision: int) -> dict[str, Any]:
+    """The ``tasks`` row (column values) for a user task that became READY now."""
     initiator = instance.started_by
     assignee = _resolve(task, meta.assignee, initiator, "assignee")
     users = [n for raw in meta.candidate_users for n in _names(_resolve(task, raw, initiator, "candidate users"))]
@@ -109,21 +112,23 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRow, now: dat
     except (TypeError, ValueError):
         raise ScriptError(f"user task '{meta.element_id}': priority '{priority_raw}' is not a number",
                           element_id=meta.element_id) from None
-    return TaskRow(
-        id=str(task.id), instance_id=instance.id, definition_id=instance.definition_id,
-        definition_key=instance.definition_key, element_id=meta.element_id, meta_key=meta_key(task),
-        name=meta.name, lane=meta.lane, state="open",
-        assignee=str(assignee) if assignee not in (None, "") else None,
-        candidate_users=sorted(set(users)), candidate_groups=sorted(set(groups)),
-        form_key=meta.form_key, priority=priority,
-        due_at=_instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date"),
-        follow_up_at=_instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
-                              "follow-up date"),
-        created_at=now,
-    )
+    due_at = _instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date")
+    return {
+        **_EMPTY_TASK_ROW,
+        "id": str(task.id), "instance_id": instance.id, "definition_id": instance.definition_id,
+        "definition_key": instance.definition_key, "element_id": meta.element_id, "meta_key": meta_key(task),
+        "name": meta.name, "lane": meta.lane, "state": "open",
+        "assignee": str(assignee) if assignee not in (None, "") else None,
+        "candidate_users": sorted(set(users)), "candidate_groups": sorted(set(groups)),
+        "form_key": meta.form_key, "priority": priority, "due_at": due_at,
+        "at_risk_at": now + (due_at - now) * AT_RISK_FRACTION if due_at is not None else None,
+        "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
+                                 "follow-up date"),
+        "created_at": now, "created_revision": revision,
+    }
 
 
-def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, user_tasks: dict[str, Any],
+def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow, user_tasks: dict[str, Any],
                events: list[Event], actor: str | None, *, revision: int, completed: str | None = None,
                held: list[tuple[Any, Any]]) -> list[str]:
     """Re-sync the instance's task rows; returns the ids of its open tasks.
@@ -149,16 +154,13 @@ def sync_tasks(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, 
         meta_dict = user_tasks.get(meta_key(task))
         meta = UserTaskMeta.from_dict(meta_dict) if meta_dict else UserTaskMeta(
             element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
-        row = new_task_row(task, meta, instance, now)
-        row.created_revision = revision
-        if row.due_at is not None:
-            row.at_risk_at = row.created_at + (row.due_at - row.created_at) * AT_RISK_FRACTION
-        created.append({c.name: getattr(row, c.name) for c in TaskRow.__table__.columns})
+        row = new_task_row(task, meta, instance, now, revision)
+        created.append(row)
         events.append(Event("task.created", actor, {
-            "element_id": row.element_id, "name": row.name, "assignee": row.assignee,
-            "candidate_users": row.candidate_users, "candidate_groups": row.candidate_groups,
-            "due_at": row.due_at, "priority": row.priority,
-        }, task_id=row.id))
+            "element_id": row["element_id"], "name": row["name"], "assignee": row["assignee"],
+            "candidate_users": row["candidate_users"], "candidate_groups": row["candidate_groups"],
+            "due_at": row["due_at"], "priority": row["priority"],
+        }, task_id=row["id"]))
     if created:
         held.append((_INSERT_TASKS, created))
         candidates = [{"task_id": r["id"], "kind": "user", "name": n} for r in created for n in r["candidate_users"]]
@@ -205,7 +207,7 @@ def waiting_events(workflow: BpmnWorkflow) -> list[Task]:
     return [t for t in workflow.event_manager.tasks.values() if t.state == TaskState.WAITING]
 
 
-def sync_waits(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, events: list[Event],
+def sync_waits(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow, events: list[Event],
                actor: str | None) -> int:
     """Re-sync timer jobs and message subscriptions; returns how many rows the instance now has.
 
@@ -218,7 +220,7 @@ def sync_waits(session: Session, instance: InstanceRow, workflow: BpmnWorkflow, 
     return _sync_jobs(session, instance, waiting, events, actor) + _sync_subscriptions(session, instance, waiting)
 
 
-def _sync_jobs(session: Session, instance: InstanceRow, waiting: list[Task], events: list[Event],
+def _sync_jobs(session: Session, instance: InstanceRecord, waiting: list[Task], events: list[Event],
                actor: str | None) -> int:
     now = clock.now()
     desired: dict[str, tuple[datetime, Task]] = {}
@@ -247,7 +249,7 @@ def _sync_jobs(session: Session, instance: InstanceRow, waiting: list[Task], eve
     return len(desired)
 
 
-def _sync_subscriptions(session: Session, instance: InstanceRow, waiting: list[Task]) -> int:
+def _sync_subscriptions(session: Session, instance: InstanceRecord, waiting: list[Task]) -> int:
     desired = {(str(t.id), name): t for t in waiting for name in message_names(t)}
     existing = {} if not instance.waits else {
         (s.task_id, s.name): s
@@ -262,7 +264,7 @@ def _sync_subscriptions(session: Session, instance: InstanceRow, waiting: list[T
     return len(desired)
 
 
-def clear(session: Session, instance: InstanceRow) -> None:
+def clear(session: Session, instance: InstanceRecord) -> None:
     """An ended instance waits for nothing."""
     if not instance.waits:
         return

@@ -43,6 +43,7 @@ from engine.store.models import (
     DefinitionRow,
     DeploymentResourceRow,
     DeploymentRow,
+    InstanceRecord,
     InstanceRow,
     JobRow,
     SubscriptionRow,
@@ -170,7 +171,7 @@ _VERSION_ID = select(DefinitionRow.id).where(DefinitionRow.key == bindparam("b_k
 
 @dataclass
 class _Loaded:
-    row: InstanceRow
+    row: InstanceRecord
     definition: DefinitionInfo
     specs: Specs
     workflow: BpmnWorkflow
@@ -181,11 +182,10 @@ class _Loaded:
 
 
 def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loaded:
-    # a plain (transient) copy: _persist writes the row with one guarded UPDATE, not the ORM
     data = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).mappings().first()
-    row = InstanceRow(**data) if data is not None else None
-    if row is None:
+    if data is None:
         raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
+    row = InstanceRecord(**data)
     if running and row.status != "running":
         raise Conflict(f"process instance {instance_id} is {row.status}", instance_id=instance_id,
                        status=row.status)
@@ -278,12 +278,12 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
             raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
     for statement, params in held:
         session.connection().execute(statement, params)
-    for key, value in values.items():  # the caller's (transient) copy reflects what was stored
+    for key, value in values.items():  # the caller's record reflects what was stored
         setattr(row, key, value)
     _insert_events(session)
 
 
-def _chain(session: Session, row: InstanceRow, seen_seq: int, events: list[Event]) -> dict[str, Any]:
+def _chain(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event]) -> dict[str, Any]:
     """Hash-chain ``events`` onto the instance's chain; returns the new head for the row update."""
     if not events:
         return {}
@@ -300,7 +300,7 @@ def _insert_events(session: Session) -> None:
         audit.insert_rows(session, rows)
 
 
-def _append_events(session: Session, row: InstanceRow, seen_seq: int, events: list[Event]) -> None:
+def _append_events(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event]) -> None:
     """Audit events that do not change the workflow (claim, assign): compare-and-set on the head."""
     head = _chain(session, row, seen_seq, events)
     if not head:
@@ -420,20 +420,20 @@ def _definition_for_start(session: Session, key: str, version: int | None) -> De
 
 def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[str, Any] | None = None,
                    business_key: str | None = None, version: int | None = None,
-                   settings: Settings | None = None) -> InstanceRow:
+                   settings: Settings | None = None) -> InstanceRecord:
     return _start(session, _definition_for_start(session, key, version), actor=actor,
                   data=_check_variables(variables), business_key=business_key, settings=settings or load_settings())
 
 
 def _start(session: Session, definition: DefinitionInfo, *, actor: Actor, data: dict[str, Any],
-           business_key: str | None, settings: Settings, message: str | None = None) -> InstanceRow:
+           business_key: str | None, settings: Settings, message: str | None = None) -> InstanceRecord:
     if business_key is not None and (not isinstance(business_key, str) or len(business_key) > 200):
         raise InvalidInput("business_key must be a string of at most 200 characters", field="business_key")
     specs = _specs(session, definition)
     workflow = new_workflow(specs)
     for task in workflow.get_tasks(state=TaskState.READY):
         task.data.update(data)
-    row = InstanceRow(
+    row = InstanceRecord(
         id=str(uuid.uuid4()), definition_id=definition.id, definition_key=definition.key,
         definition_version=definition.version, business_key=business_key, started_by=actor.name,
         started_at=clock.now(), audit_seq=0, revision=0, open_task_ids=[], waits=0, last_audit_hash=None,
@@ -584,7 +584,7 @@ def _coerce_form_fields(fields: list[dict[str, Any]], variables: dict[str, Any])
 
 
 def complete_task(session: Session, *, task_id: str, actor: Actor, variables: dict[str, Any] | None = None,
-                  settings: Settings | None = None) -> InstanceRow:
+                  settings: Settings | None = None) -> InstanceRecord:
     """Complete a READY user task with the submitted variables; returns the instance as stored."""
     settings = settings or load_settings()
     data = _check_variables(variables)

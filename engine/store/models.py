@@ -7,6 +7,7 @@ append-only, hash-chained log. Relationships are not declared: queries are expli
 """
 from __future__ import annotations
 
+from dataclasses import field, make_dataclass
 from datetime import datetime
 from typing import Any
 
@@ -126,6 +127,13 @@ class InstanceRow(Base):
     # command can re-sync them without querying first
     open_task_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     waits: Mapped[int] = mapped_column(Integer, default=0)  # jobs + event subscriptions
+
+
+# A process_instances row as a command reads and writes it: a plain record, not an ORM
+# object (the unit of work writes it with one guarded INSERT or UPDATE, so it needs no
+# identity map, and building one costs a fraction of an instrumented instance).
+InstanceRecord = make_dataclass(
+    "InstanceRecord", [(c.name, Any, field(default=None)) for c in InstanceRow.__table__.columns], slots=True)
 
 
 class TaskRow(Base):
