@@ -248,11 +248,12 @@ def _persist(session: Session, loaded: _Loaded, actor: Actor, *, new: bool = Fal
         status = "completed" if workflow.is_completed() else "running"
     ended = status != "running"
     values: dict[str, Any] = {
-        "state": dump_state(loaded.specs, workflow), "state_format": STATE_FORMAT, "status": status,
+        "state": dump_state(loaded.specs, workflow), "state_format": STATE_FORMAT,
         "variables": instance_variables(workflow), "revision": loaded.seen_revision + 1,
-        "ended_at": now if ended else None,
-        "ended_by": actor.name if ended else None, "end_reason": end_reason,
     }
+    if new or status != row.status:  # SQLite rewrites an index whose column is SET, changed or not
+        values.update(status=status, ended_at=now if ended else None, ended_by=actor.name if ended else None,
+                      end_reason=end_reason)
     held: list[tuple[Any, Any]] = []
     values["open_task_ids"] = projections.sync_tasks(
         session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
