@@ -107,7 +107,8 @@ class InstanceRow(Base):
         Index("ix_process_instances_key_status", "definition_key", "status"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    definition_id: Mapped[str] = mapped_column(ForeignKey("process_definitions.id"), index=True)
+    # no index: nothing looks instances up by definition id, and definitions are never deleted
+    definition_id: Mapped[str] = mapped_column(ForeignKey("process_definitions.id"))
     definition_key: Mapped[str] = mapped_column(String(200))
     definition_version: Mapped[int] = mapped_column(Integer)
     business_key: Mapped[str | None] = mapped_column(String(200), index=True)
