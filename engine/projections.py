@@ -12,7 +12,6 @@ read them and never deserialize a workflow.
 """
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session
 from engine import clock
 from engine.audit import Event
 from engine.errors import ScriptError
+from engine.ids import time_ordered_id
 from engine.loading import UserTaskMeta
 from engine.sandbox import ScriptRefused, script_engine
 from engine.store.models import InstanceRecord, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
@@ -241,7 +241,7 @@ def _sync_jobs(session: Session, instance: InstanceRecord, waiting: list[Task], 
     for key, (due, task) in desired.items():
         if key in existing:
             continue
-        session.add(JobRow(id=str(uuid.uuid4()), dedup_key=key, kind="timer", instance_id=instance.id,
+        session.add(JobRow(id=time_ordered_id(), dedup_key=key, kind="timer", instance_id=instance.id,
                            task_id=str(task.id), element_id=task.task_spec.bpmn_id, due_at=due,
                            state="pending", attempts=0, created_at=now))
         events.append(Event("timer.scheduled", actor, {"element_id": task.task_spec.bpmn_id, "due_at": due},

@@ -36,6 +36,7 @@ from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptError, StaleInstance
 from engine.execution import EngineBudget, run_engine
+from engine.ids import time_ordered_id
 from engine.loading import UploadedFile, bundle_checksum, parse_bundle
 from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
 from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_specs, dump_state, load_state, new_workflow
@@ -435,7 +436,7 @@ def _start(session: Session, definition: DefinitionInfo, *, actor: Actor, data: 
     for task in workflow.get_tasks(state=TaskState.READY):
         task.data.update(data)
     row = InstanceRecord(
-        id=str(uuid.uuid4()), definition_id=definition.id, definition_key=definition.key,
+        id=time_ordered_id(), definition_id=definition.id, definition_key=definition.key,
         definition_version=definition.version, business_key=business_key, started_by=actor.name,
         started_at=clock.now(), audit_seq=0, revision=0, open_task_ids=[], waits=0, last_audit_hash=None,
     )

@@ -407,3 +407,17 @@ def test_a_message_with_nobody_waiting_starts_its_process(db, clock):
     assert sorted(instance(db, i).definition_key for i in both) == ["orders", "returns"]
     with pytest.raises(NotFound, match="no process starts with it"):
         db.command(lambda s: correlate_message(s, name="unknown", actor=ALICE))
+
+
+def test_instance_ids_are_version_7_uuids_in_start_order(db, clock):
+    import uuid
+
+    deploy_xml(db, straight_scripts(1).xml())
+    ids = []
+    for _ in range(3):
+        ids.append(db.command(lambda s: start_instance(s, key="straight", actor=ALICE)).id)
+        clock.advance(milliseconds=2)
+    same_instant = [db.command(lambda s: start_instance(s, key="straight", actor=ALICE)).id for _ in range(20)]
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids + same_instant)
+    assert ids == sorted(ids) and ids[-1] < min(same_instant)
+    assert len(set(same_instant)) == 20  # the random part keeps ids of one millisecond apart
