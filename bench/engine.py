@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -126,16 +127,24 @@ def fresh_db(directory: str, name: str) -> Database:
     return Database(url)
 
 
-def commit_sizes(db: Database) -> list[int]:
-    """Bytes sopflow writes per commit, from the last instance: state plus audit rows."""
-    with db.read() as s:
-        from sqlalchemy import func, text  # noqa: F401
+def commit_sizes(db: Database, key: str) -> list[int]:
+    """Bytes sopflow writes in each commit of one instance of ``key``: the state it stores,
+    plus an even share of the instance's audit rows (payload + ~200 B of columns each) and
+    task rows (~300 B each)."""
+    from sqlalchemy import text
 
-        state = s.execute(text("SELECT length(state) FROM process_instances ORDER BY started_at DESC LIMIT 1")).scalar()
-        audit = s.execute(text("SELECT sum(length(payload)) + 200 * count(*) FROM audit_events")).scalar()
-        instances = s.execute(text("SELECT count(*) FROM process_instances")).scalar()
-        tasks = s.execute(text("SELECT count(*) FROM tasks")).scalar()
-    return [int(state or 0) + int((audit or 0) / max(instances, 1)) + 300 * int(tasks / max(instances, 1))]
+    states = []
+    row = db.command(lambda s: start_instance(s, key=key, actor=ACTOR))
+    states.append(len(row.state))
+    while row.open_task_ids:
+        row = db.command(lambda s, t=row.open_task_ids[0]: complete_task(s, task_id=t, actor=ACTOR))
+        states.append(len(row.state))
+    with db.read() as s:
+        audit = s.execute(text("SELECT sum(length(payload)) + 200 * count(*) FROM audit_events WHERE chain = :id"),
+                          {"id": row.id}).scalar()
+        tasks = s.execute(text("SELECT count(*) FROM tasks WHERE instance_id = :id"), {"id": row.id}).scalar()
+    share = (audit + 300 * tasks) // len(states)
+    return [size + share for size in states]
 
 
 def sopflow_straight(db: Database, n: int) -> float:
@@ -204,14 +213,16 @@ def plain_loop_latency(checkpoints: list[int], samples: int) -> dict[int, float]
     return _latency_after(checkpoints, samples, step)
 
 
-def median_of(rounds: int, fn, *args) -> float:
-    return statistics.median(fn(*args) for _ in range(rounds))
+def interleaved_rounds(rounds: int, measures: dict[str, Callable[[], float]]) -> list[dict[str, float]]:
+    """Each round runs every measure once, back to back, so a round's ratios compare figures
+    taken under the same machine load (this VM is noisy); callers take medians over rounds."""
+    return [{name: measure() for name, measure in measures.items()} for _ in range(rounds)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=15)
     args = parser.parse_args()
     n = args.instances
@@ -221,28 +232,38 @@ def main() -> None:
                           (user_loop().xml(), "loop")):
             db.command(lambda s, x=xml, nm=name: deploy(s, files=[UploadedFile(f"{nm}.bpmn", x)], actor=ACTOR))
 
-        print(f"sopflow engine benchmark: {n} instances per figure, median of {args.rounds} rounds")
-        print(f"{'process':<28}{'(1) spiff mem':>14}{'(2) bare commits':>18}{'(3) sopflow':>13}"
-              f"{'inst/s (3)':>12}{'(3)/((1)+(2))':>15}")
-        stacks: list[tuple[str, float, float, float]] = []
-        for label, xml, pid, commits, run in (
-            ("5 script tasks", straight_scripts(5).xml(), "straight", 1, sopflow_straight),
-            ("3 user tasks (approval)", approval_chain(3).xml(), "approval", 4, sopflow_approval),
+        print(f"sopflow engine benchmark: {n} instances per figure; {args.rounds} interleaved rounds, "
+              "medians (ratio range over rounds in brackets)")
+        print(f"{'process':<26}{'(1) spiff mem':>14}{'(2) bare commits':>17}{'(3) sopflow':>12}"
+              f"{'inst/s (3)':>11}{'(3)/((1)+(2))':>22}")
+        stacks: list[tuple[str, float, list[float], list[float]]] = []
+        for label, xml, pid, run in (
+            ("5 script tasks", straight_scripts(5).xml(), "straight", sopflow_straight),
+            ("3 user tasks (approval)", approval_chain(3).xml(), "approval", sopflow_approval),
         ):
-            plain = median_of(args.rounds, plain_run, xml, pid, n)
-            persisted = median_of(args.rounds, run, db, n)
-            sizes = commit_sizes(db) * commits
-            floor = median_of(args.rounds, bare_commits, tempfile.mkdtemp(dir=tmp), sizes, n)
-            stack = (median_of(args.rounds, saved_run, xml, pid, n)
-                     + median_of(args.rounds, session_commits, tempfile.mkdtemp(dir=tmp), sizes, n))
-            ratio = persisted / (plain + floor)
-            print(f"{label:<28}{plain * 1e3:>11.2f} ms{floor * 1e3:>15.2f} ms{persisted * 1e3:>10.2f} ms"
-                  f"{1 / persisted:>12.0f}{ratio:>15.2f}")
-            print(f"{'':<28}{1 / plain:>9.0f} inst/s{'':>4}{commits} commit(s) of ~{sizes[0]} B each")
-            stacks.append((label, stack, stack / (plain + floor), persisted / stack))
-        print(f"\n{'':<28}{'(4) stack floor':>16}{'(4)/((1)+(2))':>15}{'(3)/(4)':>10}")
-        for label, stack, floor_ratio, ours_ratio in stacks:
-            print(f"{label:<28}{stack * 1e3:>13.2f} ms{floor_ratio:>15.2f}{ours_ratio:>10.2f}")
+            run(db, max(n // 10, 10))  # warm-up
+            sizes = commit_sizes(db, pid)
+            results = interleaved_rounds(args.rounds, {
+                "plain": lambda x=xml, p=pid: plain_run(x, p, n),
+                "persisted": lambda r=run: r(db, n),
+                "floor": lambda z=sizes: bare_commits(tempfile.mkdtemp(dir=tmp), z, n),
+                "stack": lambda x=xml, p=pid, z=sizes: (saved_run(x, p, n)
+                                                        + session_commits(tempfile.mkdtemp(dir=tmp), z, n)),
+            })
+            plain, persisted, floor, stack = (statistics.median(r[k] for r in results)
+                                              for k in ("plain", "persisted", "floor", "stack"))
+            ratios = [r["persisted"] / (r["plain"] + r["floor"]) for r in results]
+            print(f"{label:<26}{plain * 1e3:>11.2f} ms{floor * 1e3:>14.2f} ms{persisted * 1e3:>9.2f} ms"
+                  f"{1 / persisted:>11.0f}{statistics.median(ratios):>10.2f} [{min(ratios):.2f}-{max(ratios):.2f}]")
+            print(f"{'':<26}{1 / plain:>9.0f} inst/s{'':>3}{len(sizes)} commit(s) of "
+                  f"{', '.join(str(z) for z in sizes)} B")
+            stacks.append((label, stack, [r["stack"] / (r["plain"] + r["floor"]) for r in results],
+                           [r["persisted"] / r["stack"] for r in results]))
+        print(f"\n{'':<26}{'(4) stack floor':>16}{'(4)/((1)+(2))':>22}{'(3)/(4)':>22}")
+        for label, stack, floor_ratios, ours_ratios in stacks:
+            print(f"{label:<26}{stack * 1e3:>13.2f} ms"
+                  f"{statistics.median(floor_ratios):>10.2f} [{min(floor_ratios):.2f}-{max(floor_ratios):.2f}]"
+                  f"{statistics.median(ours_ratios):>10.2f} [{min(ours_ratios):.2f}-{max(ours_ratios):.2f}]")
 
         checkpoints = [10, 100, 1000]
         ours = loop_latency(db, checkpoints, args.samples)
