@@ -219,6 +219,11 @@ def interleaved_rounds(rounds: int, measures: dict[str, Callable[[], float]]) ->
     return [{name: measure() for name, measure in measures.items()} for _ in range(rounds)]
 
 
+def spread(ratios: list[float]) -> str:
+    """The median ratio with its range over the rounds."""
+    return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=200)
@@ -254,16 +259,14 @@ def main() -> None:
                                               for k in ("plain", "persisted", "floor", "stack"))
             ratios = [r["persisted"] / (r["plain"] + r["floor"]) for r in results]
             print(f"{label:<26}{plain * 1e3:>11.2f} ms{floor * 1e3:>14.2f} ms{persisted * 1e3:>9.2f} ms"
-                  f"{1 / persisted:>11.0f}{statistics.median(ratios):>10.2f} [{min(ratios):.2f}-{max(ratios):.2f}]")
+                  f"{1 / persisted:>11.0f}{spread(ratios):>22}")
             print(f"{'':<26}{1 / plain:>9.0f} inst/s{'':>3}{len(sizes)} commit(s) of "
                   f"{', '.join(str(z) for z in sizes)} B")
             stacks.append((label, stack, [r["stack"] / (r["plain"] + r["floor"]) for r in results],
                            [r["persisted"] / r["stack"] for r in results]))
         print(f"\n{'':<26}{'(4) stack floor':>16}{'(4)/((1)+(2))':>22}{'(3)/(4)':>22}")
         for label, stack, floor_ratios, ours_ratios in stacks:
-            print(f"{label:<26}{stack * 1e3:>13.2f} ms"
-                  f"{statistics.median(floor_ratios):>10.2f} [{min(floor_ratios):.2f}-{max(floor_ratios):.2f}]"
-                  f"{statistics.median(ours_ratios):>10.2f} [{min(ours_ratios):.2f}-{max(ours_ratios):.2f}]")
+            print(f"{label:<26}{stack * 1e3:>13.2f} ms{spread(floor_ratios):>22}{spread(ours_ratios):>22}")
 
         checkpoints = [10, 100, 1000]
         ours = loop_latency(db, checkpoints, args.samples)

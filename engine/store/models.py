@@ -147,7 +147,7 @@ class TaskRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # SpiffWorkflow task UUID
     instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"))
     definition_id: Mapped[str] = mapped_column(String(36))
-    definition_key: Mapped[str] = mapped_column(String(200))  # filtered within the inbox's own index
+    definition_key: Mapped[str] = mapped_column(String(200))  # no index: filtered among what the inbox indexes find
     element_id: Mapped[str] = mapped_column(String(200))
     meta_key: Mapped[str] = mapped_column(String(400))
     name: Mapped[str] = mapped_column(String(400))

@@ -8,7 +8,7 @@ remaining indexes; nothing looks instances up by definition id.
 
 Revision ID: 5b1e0c7d9a2f
 Revises: 3467d2ba621e
-Create Date: 2026-11-28 06:00:00
+Create Date: 2026-11-28 05:00:00
 """
 from alembic import op
 
