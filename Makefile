@@ -24,6 +24,7 @@ run: deploy
 
 test: $(STAMP)
 	$(BIN)/ruff check engine api tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
@@ -31,6 +32,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine api tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from engine import clock
 from engine.errors import StaleInstance
+from engine.store.db import rowcount
 from engine.store.models import AuditEventRow, ChainHeadRow, InstanceRow
 
 GENESIS = "0" * 64
@@ -72,11 +73,11 @@ def _hashed_fields(get: Any) -> dict[str, Any]:
 
 def _rows(chain: str, start_seq: int, prev_hash: str, events: list[Event], *, instance_id: str | None,
           definition: tuple[str | None, str | None, int | None]) -> tuple[list[dict[str, Any]], str]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     definition_id, key, version = definition
     now = clock.now()
     for i, ev in enumerate(events, start=1):
-        row = {
+        row: dict[str, Any] = {
             "chain": chain, "chain_seq": start_seq + i, "occurred_at": ev.occurred_at or now,
             "actor": ev.actor, "action": ev.action, "instance_id": instance_id, "task_id": ev.task_id,
             "definition_id": definition_id, "definition_key": key, "definition_version": version,
@@ -113,11 +114,11 @@ def append_global(session: Session, chain: str, events: list[Event],
     if head is None:
         session.add(ChainHeadRow(chain=chain, seq=seq + len(rows), hash=new_hash))
     else:
-        moved = session.execute(
+        moved = rowcount(session.execute(
             update(ChainHeadRow).where(ChainHeadRow.chain == chain, ChainHeadRow.seq == seq)
             .values(seq=seq + len(rows), hash=new_hash)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         if moved != 1:
             raise StaleInstance(f"audit chain {chain} moved; retrying")
     insert_rows(session, rows)

@@ -11,7 +11,7 @@ and our jobs table agree on what time it is. All instants are timezone-aware UTC
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from SpiffWorkflow.bpmn.specs.event_definitions import timer as _spiff_timer
 
@@ -69,9 +69,9 @@ class _ClockDatetime(datetime):
     """``datetime`` whose ``now()`` is sopflow's clock (installed into SpiffWorkflow's timers)."""
 
     @classmethod
-    def now(cls, tz=None):  # type: ignore[override]
+    def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
         instant = _current.now()
         return instant.astimezone(tz) if tz is not None else instant.replace(tzinfo=None)
 
 
-_spiff_timer.datetime = _ClockDatetime  # type: ignore[misc]
+_spiff_timer.datetime = _ClockDatetime

@@ -55,7 +55,7 @@ _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
 
 
 def _finished(task: Task) -> bool:
-    return task.has_state(_FINISHED)
+    return bool(task.has_state(_FINISHED))
 
 
 def _join_inputs(spec: Any) -> frozenset[Any]:

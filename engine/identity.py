@@ -18,6 +18,7 @@ from engine import audit, clock
 from engine.audit import Event
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.runtime import Actor
+from engine.store.db import rowcount
 from engine.store.models import ApiTokenRow, GroupRow, MembershipRow, UserRow
 
 ROLES = ("designer", "employee", "auditor", "admin")
@@ -107,10 +108,10 @@ def issue_token(session: Session, *, name: str, actor: Actor) -> str:
 def revoke_tokens(session: Session, *, name: str, actor: Actor) -> int:
     """Revoke every live token of ``name``; returns how many were revoked."""
     user = _user(session, name)
-    revoked = session.execute(
+    revoked = rowcount(session.execute(
         update(ApiTokenRow).where(ApiTokenRow.user_id == user.id, ApiTokenRow.revoked_at.is_(None))
         .values(revoked_at=clock.now())
-    ).rowcount
+    ))
     audit.append_global(session, audit.IDENTITY_CHAIN, [Event("tokens.revoked", actor.name,
                                                               {"name": name, "count": revoked})])
     return revoked

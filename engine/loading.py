@@ -47,8 +47,8 @@ CAMUNDA_TASK_ATTRIBUTES = ("assignee", "candidateUsers", "candidateGroups", "due
 class _InboxCamundaUserTaskParser(CamundaUserTaskParser):
     """Camunda user-task parser that keeps the inbox attributes the stock one drops."""
 
-    def parse_extensions(self, node=None):
-        extensions = super().parse_extensions(node)
+    def parse_extensions(self, node: Any = None) -> dict[str, Any]:
+        extensions: dict[str, Any] = super().parse_extensions(node)
         for name in CAMUNDA_TASK_ATTRIBUTES:
             value = self.node.get(f"{{{CAMUNDA_NS}}}{name}")
             if value is not None:
@@ -128,7 +128,18 @@ _ISO_DURATION = re.compile(r"^-?P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)
 _UNQUOTED_TIME = re.compile(r"^(R\d*/)?(-?P[0-9YMWDTHS.]+|\d{4}-\d{2}-\d{2}\S*)(/\S+)?$")
 
 
-def _owner_id(node: etree._Element) -> str | None:
+def _elements(node: etree._Element, path: str, **variables: Any) -> list[etree._Element]:
+    """The elements an XPath finds (lxml types its result as any XPath value)."""
+    found = node.xpath(path, **variables)
+    return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
+
+
+def _line(node: etree._Element) -> int | None:
+    line = node.sourceline  # lxml-stubs leave its type out
+    return line if isinstance(line, int) else None
+
+
+def _owner_id(node: etree._Element | None) -> str | None:
     while node is not None:
         if node.get("id"):
             return node.get("id")
@@ -148,9 +159,9 @@ class _Locator:
         for name, root in self.trees.items():
             if file_name and name != file_name:
                 continue
-            hits = root.xpath("//*[@id=$id]", id=element_id)
+            hits = _elements(root, "//*[@id=$id]", id=element_id)
             if hits:
-                return name, hits[0].sourceline
+                return name, _line(hits[0])
         return file_name, None
 
 
@@ -158,13 +169,14 @@ def _check_expressions(name: str, root: etree._Element) -> None:
     """Compile every script and expression of one file in the sandbox; refuse with element and line."""
     checks: list[tuple[etree._Element, str, str]] = []
     ns = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
-    for el in root.xpath("//bpmn:script | //spiffworkflow:preScript | //spiffworkflow:postScript", namespaces=ns):
+    for el in _elements(root, "//bpmn:script | //spiffworkflow:preScript | //spiffworkflow:postScript",
+                        namespaces=ns):
         checks.append((el, el.text or "", "exec"))
     expression_paths = (
         "//bpmn:conditionExpression | //bpmn:loopCardinality | //bpmn:completionCondition"
         " | //bpmn:timeDuration | //bpmn:timeDate | //bpmn:timeCycle"
     )
-    for el in root.xpath(expression_paths, namespaces=ns):
+    for el in _elements(root, expression_paths, namespaces=ns):
         checks.append((el, el.text or "", "eval"))
     timer_tags = {f"{{{BPMN_NS}}}{t}" for t in ("timeDuration", "timeDate", "timeCycle")}
     for el, source, mode in checks:
@@ -173,17 +185,18 @@ def _check_expressions(name: str, root: etree._Element) -> None:
             raise InvalidDefinition(
                 f"{name}: timer '{_owner_id(el)}' has the bare value {text}; timer expressions are Python, "
                 f'so write it quoted, e.g. "PT24H"',
-                file=name, element_id=_owner_id(el), line=el.sourceline,
+                file=name, element_id=_owner_id(el), line=_line(el),
             )
         if mode == "eval" and not source.strip():
             raise InvalidDefinition(
                 f"{name}: empty expression in element '{_owner_id(el)}'",
-                file=name, element_id=_owner_id(el), line=el.sourceline,
+                file=name, element_id=_owner_id(el), line=_line(el),
             )
         try:
             sandbox.check(source.strip() if mode == "eval" else source, mode)
         except sandbox.ScriptRefused as exc:
-            line = el.sourceline + (exc.line - 1 if exc.line else 0) if el.sourceline else None
+            start = _line(el)
+            line = start + (exc.line - 1 if exc.line else 0) if start else None
             raise InvalidDefinition(
                 f"{name}: element '{_owner_id(el)}' has an invalid script or expression: {exc}",
                 file=name, element_id=_owner_id(el), line=line,
@@ -198,9 +211,10 @@ def _dmn_children(node: etree._Element, kind: str) -> list[etree._Element]:
     return [c for c in node if isinstance(c.tag, str) and etree.QName(c).localname == kind]
 
 
-def _dmn_text(node: etree._Element) -> etree._Element | None:
+def _dmn_text(node: etree._Element) -> tuple[etree._Element, str]:
+    """A DMN expression's ``<text>`` element and its text (the node itself and "" without one)."""
     found = _dmn_children(node, "text")
-    return found[0] if found else None
+    return (found[0], found[0].text or "") if found else (node, "")
 
 
 def _check_dmn(name: str, root: etree._Element) -> None:
@@ -216,7 +230,7 @@ def _check_dmn(name: str, root: etree._Element) -> None:
     def refuse(el: etree._Element, what: str, source: str, exc: Exception) -> InvalidDefinition:
         return InvalidDefinition(
             f"{name}: {what} '{source.strip()}' of '{_owner_id(el)}' is not a valid expression: {exc}",
-            file=name, element_id=_owner_id(el), line=el.sourceline,
+            file=name, element_id=_owner_id(el), line=_line(el),
         )
 
     def compile_or_refuse(el: etree._Element, what: str, source: str, expression: str) -> None:
@@ -225,20 +239,19 @@ def _check_dmn(name: str, root: etree._Element) -> None:
         except sandbox.ScriptRefused as exc:
             raise refuse(el, what, source, exc) from None
 
-    for table in root.xpath("//*[local-name()='decisionTable']"):
+    for table in _elements(root, "//*[local-name()='decisionTable']"):
         inputs: list[str] = []
         for column in _dmn_children(table, "input"):
-            text = next((_dmn_text(e) for e in _dmn_children(column, "inputExpression")), None)
-            source = (text.text or "") if text is not None else ""
+            expressions = _dmn_children(column, "inputExpression")
+            text, source = _dmn_text(expressions[0]) if expressions else (column, "")
             if not source.strip():
-                raise refuse(text if text is not None else column, "input expression", source,
-                             ValueError("it is empty"))
+                raise refuse(text, "input expression", source, ValueError("it is empty"))
             compile_or_refuse(text, "input expression", source, source.strip())
             inputs.append(source.strip())
         for rule in _dmn_children(table, "rule"):
-            for column, entry in zip(inputs, _dmn_children(rule, "inputEntry"), strict=False):
-                text = _dmn_text(entry)
-                source = ((text.text or "") if text is not None else "").strip()
+            for column_source, entry in zip(inputs, _dmn_children(rule, "inputEntry"), strict=False):
+                text, source = _dmn_text(entry)
+                source = source.strip()
                 if not source or source == "-":
                     continue  # any value matches
                 placeholder = _DMN_PLACEHOLDER.sub("dmninputexpr", source)
@@ -247,13 +260,12 @@ def _check_dmn(name: str, root: etree._Element) -> None:
                     continue
                 try:
                     sandbox.check(source, "eval")
-                    compile_or_refuse(text, "input entry", source, f"({column}) == ({source})")
+                    compile_or_refuse(text, "input entry", source, f"({column_source}) == ({source})")
                 except sandbox.ScriptRefused:
-                    compile_or_refuse(text, "input entry", source, f"{column} {source}")
+                    compile_or_refuse(text, "input entry", source, f"{column_source} {source}")
                     text.text = f" {source}"
             for entry in _dmn_children(rule, "outputEntry"):
-                text = _dmn_text(entry)
-                source = (text.text or "") if text is not None else ""
+                text, source = _dmn_text(entry)
                 if source.strip():
                     compile_or_refuse(text, "output entry", source, source.strip())
 
@@ -298,8 +310,12 @@ def _user_task_meta(task_spec: Any, dialect: str) -> UserTaskMeta:
         lane=task_spec.lane,
         documentation=task_spec.documentation or None,
     )
+    props: dict[str, Any] = ext.get("properties", {}) or {}
+
+    def get(key: str) -> Any:
+        return ext.get(f"camunda:{key}") if dialect == "camunda" else props.get(key)
+
     if dialect == "camunda":
-        get = lambda key: ext.get(f"camunda:{key}")  # noqa: E731
         form = getattr(task_spec, "form", None)
         if form is not None:
             meta.form_key = form.key
@@ -310,8 +326,6 @@ def _user_task_meta(task_spec: Any, dialect: str) -> UserTaskMeta:
                     "options": [{"id": o.id, "name": o.name} for o in getattr(f, "options", [])],
                 })
     else:
-        props = ext.get("properties", {}) or {}
-        get = props.get
         meta.form_key = props.get("formKey") or (props.get("formJsonSchemaFilename") or "").removesuffix(
             "-schema.json").removesuffix(".json") or None
         if not meta.documentation and ext.get("instructionsForEndUser"):
@@ -362,7 +376,7 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
     dmn = {n: r for n, r in trees.items() if _is_dmn(r)}
     for name, root in bpmn.items():
         if etree.QName(root).namespace != BPMN_NS or etree.QName(root).localname != "definitions":
-            raise InvalidDefinition(f"{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=root.sourceline)
+            raise InvalidDefinition(f"{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root))
         _check_expressions(name, root)
     if not bpmn:
         raise InvalidDefinition("a deployment needs at least one .bpmn file (DMN alone has nothing to run)")
@@ -381,8 +395,9 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
             parser.add_bpmn_xml(root, filename=name)
         process_files = {
             str(pid): name for name, root in bpmn.items()
-            for pid in root.xpath("/bpmn:definitions/bpmn:process[@isExecutable='true']/@id",
-                                  namespaces={"bpmn": BPMN_NS})
+            for process in _elements(root, "/bpmn:definitions/bpmn:process[@isExecutable='true']",
+                                     namespaces={"bpmn": BPMN_NS})
+            for pid in [process.get("id")]
         }
         process_ids = list(process_files)
         if not process_ids:

@@ -74,7 +74,8 @@ def _instant(value: Any, base: datetime, task: Task, what: str) -> datetime | No
     try:
         if text.startswith(("P", "-P")):
             parsed = TimerEventDefinition.parse_iso_duration(text)
-            return TimerEventDefinition.get_timedelta_from_start(parsed, base) + base
+            delta: timedelta = TimerEventDefinition.get_timedelta_from_start(parsed, base)
+            return base + delta
         parsed_dt = datetime.fromisoformat(text)
         return parsed_dt.astimezone(UTC) if parsed_dt.tzinfo else parsed_dt.replace(tzinfo=UTC)
     except (ValueError, TypeError):

@@ -75,7 +75,7 @@ class Paging:
         return base64.urlsafe_b64encode(json.dumps({"o": nxt}).encode()).decode()
 
 
-def _page(session: Session, query: Select, paging: Paging, *, scalars: bool = True) -> Page:
+def _page(session: Session, query: Select[Any], paging: Paging, *, scalars: bool = True) -> Page:
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
     rows = session.execute(query.offset(paging.offset).limit(paging.limit))
     items = list(rows.scalars() if scalars else rows)
@@ -129,7 +129,7 @@ class TaskFilter:
 SORTS = {"due": TaskRow.due_at, "priority": TaskRow.priority, "created": TaskRow.created_at}
 
 
-def _task_query(actor: Actor, f: TaskFilter) -> Select:
+def _task_query(actor: Actor, f: TaskFilter) -> Select[Any]:
     query = select(TaskRow).where(task_scope(actor))
     if f.state != "all":
         if f.state not in ("open", "completed", "cancelled"):
@@ -234,7 +234,7 @@ class InstanceFilter:
     variables: dict[str, Any] = field(default_factory=dict)
 
 
-def _instance_query(actor: Actor, f: InstanceFilter) -> Select:
+def _instance_query(actor: Actor, f: InstanceFilter) -> Select[Any]:
     query = select(InstanceRow).where(instance_scope(actor))
     if f.definition_key:
         query = query.where(InstanceRow.definition_key == f.definition_key)
@@ -326,7 +326,7 @@ class AuditFilter:
     until: datetime | None = None
 
 
-def _audit_query(f: AuditFilter) -> Select:
+def _audit_query(f: AuditFilter) -> Select[Any]:
     query = select(AuditEventRow)
     if f.actor:
         query = query.where(AuditEventRow.actor == f.actor)

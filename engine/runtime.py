@@ -40,6 +40,7 @@ from engine.ids import time_ordered_id
 from engine.loading import UploadedFile, bundle_checksum, parse_bundle
 from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
 from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_specs, dump_state, load_state, new_workflow
+from engine.store.db import rowcount
 from engine.store.models import (
     DefinitionRow,
     DeploymentResourceRow,
@@ -100,7 +101,8 @@ def _check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
 
 
 def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(audit.canonical({k: v for k, v in data.items() if not k.startswith("_")}))
+    safe: dict[str, Any] = json.loads(audit.canonical({k: v for k, v in data.items() if not k.startswith("_")}))
+    return safe
 
 
 def instance_variables(workflow: BpmnWorkflow) -> dict[str, Any]:
@@ -192,7 +194,7 @@ def _load(session: Session, instance_id: str, *, running: bool = True) -> _Loade
                        status=row.status)
     definition = _definition(session, row.definition_id)
     specs = _specs(session, definition)
-    workflow = load_state(row.state, specs)
+    workflow = load_state(row.state or "", specs)  # a stored instance always has its state
     return _Loaded(row, definition, specs, workflow, row.revision, row.audit_seq or 0)
 
 
@@ -307,10 +309,10 @@ def _append_events(session: Session, row: InstanceRecord | InstanceRow, seen_seq
     head = _chain(session, row, seen_seq, events)
     if not head:
         return
-    moved = session.execute(
+    moved = rowcount(session.execute(
         update(InstanceRow).where(InstanceRow.id == row.id, InstanceRow.audit_seq == seen_seq)
         .values(**head).execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if moved != 1:
         raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
     _insert_events(session)
@@ -375,8 +377,8 @@ def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: s
         new_rows.append(row)
         results.append(_definition_dict(row))
     if not new_rows:
-        return DeployResult(session.scalar(select(DefinitionRow.deployment_id).where(
-            DefinitionRow.id == results[0]["id"])), False, results)
+        deployed_in = session.scalar(select(DefinitionRow.deployment_id).where(DefinitionRow.id == results[0]["id"]))
+        return DeployResult(str(deployed_in), False, results)
     session.add(DeploymentRow(id=deployment_id, name=name or ", ".join(sorted(f.name for f in files))[:200],
                               checksum=checksum, dialect=bundle.dialect, deployed_by=actor.name, deployed_at=now))
     session.flush()
@@ -463,8 +465,8 @@ def cancel_instance(session: Session, *, instance_id: str, actor: Actor, reason:
 # --------------------------------------------------------------------------- tasks
 
 
-def get_task_row(session: Session, task_id: str) -> TaskRow:
-    row = session.get(TaskRow, task_id)
+def get_task_row(session: Session, task_id: str, *, fresh: bool = False) -> TaskRow:
+    row = session.get(TaskRow, task_id, populate_existing=fresh)
     if row is None:
         raise NotFound(f"task {task_id} not found", task_id=task_id)
     return row
@@ -498,16 +500,16 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     """
     seen_seq = session.scalar(select(InstanceRow.audit_seq).where(InstanceRow.id == row.instance_id)) or 0
     assignee_was = TaskRow.assignee.is_(None) if row.assignee is None else TaskRow.assignee == row.assignee
-    changed = session.execute(
+    changed = rowcount(session.execute(
         update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open", assignee_was)
         .values(**values).execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if changed != 1:
         raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
     instance = session.get(InstanceRow, row.instance_id)
     assert instance is not None
     _append_events(session, instance, seen_seq, [event])
-    return session.get(TaskRow, row.id, populate_existing=True)
+    return get_task_row(session, row.id, fresh=True)
 
 
 def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
@@ -590,7 +592,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     """Complete a READY user task with the submitted variables; returns the instance as stored."""
     settings = settings or load_settings()
     data = _check_variables(variables)
-    row = session.connection().execute(_SELECT_TASK, {"b_id": task_id}).first()
+    row: Any = session.connection().execute(_SELECT_TASK, {"b_id": task_id}).first()  # a tasks row, Core
     if row is None:
         raise NotFound(f"task {task_id} not found", task_id=task_id)
     _require_open(row)

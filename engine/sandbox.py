@@ -26,11 +26,12 @@ import re
 import threading
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
-from RestrictedPython import RestrictingNodeTransformer, compile_restricted_eval, compile_restricted_exec
+from RestrictedPython.compile import compile_restricted_eval, compile_restricted_exec
 from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
@@ -39,6 +40,7 @@ from RestrictedPython.Guards import (
     safer_getattr_raise,
 )
 from RestrictedPython.PrintCollector import PrintCollector
+from RestrictedPython.transformer import RestrictingNodeTransformer
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
 
@@ -75,19 +77,22 @@ class ScriptBudgetExceeded(Exception):
     pass
 
 
+_Node = TypeVar("_Node", bound=ast.AST)
+
+
+def _located(new: _Node, old: ast.AST) -> _Node:
+    """``new`` (a node the policy adds) with the source position of the node it stands for."""
+    for child in ast.walk(new):
+        if not hasattr(child, "lineno") or child is new:
+            ast.copy_location(child, old)
+    return new
+
+
 class _Policy(RestrictingNodeTransformer):
     """RestrictedPython's policy plus step checkpoints and size-guarded arithmetic."""
 
-    @staticmethod
-    def _located(new: ast.AST, old: ast.AST) -> ast.AST:
-        for child in ast.walk(new):
-            if not hasattr(child, "lineno") or child is new:
-                ast.copy_location(child, old)
-        return new
-
     def _tick(self, node: ast.AST) -> ast.stmt:
-        call = ast.Expr(ast.Call(func=ast.Name("_tick_", ast.Load()), args=[], keywords=[]))
-        return self._located(call, node)
+        return _located(ast.Expr(ast.Call(func=ast.Name("_tick_", ast.Load()), args=[], keywords=[])), node)
 
     def visit_While(self, node: ast.While) -> ast.AST:
         node = self.node_contents_visit(node)
@@ -100,7 +105,7 @@ class _Policy(RestrictingNodeTransformer):
         if guard is None:
             return node
         call = ast.Call(func=ast.Name(guard, ast.Load()), args=[node.left, node.right], keywords=[])
-        return self._located(call, node)
+        return _located(call, node)
 
 
 _LINE = re.compile(r"[Ll]ine (\d+)")
@@ -143,7 +148,7 @@ def _tick() -> None:
         raise ScriptBudgetExceeded("script exceeded its time budget (endless loop?)")
 
 
-def _getiter(obj: Any):
+def _getiter(obj: Any) -> Iterator[Any]:
     for item in iter(obj):
         _tick()
         yield item
@@ -180,7 +185,8 @@ def _lshift(left: Any, right: Any) -> Any:
     return left << right
 
 
-def _import(name: str, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),  # noqa: A002
+            level: int = 0) -> Any:
     root = name.split(".")[0]
     if level != 0 or root not in ALLOWED_MODULES or name != root:
         raise ImportError(f"import of '{name}' is not allowed (allowed: {', '.join(sorted(ALLOWED_MODULES))})")
@@ -272,13 +278,13 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
     def __init__(self) -> None:
         super().__init__({})
 
-    def evaluate(self, expression: str, context: dict, external_context: dict | None = None) -> Any:
+    def evaluate(self, expression: str, context: dict[str, Any], external_context: dict[str, Any] | None = None) -> Any:
         code = _compile(expression.strip(), "eval")
         scope = {**HELPERS, **context, **(external_context or {}), **_GUARDS}
         with _Run():
             return eval(code, scope)  # noqa: S307  (restricted bytecode, guarded globals)
 
-    def execute(self, script: str, context: dict, external_context: dict | None = None) -> bool:
+    def execute(self, script: str, context: dict[str, Any], external_context: dict[str, Any] | None = None) -> bool:
         code = _compile(script, "exec")
         external = external_context or {}
         scope = {**HELPERS, **context, **external, **_GUARDS}
@@ -295,7 +301,7 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
             context[key] = value
         return True
 
-    def call_service(self, context: dict, **kwargs: Any) -> Any:
+    def call_service(self, context: dict[str, Any], **kwargs: Any) -> Any:
         raise NotImplementedError("service tasks have no connector in sopflow")
 
 

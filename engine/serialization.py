@@ -40,7 +40,7 @@ class _LeanWorkflowConverter(BpmnWorkflowConverter):
     """Like SpiffWorkflow's converter, minus the embedded specs (we store them per definition)."""
 
     def to_dict(self, workflow: BpmnWorkflow) -> dict[str, Any]:
-        dct = WorkflowConverter.to_dict(self, workflow)
+        dct: dict[str, Any] = WorkflowConverter.to_dict(self, workflow)
         dct["subprocesses"] = self.mapping_to_dict(workflow.subprocesses)
         dct["bpmn_events"] = self.registry.convert(workflow.bpmn_events)
         return dct
@@ -128,7 +128,8 @@ def new_workflow(specs: Specs) -> BpmnWorkflow:
 
 
 def dump_state(specs: Specs, workflow: BpmnWorkflow) -> str:
-    return SERIALIZERS[specs.dialect].serialize_json(workflow)
+    state: str = SERIALIZERS[specs.dialect].serialize_json(workflow)
+    return state
 
 
 def load_state(state: str, specs: Specs) -> BpmnWorkflow:

@@ -18,6 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import or_, select, update
 
@@ -88,7 +89,7 @@ def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_att
         result.acquired += len(job_ids)
         stats.incr("jobs", len(job_ids))
         try:
-            fired = db.command(lambda s, i=instance_id, j=job_ids: fire_timers(s, instance_id=i, job_ids=j))
+            fired = db.command(partial(fire_timers, instance_id=instance_id, job_ids=job_ids))
             result.fired += fired
             stats.incr("timers_fired", fired)
         except SopflowError as exc:

@@ -43,7 +43,8 @@ def parse(data: bytes, filename: str, *, max_bytes: int, max_depth: int) -> etre
         line = exc.lineno if exc.lineno else None
         raise InvalidDefinition(f"{filename} is not well-formed XML: {exc.msg}", file=filename, line=line) from None
     docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+    doctype = docinfo.doctype  # type: ignore[union-attr]  # lxml-stubs lack DocInfo.doctype
+    if doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise InvalidDefinition(f"{filename} declares a DTD; DTDs are not allowed in uploads", file=filename)
     depth = 0
     for event, _ in etree.iterwalk(root, events=("start", "end")):

@@ -32,3 +32,11 @@ def test_models_match_the_migrated_schema(db):
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_instance_record_has_exactly_the_instance_columns():
+    from dataclasses import fields
+
+    from engine.store.models import InstanceRecord, InstanceRow
+
+    assert [f.name for f in fields(InstanceRecord)] == [c.name for c in InstanceRow.__table__.columns]

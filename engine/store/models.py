@@ -7,7 +7,7 @@ append-only, hash-chained log. Relationships are not declared: queries are expli
 """
 from __future__ import annotations
 
-from dataclasses import field, make_dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ NAMING = {
 }
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in, timezone-aware UTC out, on SQLite and PostgreSQL alike."""
 
     impl = DateTime(timezone=True)
@@ -130,11 +130,34 @@ class InstanceRow(Base):
     waits: Mapped[int] = mapped_column(Integer, default=0)  # jobs + event subscriptions
 
 
-# A process_instances row as a command reads and writes it: a plain record, not an ORM
-# object (the unit of work writes it with one guarded INSERT or UPDATE, so it needs no
-# identity map, and building one costs a fraction of an instrumented instance).
-InstanceRecord = make_dataclass(
-    "InstanceRecord", [(c.name, Any, field(default=None)) for c in InstanceRow.__table__.columns], slots=True)
+@dataclass(slots=True)
+class InstanceRecord:
+    """A ``process_instances`` row as a command reads and writes it.
+
+    A plain record, not an ORM object: the unit of work writes it with one guarded INSERT
+    or UPDATE, so it needs no identity map, and it costs a fraction of an instrumented
+    instance to build. Its fields are the table's columns (a test holds them equal).
+    """
+
+    id: str
+    definition_id: str
+    definition_key: str
+    definition_version: int
+    business_key: str | None = None
+    status: str = "running"
+    state: str | None = None
+    state_format: str | None = None
+    variables: dict[str, Any] | None = None
+    revision: int = 0
+    started_by: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+    end_reason: str | None = None
+    last_audit_hash: str | None = None
+    audit_seq: int = 0
+    open_task_ids: list[str] | None = None
+    waits: int = 0
 
 
 class TaskRow(Base):
