@@ -23,7 +23,7 @@ from engine.store.models import ApiTokenRow, GroupRow, MembershipRow, UserRow
 
 ROLES = ("designer", "employee", "auditor", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
-TOKEN_PREFIX = "sop_"
+TOKEN_PREFIX = "sop_"  # noqa: S105 (a visible prefix that tells tokens apart, not a secret)
 
 
 @dataclass(frozen=True)

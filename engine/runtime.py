@@ -507,7 +507,8 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     if changed != 1:
         raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
     instance = session.get(InstanceRow, row.instance_id)
-    assert instance is not None
+    if instance is None:  # the task row references it; only a concurrent delete could get here
+        raise StaleInstance(f"process instance {row.instance_id} is gone", instance_id=row.instance_id)
     _append_events(session, instance, seen_seq, [event])
     return get_task_row(session, row.id, fresh=True)
 
