@@ -394,10 +394,10 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
         for name, root in bpmn.items():
             parser.add_bpmn_xml(root, filename=name)
         process_files = {
-            str(pid): name for name, root in bpmn.items()
+            str(process.get("id")): name for name, root in bpmn.items()
             for process in _elements(root, "/bpmn:definitions/bpmn:process[@isExecutable='true']",
                                      namespaces={"bpmn": BPMN_NS})
-            for pid in [process.get("id")]
+            if process.get("id")
         }
         process_ids = list(process_files)
         if not process_ids:
