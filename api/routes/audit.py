@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import ActorDep, DbDep, PagingDep, require
@@ -29,23 +29,24 @@ def history(db: DbDep, actor: ActorDep, instance_id: str) -> dict:
             "tasks": [task_read(t) for t in found["tasks"]]}
 
 
-def _filter(actor_name: str | None, action: str | None, instance_id: str | None, definition_key: str | None,
-            since: datetime | None, until: datetime | None) -> AuditFilter:
+def audit_filter(actor_name: Annotated[str | None, Query(alias="actor", max_length=100)] = None,
+                 action: Annotated[str | None, Query(max_length=60)] = None,
+                 instance_id: Annotated[str | None, Query(max_length=36)] = None,
+                 definition_key: Annotated[str | None, Query(max_length=200)] = None,
+                 since: Annotated[datetime | None, Query(alias="from")] = None,
+                 until: Annotated[datetime | None, Query(alias="to")] = None) -> AuditFilter:
+    """The audit trail's filter query parameters, shared by the list and the export."""
     return AuditFilter(actor_name, action, instance_id, definition_key, since, until)
 
 
+AuditFilterDep = Annotated[AuditFilter, Depends(audit_filter)]
+
+
 @router.get("/audit", response_model=Page[AuditEventRead])
-def get_audit(db: DbDep, actor: ActorDep, paging: PagingDep,
-              actor_name: Annotated[str | None, Query(alias="actor", max_length=100)] = None,
-              action: Annotated[str | None, Query(max_length=60)] = None,
-              instance_id: Annotated[str | None, Query(max_length=36)] = None,
-              definition_key: Annotated[str | None, Query(max_length=200)] = None,
-              since: Annotated[datetime | None, Query(alias="from")] = None,
-              until: Annotated[datetime | None, Query(alias="to")] = None) -> dict:
+def get_audit(db: DbDep, actor: ActorDep, paging: PagingDep, f: AuditFilterDep) -> dict:
     require(actor, "auditor")
     with db.read() as s:
-        page = list_audit(s, actor, _filter(actor_name, action, instance_id, definition_key, since, until),
-                          paging)
+        page = list_audit(s, actor, f, paging)
     return page_body(page, [event_dict(e) for e in page.items])
 
 
@@ -55,15 +56,9 @@ CSV_FIELDS = ["seq", "occurred_at", "actor", "action", "instance_id", "task_id",
 
 @router.get("/audit/export", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
-def export_audit(db: DbDep, actor: ActorDep, format: Literal["csv", "jsonl"] = "jsonl",  # noqa: A002
-                 actor_name: Annotated[str | None, Query(alias="actor", max_length=100)] = None,
-                 action: Annotated[str | None, Query(max_length=60)] = None,
-                 instance_id: Annotated[str | None, Query(max_length=36)] = None,
-                 definition_key: Annotated[str | None, Query(max_length=200)] = None,
-                 since: Annotated[datetime | None, Query(alias="from")] = None,
-                 until: Annotated[datetime | None, Query(alias="to")] = None) -> StreamingResponse:
+def export_audit(db: DbDep, actor: ActorDep, f: AuditFilterDep,
+                 format: Literal["csv", "jsonl"] = "jsonl") -> StreamingResponse:  # noqa: A002
     require(actor, "auditor")
-    f = _filter(actor_name, action, instance_id, definition_key, since, until)
 
     def rows() -> Iterator[str]:
         with db.read() as s:
