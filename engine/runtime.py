@@ -498,7 +498,10 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     at once cannot both win; the loser's retry sees the new assignee. The audit event goes
     on the instance's chain with a compare-and-set on its head.
     """
-    seen_seq = session.scalar(select(InstanceRow.audit_seq).where(InstanceRow.id == row.instance_id)) or 0
+    instance = session.get(InstanceRow, row.instance_id)  # one read: the chain head and its sequence
+    if instance is None:  # the task row references it; only a concurrent delete could get here
+        raise StaleInstance(f"process instance {row.instance_id} is gone", instance_id=row.instance_id)
+    seen_seq = instance.audit_seq or 0
     assignee_was = TaskRow.assignee.is_(None) if row.assignee is None else TaskRow.assignee == row.assignee
     changed = rowcount(session.execute(
         update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open", assignee_was)
@@ -506,9 +509,6 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     ))
     if changed != 1:
         raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
-    instance = session.get(InstanceRow, row.instance_id)
-    if instance is None:  # the task row references it; only a concurrent delete could get here
-        raise StaleInstance(f"process instance {row.instance_id} is gone", instance_id=row.instance_id)
     _append_events(session, instance, seen_seq, [event])
     return get_task_row(session, row.id, fresh=True)
 
