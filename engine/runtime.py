@@ -711,8 +711,8 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
     """Fire the instance's due timers. Returns how many were due."""
     settings = settings or load_settings()
     now = clock.now()
-    row = session.get(InstanceRow, instance_id)
-    if row is None or row.status != "running":
+    status = session.scalar(select(InstanceRow.status).where(InstanceRow.id == instance_id))
+    if status != "running":  # gone or ended: its jobs go too; the full row is read only if a timer is due
         session.execute(delete(JobRow).where(JobRow.instance_id == instance_id))
         return 0
     due_query = select(JobRow).where(JobRow.instance_id == instance_id, JobRow.due_at <= now,
