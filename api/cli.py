@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 
 from engine import migrate
+from engine.commands import SYSTEM, Actor, deploy
 from engine.config import load as load_settings
 from engine.errors import SopflowError
 from engine.loading import UploadedFile
-from engine.runtime import SYSTEM, Actor, deploy
 from engine.store.db import Database
 
 

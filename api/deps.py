@@ -7,11 +7,11 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import Unauthorized
+from engine.actor import Actor
 from engine.config import Settings
 from engine.errors import Forbidden
 from engine.identity import authenticate
 from engine.queries import Paging
-from engine.runtime import Actor
 from engine.store.db import Database
 
 bearer = HTTPBearer(auto_error=False, description="an API token from `sopflow users token NAME`")

@@ -37,8 +37,8 @@ from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG  # noqa: E402
 from SpiffWorkflow.util.task import TaskState  # noqa: E402
 
 from engine import migrate  # noqa: E402
+from engine.commands import Actor, complete_task, deploy, start_instance  # noqa: E402
 from engine.loading import UploadedFile  # noqa: E402
-from engine.runtime import Actor, complete_task, deploy, start_instance  # noqa: E402
 from engine.store.db import Database  # noqa: E402
 from tests.bpmnkit import approval_chain, straight_scripts, user_loop  # noqa: E402
 

@@ -15,9 +15,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock
+from engine.actor import Actor
 from engine.audit import Event
 from engine.errors import Conflict, InvalidInput, NotFound
-from engine.runtime import Actor
 from engine.store.db import rowcount
 from engine.store.models import ApiTokenRow, GroupRow, MembershipRow, UserRow
 

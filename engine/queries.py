@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from engine import clock
+from engine.actor import Actor
 from engine.errors import Forbidden, InvalidInput, NotFound
-from engine.runtime import Actor
 from engine.store.models import (
     AuditEventRow,
     DefinitionRow,

@@ -23,8 +23,8 @@ from functools import partial
 from sqlalchemy import or_, select, update
 
 from engine import clock, stats
+from engine.commands.timers import fire_timers
 from engine.errors import SopflowError
-from engine.runtime import fire_timers
 from engine.store.db import Database
 from engine.store.models import JobRow
 

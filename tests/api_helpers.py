@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from engine.commands import SYSTEM
 from engine.config import Settings
 from engine.identity import seed_demo
-from engine.runtime import SYSTEM
 from engine.store.db import Database
 
 

@@ -6,8 +6,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
+from engine.commands import Actor, deploy
 from engine.loading import UploadedFile
-from engine.runtime import Actor, deploy
 from engine.store.db import Database
 from engine.store.models import AuditEventRow, InstanceRow, JobRow, TaskRow
 

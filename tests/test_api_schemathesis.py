@@ -9,10 +9,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from api.app import create_app
+from engine.commands import SYSTEM, deploy, start_instance
 from engine.config import Settings
 from engine.identity import seed_demo
 from engine.loading import UploadedFile
-from engine.runtime import SYSTEM, deploy, start_instance
 from tests.test_processes import PROCESSES
 
 EXAMPLES = 15

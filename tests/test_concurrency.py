@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from engine import audit, runtime
+from engine import audit
+from engine.commands import cancel_instance, claim_task, complete_task, start_instance, unit
 from engine.errors import Conflict, StaleInstance
-from engine.runtime import cancel_instance, claim_task, complete_task, start_instance
 from tests.bpmnkit import Bpmn
 from tests.helpers import ALICE, BOB, deploy_xml, instance, open_tasks
 
@@ -25,7 +25,7 @@ def _race(monkeypatch, db, *jobs):
     """Run the commands in threads; each pauses after loading the instance until all have loaded."""
     barrier = threading.Barrier(len(jobs), timeout=2)
     conflicts = []
-    original_run, original_persist = runtime._run, runtime._persist
+    original_run, original_persist = unit.run, unit.persist
 
     def paused_run(loaded, actor, settings):
         if not db.is_sqlite:  # SQLite queues writers at BEGIN IMMEDIATE: the other cannot have loaded yet
@@ -40,8 +40,8 @@ def _race(monkeypatch, db, *jobs):
             conflicts.append(1)
             raise
 
-    monkeypatch.setattr(runtime, "_run", paused_run)
-    monkeypatch.setattr(runtime, "_persist", counted_persist)
+    monkeypatch.setattr(unit, "run", paused_run)
+    monkeypatch.setattr(unit, "persist", counted_persist)
     outcomes: list[object] = [None] * len(jobs)
 
     def worker(i, job):

@@ -5,10 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from engine.commands import complete_task, start_instance
 from engine.config import Settings
 from engine.errors import InvalidDefinition, InvalidInput, ScriptError
 from engine.loading import UploadedFile, parse_bundle
-from engine.runtime import complete_task, start_instance
 from tests.bpmnkit import Bpmn
 from tests.helpers import ALICE, BOB, deploy_xml, open_tasks
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.commands import Actor, claim_task, complete_task, deploy, start_instance
 from engine.errors import Forbidden, InvalidInput
 from engine.loading import UploadedFile
-from engine.runtime import Actor, claim_task, complete_task, deploy, start_instance
 from engine.worker import run_once
 from tests.helpers import DESIGNER, instance, jobs, open_tasks
 

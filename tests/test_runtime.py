@@ -8,9 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from engine import audit
-from engine.config import Settings
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptError
-from engine.runtime import (
+from engine.commands import (
     assign_task,
     cancel_instance,
     claim_task,
@@ -19,6 +17,8 @@ from engine.runtime import (
     start_instance,
     unclaim_task,
 )
+from engine.config import Settings
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptError
 from engine.store.models import AuditEventRow, DefinitionRow, TaskRow
 from engine.worker import run_once
 from tests.bpmnkit import Bpmn, approval_chain, script_loop, straight_scripts, user_loop
@@ -137,10 +137,10 @@ def test_future_task_cannot_be_run_even_if_its_row_is_forged(db, clock):
     deploy_xml(db, approval_chain(2).xml())
     row = db.command(lambda s: start_instance(s, key="approval", actor=ALICE))
     [task] = open_tasks(db, row.id)
-    from engine import runtime
+    from engine.commands import unit
 
     def future_id(s):
-        loaded = runtime._load(s, row.id)
+        loaded = unit.load(s, row.id)
         return str(next(t.id for t in loaded.workflow.get_tasks() if t.task_spec.bpmn_id == "u1"))
 
     fid = db.command(future_id)
@@ -326,10 +326,11 @@ def _assert_projections_match(db, instance_id):
     """The tasks/jobs rows equal what the stored workflow says is open and waiting."""
     from SpiffWorkflow.util.task import TaskState
 
-    from engine import projections, runtime
+    from engine import projections
+    from engine.commands import unit
 
     with db.read() as s:
-        loaded = runtime._load(s, instance_id, running=False)
+        loaded = unit.load(s, instance_id, running=False)
         ready = {str(t.id) for t in loaded.workflow.get_tasks(state=TaskState.READY, manual=True)}
         timers = {str(t.id) for t in projections.waiting_events(loaded.workflow) if projections._timer_due(t)}
     assert {t.id for t in open_tasks(db, instance_id)} == ready

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from engine.runtime import start_instance
+from engine.commands import start_instance
 from engine.worker import acquire, run_once
 from tests.bpmnkit import Bpmn
 from tests.helpers import ALICE, deploy_xml, instance, jobs

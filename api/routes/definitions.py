@@ -9,10 +9,10 @@ from sqlalchemy import select
 from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
 from api.schemas import DefinitionRead, DeploymentCreated, DeploymentRead, Page
 from api.views import page_body
+from engine.commands import deploy, latest_definition
 from engine.errors import InvalidDefinition, NotFound
 from engine.loading import UploadedFile
 from engine.queries import list_definitions, list_deployments
-from engine.runtime import deploy, latest_definition
 from engine.store.models import DefinitionRow, DeploymentResourceRow
 
 router = APIRouter(prefix="/api", tags=["definitions"])

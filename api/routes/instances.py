@@ -18,9 +18,9 @@ from api.schemas import (
     StartRequest,
 )
 from api.views import page_body, task_read
+from engine.commands import cancel_instance, correlate_message, start_instance
 from engine.errors import Forbidden, InvalidInput
 from engine.queries import InstanceFilter, instance_tasks, list_instances, visible_instance
-from engine.runtime import cancel_instance, correlate_message, start_instance
 
 router = APIRouter(prefix="/api", tags=["instances"])
 

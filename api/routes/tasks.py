@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
 from api.schemas import AssignRequest, CompleteRequest, Count, InstanceRead, Page, TaskDetail, TaskRead
 from api.views import page_body, task_read
+from engine.commands import Actor, assign_task, claim_task, complete_task, get_task_row, unclaim_task
 from engine.errors import Forbidden, NotFound
 from engine.queries import TaskFilter, count_tasks, list_tasks, may_act_on, task_detail, task_exists
-from engine.runtime import Actor, assign_task, claim_task, complete_task, get_task_row, unclaim_task
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 

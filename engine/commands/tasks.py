@@ -1,0 +1,201 @@
+"""User-task commands: claim, unclaim, assign and complete.
+
+Guards SpiffWorkflow lacks: a user task is only ever run when it is READY and manual
+(``task.run()`` would happily "complete" a FUTURE or COMPLETED task).
+"""
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+from SpiffWorkflow.exceptions import SpiffWorkflowException
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session
+
+from engine import clock, forms
+from engine.actor import Actor
+from engine.audit import Event
+from engine.commands import unit
+from engine.config import Settings
+from engine.config import load as load_settings
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleInstance
+from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
+from engine.store.db import rowcount
+from engine.store.models import InstanceRecord, InstanceRow, TaskRow
+
+_SELECT_TASK = select(TaskRow.__table__).where(TaskRow.id == bindparam("b_id"))
+_CLOSE_TASK = update(TaskRow).where(TaskRow.id == bindparam("b_id"), TaskRow.state == "open")
+
+
+def get_task_row(session: Session, task_id: str, *, fresh: bool = False) -> TaskRow:
+    row = session.get(TaskRow, task_id, populate_existing=fresh)
+    if row is None:
+        raise NotFound(f"task {task_id} not found", task_id=task_id)
+    return row
+
+
+def is_candidate(row: TaskRow, actor: Actor) -> bool:
+    if not row.candidate_users and not row.candidate_groups:
+        return True  # nobody named: any employee may take it (Camunda's behaviour)
+    return actor.name in row.candidate_users or bool(actor.groups & set(row.candidate_groups))
+
+
+def _require_open(row: TaskRow) -> None:
+    if row.state != "open":
+        raise Conflict(f"task '{row.name}' is already {row.state}", task_id=row.id, state=row.state)
+
+
+def may_work_on(row: TaskRow, actor: Actor) -> bool:
+    if actor.is_admin:
+        return True
+    if row.assignee:
+        return row.assignee == actor.name
+    return is_candidate(row, actor)
+
+
+def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) -> TaskRow:
+    """Change an open task's assignment, guarded: it must still look as this command saw it.
+
+    The UPDATE's WHERE repeats what was read (state and assignee), so two people claiming
+    at once cannot both win; the loser's retry sees the new assignee. The audit event goes
+    on the instance's chain with a compare-and-set on its head.
+    """
+    instance = session.get(InstanceRow, row.instance_id)  # one read: the chain head and its sequence
+    if instance is None:  # the task row references it; only a concurrent delete could get here
+        raise StaleInstance(f"process instance {row.instance_id} is gone", instance_id=row.instance_id)
+    seen_seq = instance.audit_seq or 0
+    assignee_was = TaskRow.assignee.is_(None) if row.assignee is None else TaskRow.assignee == row.assignee
+    changed = rowcount(session.execute(
+        update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open", assignee_was)
+        .values(**values).execution_options(synchronize_session=False)
+    ))
+    if changed != 1:
+        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
+    unit.append_events(session, instance, seen_seq, [event])
+    return get_task_row(session, row.id, fresh=True)
+
+
+def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
+    row = get_task_row(session, task_id)
+    _require_open(row)
+    if row.assignee == actor.name:
+        return row
+    if row.assignee:
+        raise Conflict(f"task '{row.name}' is already claimed by {row.assignee}", task_id=row.id,
+                       assignee=row.assignee)
+    if not (is_candidate(row, actor) or actor.is_admin):
+        raise Forbidden(f"you are not a candidate for task '{row.name}'", task_id=row.id)
+    return _change_task(session, row, Event("task.claimed", actor.name, {"assignee": actor.name}, task_id=row.id),
+                        assignee=actor.name, claimed_at=clock.now())
+
+
+def unclaim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
+    row = get_task_row(session, task_id)
+    _require_open(row)
+    if not row.assignee:
+        return row
+    if row.assignee != actor.name and not actor.is_admin:
+        raise Forbidden(f"task '{row.name}' is claimed by {row.assignee}; only they can release it",
+                        task_id=row.id)
+    return _change_task(session, row, Event("task.unclaimed", actor.name, {"previous_assignee": row.assignee},
+                                            task_id=row.id), assignee=None, claimed_at=None)
+
+
+def assign_task(session: Session, *, task_id: str, assignee: str | None, actor: Actor) -> TaskRow:
+    """Set or clear the assignee. Who may assign is the caller's decision (a role check at the edge)."""
+    row = get_task_row(session, task_id)
+    _require_open(row)
+    if assignee is not None and (not isinstance(assignee, str) or not assignee.strip() or len(assignee) > 100):
+        raise InvalidInput("assignee must be a user name", field="assignee")
+    event = Event("task.assigned", actor.name, {"assignee": assignee, "previous_assignee": row.assignee},
+                  task_id=row.id)
+    return _change_task(session, row, event, assignee=assignee, claimed_at=clock.now() if assignee else None)
+
+
+def _coerce_form_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> dict[str, Any]:
+    """Camunda generated-form fields: required and type checks, with the common coercions."""
+    errors: dict[str, str] = {}
+    out = dict(variables)
+    for f in fields:
+        fid, ftype = f["id"], (f.get("type") or "string")
+        value = variables.get(fid)
+        if value is None or value == "":
+            if f.get("required"):
+                errors[fid] = "is required"
+            continue
+        try:
+            if ftype == "long":
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                out[fid] = int(value)
+            elif ftype == "boolean":
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif ftype == "date":
+                out[fid] = date.fromisoformat(str(value)[:10]) if not isinstance(value, date) else value
+            elif ftype == "enum":
+                options = {o["id"] for o in f.get("options", [])}
+                if options and value not in options:
+                    errors[fid] = f"must be one of {sorted(options)}"
+            elif ftype in ("decimal", "double"):
+                out[fid] = Decimal(str(value)) if ftype == "decimal" else float(value)
+            elif not isinstance(value, str):
+                raise ValueError
+        except (ValueError, TypeError, InvalidOperation):
+            errors[fid] = f"must be a {ftype}"
+    if errors:
+        first = next(iter(errors))
+        raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
+                           field=first, errors=errors)
+    return out
+
+
+def complete_task(session: Session, *, task_id: str, actor: Actor, variables: dict[str, Any] | None = None,
+                  settings: Settings | None = None) -> InstanceRecord:
+    """Complete a READY user task with the submitted variables; returns the instance as stored."""
+    settings = settings or load_settings()
+    data = unit.check_variables(variables)
+    row: Any = session.connection().execute(_SELECT_TASK, {"b_id": task_id}).first()  # a tasks row, Core
+    if row is None:
+        raise NotFound(f"task {task_id} not found", task_id=task_id)
+    _require_open(row)
+    if not may_work_on(row, actor):
+        whose = f"claimed by {row.assignee}" if row.assignee else "not in your groups"
+        raise Forbidden(f"task '{row.name}' is {whose}", task_id=row.id)
+    loaded = unit.load(session, row.instance_id)
+    meta = loaded.definition.user_tasks.get(row.meta_key) or {}
+    form = forms.form_for(row.form_key, meta.get("form_fields"))
+    if form and not form.get("generated"):
+        forms.validate(form, data)
+    if meta.get("form_fields"):
+        data = _coerce_form_fields(meta["form_fields"], data)
+    task = loaded.workflow.get_task_from_id(UUID(task_id))
+    if task is None or task.state != TaskState.READY or not task.task_spec.manual:
+        raise Conflict(f"task '{row.name}' can no longer be completed", task_id=row.id)
+    before = {k: task.data.get(k) for k in data}
+    variable = getattr(task.task_spec, "variable", None)  # Spiff UserTask's variableName
+    if variable:
+        task.data[variable] = data
+    else:
+        task.data.update(data)
+    try:
+        task.run()
+    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
+        raise unit.spiff_error(exc) from None
+    closed = session.connection().execute(_CLOSE_TASK, {
+        "b_id": row.id, "state": "completed", "ended_at": clock.now(), "completed_by": actor.name}).rowcount
+    if closed != 1:
+        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
+    loaded.completed_task = row.id
+    loaded.events.append(Event("task.completed", actor.name, {
+        "element_id": row.element_id, "name": row.name, "variables": data,
+        "changed": {k: {"from": before[k], "to": v} for k, v in data.items() if before[k] != v},
+    }, task_id=row.id))
+    unit.run(loaded, actor, settings)
+    unit.persist(session, loaded, actor)
+    return loaded.row
+
+

@@ -1,0 +1,286 @@
+"""The unit of work every command shares: load an instance, run the engine, persist it.
+
+Each command (DESIGN.md) takes a session, loads the instance (serialized workflow +
+``revision``) with :func:`load`, applies itself through SpiffWorkflow, runs engine steps
+until every token waits (:func:`run`), then :func:`persist` writes the new state with
+``UPDATE ... WHERE revision = :seen`` (0 rows -> :class:`StaleInstance`, which the edge
+retries), re-syncs the ``tasks``/``jobs``/``event_subscriptions`` projections and
+appends hash-chained audit events. Commands only flush; the edge commits.
+
+The command families live beside this module: ``deployments``, ``instances``,
+``tasks``, ``messages`` and ``timers``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.exceptions import SpiffWorkflowException
+from SpiffWorkflow.task import Task
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from engine import audit, clock, projections
+from engine.actor import Actor
+from engine.audit import Event
+from engine.config import Settings
+from engine.errors import Conflict, InvalidInput, NotFound, ScriptError, StaleInstance
+from engine.execution import EngineBudget, run_engine
+from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
+from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_state, load_state
+from engine.store.db import rowcount
+from engine.store.models import DefinitionRow, InstanceRecord, InstanceRow
+
+# --------------------------------------------------------------------------- helpers
+
+_JSON_SCALARS = (str, int, float, bool, type(None), date, datetime, time, Decimal)
+
+
+def check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
+    if variables is None:
+        return {}
+    if not isinstance(variables, dict):
+        raise InvalidInput(f"{what} must be an object mapping names to values", field=what)
+
+    def ok(value: Any, depth: int = 0) -> bool:
+        if depth > 20:
+            return False
+        if isinstance(value, _JSON_SCALARS):
+            return not isinstance(value, float) or math.isfinite(value)  # NaN and infinities are not data
+        if isinstance(value, list):
+            return all(ok(v, depth + 1) for v in value)
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and ok(v, depth + 1) for k, v in value.items())
+        return False
+
+    for name, value in variables.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise InvalidInput(f"'{name}' is not a valid variable name (letters, digits and _, not starting "
+                               "with _ or a digit)", field=str(name))
+        if not ok(value):
+            raise InvalidInput(f"variable '{name}' holds a value that cannot be stored", field=name)
+    return dict(variables)
+
+
+def json_safe(data: dict[str, Any]) -> dict[str, Any]:
+    safe: dict[str, Any] = json.loads(audit.canonical({k: v for k, v in data.items() if not k.startswith("_")}))
+    return safe
+
+
+def instance_variables(workflow: BpmnWorkflow) -> dict[str, Any]:
+    """The instance's current data: the workflow's when done, else its tasks' data folded oldest to newest."""
+    if workflow.is_completed() and workflow.success:  # a cancelled workflow's data is its tasks'
+        return json_safe(workflow.data)
+    merged: dict[str, Any] = {}
+    definite = TaskState.DEFINITE_MASK | TaskState.FINISHED_MASK
+    # the pruned tree is small: fold every definite task's data, newest last
+    for task in sorted((t for t in workflow.tasks.values() if t.has_state(definite)),
+                       key=lambda t: t.last_state_change):
+        merged.update(task.data)
+    return json_safe(merged)
+
+
+@dataclass(frozen=True)
+class DefinitionInfo:
+    """What commands need of a deployed definition; definitions never change once deployed."""
+
+    id: str
+    key: str
+    version: int
+    user_tasks: dict[str, Any]
+
+
+_DEFINITIONS: dict[str, DefinitionInfo] = {}
+
+
+def definition_info(row: DefinitionRow) -> DefinitionInfo:
+    info = _DEFINITIONS.get(row.id)
+    if info is None:
+        info = _DEFINITIONS[row.id] = DefinitionInfo(row.id, row.key, row.version, dict(row.user_tasks))
+    return info
+
+
+def get_definition(session: Session, definition_id: str) -> DefinitionInfo:
+    info = _DEFINITIONS.get(definition_id)
+    if info is not None:
+        return info
+    row = session.get(DefinitionRow, definition_id)
+    if row is None:
+        raise NotFound(f"process definition {definition_id} not found")
+    return definition_info(row)
+
+
+def specs_for(session: Session, definition: DefinitionInfo) -> Specs:
+    def spec_text() -> str:
+        text = session.scalar(select(DefinitionRow.spec).where(DefinitionRow.id == definition.id))
+        if text is None:
+            raise NotFound(f"process definition {definition.id} not found")
+        return text
+
+    return SPECS.get(definition.id, spec_text)
+
+
+# Hot-path statements, built once: SQLAlchemy then reuses their compiled form.
+_SELECT_INSTANCE = select(InstanceRow.__table__).where(InstanceRow.id == bindparam("b_id"))
+_INSERT_INSTANCE = insert(InstanceRow)
+_UPDATE_INSTANCE = update(InstanceRow).where(
+    InstanceRow.id == bindparam("b_id"), InstanceRow.revision == bindparam("b_revision"),
+    InstanceRow.audit_seq == bindparam("b_audit_seq"))
+_LATEST_ID = (select(DefinitionRow.id).where(DefinitionRow.key == bindparam("b_key"))
+              .order_by(DefinitionRow.version.desc()).limit(1))
+_VERSION_ID = select(DefinitionRow.id).where(DefinitionRow.key == bindparam("b_key"),
+                                             DefinitionRow.version == bindparam("b_version"))
+
+
+@dataclass
+class Loaded:
+    row: InstanceRecord
+    definition: DefinitionInfo
+    specs: Specs
+    workflow: BpmnWorkflow
+    seen_revision: int
+    seen_audit_seq: int
+    events: list[Event] = field(default_factory=list)
+    completed_task: str | None = None  # the task row this command closed itself
+
+
+def load(session: Session, instance_id: str, *, running: bool = True) -> Loaded:
+    data = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).mappings().first()
+    if data is None:
+        raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
+    row = InstanceRecord(**data)
+    if running and row.status != "running":
+        raise Conflict(f"process instance {instance_id} is {row.status}", instance_id=instance_id,
+                       status=row.status)
+    definition = get_definition(session, row.definition_id)
+    specs = specs_for(session, definition)
+    workflow = load_state(row.state or "", specs)  # a stored instance always has its state
+    return Loaded(row, definition, specs, workflow, row.revision, row.audit_seq or 0)
+
+
+def spiff_error(exc: Exception) -> ScriptError:
+    if isinstance(exc, ScriptError):
+        return exc
+    task_spec = getattr(exc, "task_spec", None)
+    element = getattr(task_spec, "bpmn_id", None) or getattr(getattr(exc, "task", None), "task_spec", None)
+    element = element if isinstance(element, str) else getattr(element, "bpmn_id", None)
+    line = getattr(exc, "line_number", None) or None
+    inner = getattr(exc, "exception", None) or exc.__cause__
+    if isinstance(inner, ScriptRefused):
+        line = inner.line or line
+    if isinstance(inner, ScriptBudgetExceeded) or isinstance(exc, ScriptBudgetExceeded):
+        message = f"element '{element}': {inner or exc}"
+    else:
+        message = f"element '{element}' failed: {exc}" if element else f"the workflow failed: {exc}"
+    return ScriptError(message, element_id=element, line=line)
+
+
+def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
+    budget = EngineBudget(settings.command_max_steps, settings.command_max_seconds)
+
+    activities: list[dict[str, Any]] = []
+
+    def record(task: Task) -> None:
+        spec = task.task_spec
+        if getattr(spec, "bpmn_id", None):
+            activities.append({"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
+                               "task_id": str(task.id)})
+
+    try:
+        run_engine(loaded.workflow, budget, record)
+    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused, ScriptError) as exc:
+        raise spiff_error(exc) from None
+    except RecursionError:
+        raise ScriptError("the workflow recursed too deeply (a script or the diagram loops on itself)") from None
+    if activities:  # one event per command: they all happened in this transaction, at this instant
+        loaded.events.append(Event("activities.completed", actor.name, {"activities": activities}))
+
+
+def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
+             status: str | None = None, end_reason: str | None = None) -> None:
+    """Store state, projections and audit in the current transaction (the unit of work's steps 4-6).
+
+    A new instance is one INSERT; an existing one is one ``UPDATE ... WHERE revision = :seen``
+    that also moves its audit-chain head. 0 rows means another command moved it first
+    (:class:`StaleInstance`, retried by the edge), and everything written here rolls back.
+    Projection writes that reference the instance row are held until that row exists.
+    """
+    row, workflow = loaded.row, loaded.workflow
+    now = clock.now()
+    if status is None:
+        status = "completed" if workflow.is_completed() else "running"
+    ended = status != "running"
+    values: dict[str, Any] = {
+        "state": dump_state(loaded.specs, workflow), "state_format": STATE_FORMAT,
+        "variables": instance_variables(workflow), "revision": loaded.seen_revision + 1,
+    }
+    if new or status != row.status:  # SQLite rewrites an index whose column is SET, changed or not
+        values.update(status=status, ended_at=now if ended else None, ended_by=actor.name if ended else None,
+                      end_reason=end_reason)
+    held: list[tuple[Any, Any]] = []
+    values["open_task_ids"] = projections.sync_tasks(
+        session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
+        revision=values["revision"], completed=loaded.completed_task, held=held)
+    if ended:
+        projections.clear(session, row)
+        values["waits"] = 0
+        if status == "completed":
+            loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
+    else:
+        values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name)
+    values.update(_chain(session, row, loaded.seen_audit_seq, loaded.events))
+    if new:
+        identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",
+                                                 "business_key", "started_by", "started_at")}
+        with session.no_autoflush:  # pending job/subscription rows reference this row: flush after it
+            session.connection().execute(_INSERT_INSTANCE, {**identity, **values})
+    else:
+        moved = session.connection().execute(_UPDATE_INSTANCE, {
+            "b_id": row.id, "b_revision": loaded.seen_revision, "b_audit_seq": loaded.seen_audit_seq, **values,
+        }).rowcount
+        if moved != 1:
+            raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+    for statement, params in held:
+        session.connection().execute(statement, params)
+    for key, value in values.items():  # the caller's record reflects what was stored
+        setattr(row, key, value)
+    _insert_events(session)
+
+
+def _chain(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event]) -> dict[str, Any]:
+    """Hash-chain ``events`` onto the instance's chain; returns the new head for the row update."""
+    if not events:
+        return {}
+    rows, head, seq = audit.chain_instance_events(
+        row.id, (row.definition_id, row.definition_key, row.definition_version), seen_seq,
+        row.last_audit_hash if seen_seq else None, events)
+    session.info.setdefault("sopflow_audit_rows", []).extend(rows)
+    return {"audit_seq": seq, "last_audit_hash": head}
+
+
+def _insert_events(session: Session) -> None:
+    rows = session.info.pop("sopflow_audit_rows", [])
+    if rows:
+        audit.insert_rows(session, rows)
+
+
+def append_events(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event]) -> None:
+    """Audit events that do not change the workflow (claim, assign): compare-and-set on the head."""
+    head = _chain(session, row, seen_seq, events)
+    if not head:
+        return
+    moved = rowcount(session.execute(
+        update(InstanceRow).where(InstanceRow.id == row.id, InstanceRow.audit_seq == seen_seq)
+        .values(**head).execution_options(synchronize_session=False)
+    ))
+    if moved != 1:
+        raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+    _insert_events(session)
+
+
