@@ -126,6 +126,8 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.identity import ROLES
+
     parser = argparse.ArgumentParser(prog="sopflow", description="BPMN workflow engine and SOP runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     db = sub.add_parser("db", help="database schema")
@@ -144,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     us_sub = us.add_subparsers(dest="action", required=True)
     add = us_sub.add_parser("add", help="add a user")
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=["designer", "employee", "auditor", "admin"])
+    add.add_argument("--role", required=True, choices=list(ROLES))
     add.add_argument("--group", action="append", default=[], help="repeatable")
     tok = us_sub.add_parser("token", help="print a new API token for a user (only the token)")
     tok.add_argument("name")

@@ -124,10 +124,20 @@ class CancelRequest(BaseModel):
 
 
 class MessageRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    business_key: str | None = Field(None, max_length=200)
-    correlation: dict[str, Any] = Field(default_factory=dict, description="instance variables that must match")
-    variables: dict[str, Any] = Field(default_factory=dict)
+    """A message, as Camunda's ``POST /message`` (snake_case, plain values instead of typed ones)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422, never silently ignored
+    name: str = Field(min_length=1, max_length=200, description="the message name (Camunda's messageName)")
+    business_key: str | None = Field(
+        None, max_length=200, description="only instances with this business key; a process started by the "
+                                          "message gets it")
+    correlation_keys: dict[str, Any] = Field(
+        default_factory=dict, description="process variables the receiving instance must have with these values "
+                                          "(Camunda's correlationKeys); also the values of the model's "
+                                          "correlation properties")
+    correlation: dict[str, Any] = Field(default_factory=dict, description="older name of correlation_keys")
+    variables: dict[str, Any] = Field(default_factory=dict, description="the payload, merged into the receiving "
+                                                                        "instance's variables")
     all: bool = Field(False, description="deliver to every matching instance instead of exactly one")
 
 

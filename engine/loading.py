@@ -32,6 +32,7 @@ from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 from engine import sandbox, xmlsafe
 from engine.config import Settings
 from engine.errors import InvalidDefinition
+from engine.message_events import adopt_camunda_messages
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 CAMUNDA_NS = "http://camunda.org/schema/1.0/bpmn"
@@ -175,6 +176,10 @@ def _check_expressions(name: str, root: etree._Element) -> None:
     expression_paths = (
         "//bpmn:conditionExpression | //bpmn:loopCardinality | //bpmn:completionCondition"
         " | //bpmn:timeDuration | //bpmn:timeDate | //bpmn:timeCycle"
+        # messages: payload expressions and correlation retrieval expressions
+        " | //spiffworkflow:messagePayload | //spiffworkflow:processVariableCorrelation/spiffworkflow:expression"
+        " | //bpmn:correlationPropertyRetrievalExpression/bpmn:formalExpression"
+        " | //bpmn:correlationPropertyRetrievalExpression/bpmn:messagePath"
     )
     for el in _elements(root, expression_paths, namespaces=ns):
         checks.append((el, el.text or "", "eval"))
@@ -408,6 +413,9 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
         for pid in process_ids:
             spec = parser.get_spec(pid)
             subprocess_specs = parser.get_subprocess_specs(pid)
+            if dialect == "camunda":
+                for s in [spec, *subprocess_specs.values()]:
+                    adopt_camunda_messages(s)
             user_tasks = _collect_user_tasks(spec, dialect)
             for sub in subprocess_specs.values():
                 user_tasks.update(_collect_user_tasks(sub, dialect))

@@ -5,13 +5,15 @@
   unless the command completed them. Metadata (assignee, candidates, due date, priority)
   is resolved once, when the row is created, against the task's data.
 - ``jobs``: one row per waiting timer, ``due_at`` from SpiffWorkflow's own timer value.
-- ``event_subscriptions``: one row per waiting message catch event.
+- ``event_subscriptions``: one row per waiting message catch event and message name, with
+  the correlation values the catch requires (``None``: any message of that name).
 
 Invariant: after every command these tables match the workflow exactly; user queries
 read them and never deserialize a workflow.
 """
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -25,10 +27,11 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import clock
-from engine.audit import Event
+from engine.audit import Event, canonical
 from engine.errors import ScriptError
 from engine.ids import time_ordered_id
 from engine.loading import UserTaskMeta
+from engine.message_events import expected_correlations
 from engine.sandbox import ScriptRefused, script_engine
 from engine.store.models import InstanceRecord, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
 
@@ -190,10 +193,15 @@ def _timer_due(task: Task) -> datetime | None:
     return instant.astimezone(UTC) if instant.tzinfo else instant.replace(tzinfo=UTC)
 
 
-def _message_definitions(task: Task) -> list[MessageEventDefinition]:
-    ed = task.task_spec.event_definition
+def message_definitions_of(task_spec: Any) -> list[MessageEventDefinition]:
+    """The message definitions an event spec catches or throws (several for a multiple event)."""
+    ed = getattr(task_spec, "event_definition", None)
     defs = ed.event_definitions if isinstance(ed, MultipleEventDefinition) else [ed]
     return [d for d in defs if isinstance(d, MessageEventDefinition)]
+
+
+def _message_definitions(task: Task) -> list[MessageEventDefinition]:
+    return message_definitions_of(task.task_spec)
 
 
 def message_names(task: Task) -> list[str]:
@@ -250,18 +258,29 @@ def _sync_jobs(session: Session, instance: InstanceRecord, waiting: list[Task], 
     return len(desired)
 
 
+def _subscriptions_of(waiting: list[Task]) -> list[tuple[Task, str, dict[str, Any] | None]]:
+    found = []
+    for task in waiting:
+        for definition in _message_definitions(task):
+            expected = expected_correlations(task, definition)
+            found.append((task, definition.name, json.loads(canonical(expected)) if expected else None))
+    return found
+
+
 def _sync_subscriptions(session: Session, instance: InstanceRecord, waiting: list[Task]) -> int:
-    desired = {(str(t.id), name): t for t in waiting for name in message_names(t)}
+    desired = {(str(task.id), name): (task, expected) for task, name, expected in _subscriptions_of(waiting)}
     existing = {} if not instance.waits else {
         (s.task_id, s.name): s
         for s in session.scalars(select(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))}
     for key, row in existing.items():
         if key not in desired:
             session.delete(row)
-    for (task_id, name), task in desired.items():
+        elif row.correlations != desired[key][1]:  # the instance's correlation values changed while it waits
+            row.correlations = desired[key][1]
+    for (task_id, name), (task, expected) in desired.items():
         if (task_id, name) not in existing:
             session.add(SubscriptionRow(task_id=task_id, name=name, instance_id=instance.id, kind="message",
-                                        element_id=task.task_spec.bpmn_id))
+                                        element_id=task.task_spec.bpmn_id, correlations=expected))
     return len(desired)
 
 

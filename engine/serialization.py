@@ -29,8 +29,10 @@ from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, WorkflowConverter
 from SpiffWorkflow.bpmn.serializer.helpers.registry import DefaultRegistry
 from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
+from SpiffWorkflow.camunda.serializer.event_definition import MessageEventDefinitionConverter
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 
+from engine.message_events import CamundaMessage
 from engine.sandbox import script_engine
 
 _specs: contextvars.ContextVar[tuple[Any, dict[str, Any]]] = contextvars.ContextVar("sopflow_specs")
@@ -71,7 +73,7 @@ def _registry(config: dict[Any, Any]) -> DefaultRegistry:
 # dialects have a ``UserTask``, ``BusinessRuleTask``, ... of their own.
 SERIALIZERS = {
     "spiff": BpmnWorkflowSerializer(_registry(SPIFF_CONFIG)),
-    "camunda": BpmnWorkflowSerializer(_registry(CAMUNDA_CONFIG)),
+    "camunda": BpmnWorkflowSerializer(_registry({**CAMUNDA_CONFIG, CamundaMessage: MessageEventDefinitionConverter})),
 }
 STATE_FORMAT = f"sopflow-1/spiff-{SERIALIZERS['spiff'].VERSION}"
 

@@ -15,6 +15,7 @@ DESIGNER = Actor("dora", roles=frozenset({"designer"}))
 ALICE = Actor("alice", groups=frozenset({"staff"}), roles=frozenset({"employee"}))
 BOB = Actor("bob", groups=frozenset({"staff"}), roles=frozenset({"employee"}))
 MALLORY = Actor("mallory", groups=frozenset({"outsiders"}), roles=frozenset({"employee"}))
+SHOP = Actor("shop", roles=frozenset({"integration"}))  # another system, sending messages
 
 
 def deploy_xml(db: Database, xml: bytes, name: str = "process.bpmn", *extra: UploadedFile):

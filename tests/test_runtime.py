@@ -27,6 +27,7 @@ from tests.helpers import (
     BOB,
     DESIGNER,
     MALLORY,
+    SHOP,
     audit_actions,
     deploy_xml,
     instance,
@@ -394,17 +395,21 @@ def _message_started(process_id: str = "orders") -> bytes:
 
 def test_a_message_with_nobody_waiting_starts_its_process(db, clock):
     deploy_xml(db, _message_started())
-    [iid] = db.command(lambda s: correlate_message(s, name="order_placed", actor=ALICE, business_key="O-1",
+    before = snapshot(db)
+    with pytest.raises(Forbidden, match="needs the integration or admin role"):  # people use the start endpoint
+        db.command(lambda s: correlate_message(s, name="order_placed", actor=ALICE, variables={"sku": "X1"}))
+    assert snapshot(db) == before
+    [iid] = db.command(lambda s: correlate_message(s, name="order_placed", actor=SHOP, business_key="O-1",
                                                    variables={"sku": "X1"}))
     stored = instance(db, iid)
-    assert stored.business_key == "O-1" and stored.definition_key == "orders" and stored.started_by == "alice"
+    assert stored.business_key == "O-1" and stored.definition_key == "orders" and stored.started_by == "shop"
     assert stored.variables["sku"] == "X1"
     assert [t.element_id for t in open_tasks(db, iid)] == ["pack"]
     assert audit_actions(db, iid)[:2] == ["instance.started", "message.correlated"]
     deploy_xml(db, _message_started("returns"), "returns.bpmn")
     with pytest.raises(Conflict, match="2 processes start with message"):
-        db.command(lambda s: correlate_message(s, name="order_placed", actor=ALICE))
-    both = db.command(lambda s: correlate_message(s, name="order_placed", actor=ALICE, all_matches=True))
+        db.command(lambda s: correlate_message(s, name="order_placed", actor=SHOP))
+    both = db.command(lambda s: correlate_message(s, name="order_placed", actor=SHOP, all_matches=True))
     assert sorted(instance(db, i).definition_key for i in both) == ["orders", "returns"]
     with pytest.raises(NotFound, match="no process starts with it"):
         db.command(lambda s: correlate_message(s, name="unknown", actor=ALICE))

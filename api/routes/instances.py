@@ -86,8 +86,14 @@ def cancel(db: DbDep, actor: ActorDep, instance_id: str, body: CancelRequest) ->
 
 @router.post("/messages", response_model=MessageResult)
 def message(db: DbDep, actor: ActorDep, settings: SettingsDep, body: MessageRequest) -> MessageResult:
-    require(actor, "employee")
+    """Correlate a message (docs/notes/messages.md).
+
+    ``integration`` and ``admin`` reach any instance and may start processes by message;
+    an employee reaches only instances they may see, and a message that would reach
+    another is answered exactly as one that matched nothing (404), changing nothing.
+    """
+    require(actor, "employee", "integration")
     ids = db.command(lambda s: correlate_message(
-        s, name=body.name, actor=actor, business_key=body.business_key, correlation=body.correlation,
-        variables=body.variables, all_matches=body.all, settings=settings))
+        s, name=body.name, actor=actor, business_key=body.business_key, correlation_keys=body.correlation_keys,
+        correlation=body.correlation, variables=body.variables, all_matches=body.all, settings=settings))
     return MessageResult(instance_ids=ids)

@@ -30,6 +30,7 @@ from engine import audit, clock, projections
 from engine.actor import Actor
 from engine.audit import Event
 from engine.config import Settings
+from engine.config import load as load_settings
 from engine.errors import Conflict, InvalidInput, NotFound, ScriptError, StaleInstance
 from engine.execution import EngineBudget, run_engine
 from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
@@ -148,6 +149,8 @@ class Loaded:
     seen_audit_seq: int
     events: list[Event] = field(default_factory=list)
     completed_task: str | None = None  # the task row this command closed itself
+    settings: Settings | None = None  # the budgets the engine ran under (set by :func:`run`)
+    message_depth: int = 0  # hops of instance-to-instance messages that led to this command's step
 
 
 def load(session: Session, instance_id: str, *, running: bool = True) -> Loaded:
@@ -182,6 +185,7 @@ def spiff_error(exc: Exception) -> ScriptError:
 
 
 def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
+    loaded.settings = settings
     budget = EngineBudget(settings.command_max_steps, settings.command_max_seconds)
 
     activities: list[dict[str, Any]] = []
@@ -210,8 +214,13 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
     that also moves its audit-chain head. 0 rows means another command moved it first
     (:class:`StaleInstance`, retried by the edge), and everything written here rolls back.
     Projection writes that reference the instance row are held until that row exists.
+    Messages the instance threw that nothing inside it caught are then delivered to the
+    instances waiting for them, in this same transaction (``messages.route_thrown``).
     """
+    from engine.commands import messages  # late: the messages family builds on this module
+
     row, workflow = loaded.row, loaded.workflow
+    outgoing = messages.take_thrown(session, loaded, actor) if workflow.bpmn_events else []
     now = clock.now()
     if status is None:
         status = "completed" if workflow.is_completed() else "running"
@@ -251,6 +260,8 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
     for key, value in values.items():  # the caller's record reflects what was stored
         setattr(row, key, value)
     _insert_events(session)
+    if outgoing:
+        messages.route_thrown(session, loaded, outgoing, actor, loaded.settings or load_settings())
 
 
 def _chain(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event]) -> dict[str, Any]:

@@ -229,6 +229,9 @@ class SubscriptionRow(Base):
     instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(20))  # message
     element_id: Mapped[str | None] = mapped_column(String(200))
+    # what the catch event requires of a message's correlation values ({key: {property: value}});
+    # NULL accepts any message of this name (SpiffWorkflow's rule)
+    correlations: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class AuditEventRow(Base):
