@@ -149,6 +149,20 @@ def test_a_spiff_catch_event_puts_the_payload_in_its_message_variable_or_merges_
     assert instance(db, merged.id).variables["amount"] == 8
 
 
+def test_a_camunda_instance_throws_its_variables_to_the_camunda_instance_waiting(db, clock):
+    payer = Bpmn("payer", dialect="camunda")
+    payer.messages.add("payment")
+    payer.start("p_start").raw('<bpmn:intermediateThrowEvent id="p_pay"><bpmn:messageEventDefinition '
+                               'messageRef="msg_payment"/></bpmn:intermediateThrowEvent>').end("p_end")
+    payer.chain("p_start", "p_pay", "p_end")
+    deploy_xml(db, waiting_for_payment("camunda"))
+    deploy_xml(db, payer.xml(), "payer.bpmn")
+    invoice = db.command(lambda s: start_instance(s, key="invoice", actor=ALICE, variables={"customer": "A"}))
+    db.command(lambda s: start_instance(s, key="payer", actor=BOB, variables={"amount": 9}))
+    stored = instance(db, invoice.id)
+    assert stored.status == "completed" and stored.variables == {"customer": "A", "amount": 9, "booked": True}
+
+
 # ----------------------------------------------------------------- SpiffWorkflow correlation properties
 
 

@@ -90,7 +90,7 @@ def message(db: DbDep, actor: ActorDep, settings: SettingsDep, body: MessageRequ
 
     ``integration`` and ``admin`` reach any instance and may start processes by message;
     an employee reaches only instances they may see, and a message that would reach
-    another is answered exactly as one that matched nothing (404), changing nothing.
+    another is answered exactly as one that matched nothing, and changes nothing.
     """
     require(actor, "employee", "integration")
     ids = db.command(lambda s: correlate_message(

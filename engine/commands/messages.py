@@ -139,13 +139,22 @@ def _find_waiting(session: Session, name: str, *, business_key: str | None, keys
     for instance_id, element_id, expected, definition_id, values in session.execute(query):
         entry = waiting.setdefault(instance_id, _Waiting(instance_id, definition_id, values or {}))
         entry.subscriptions.append((element_id, expected))
+    sent: dict[tuple[str, str | None], dict[str, Any]] = {}  # the message's correlations per catch element
+
+    def accepts(entry: _Waiting, element_id: str | None, expected: dict[str, Any] | None) -> bool:
+        if expected is None:
+            return True
+        key = (entry.definition_id, element_id)
+        if key not in sent:
+            definition = _catch_definition(session, entry.definition_id, element_id, name)
+            sent[key] = _json(event_correlations(definition, context))
+        return correlation_matches(expected, sent[key])
+
     matched = []
     for entry in waiting.values():
         if not all(k in entry.variables and same_json(v, entry.variables[k]) for k, v in keys.items()):
             continue
-        if any(correlation_matches(expected, _json(event_correlations(
-                _catch_definition(session, entry.definition_id, element_id, name), context)))
-               for element_id, expected in entry.subscriptions):
+        if any(accepts(entry, element_id, expected) for element_id, expected in entry.subscriptions):
             matched.append(entry.instance_id)
     return sorted(matched)
 
