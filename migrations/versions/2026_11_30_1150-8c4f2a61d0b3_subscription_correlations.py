@@ -7,7 +7,7 @@ NULL accepts any message of the subscription's name (SpiffWorkflow's rule).
 
 Revision ID: 8c4f2a61d0b3
 Revises: 5b1e0c7d9a2f
-Create Date: 2026-12-01 09:00:00
+Create Date: 2026-11-30 11:50:00
 """
 import sqlalchemy as sa
 from alembic import op
