@@ -227,13 +227,15 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
     values["open_task_ids"] = projections.sync_tasks(
         session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
         revision=values["revision"], completed=loaded.completed_task, held=held)
+    external = projections.sync_external_tasks(session, row, workflow, loaded.events, actor.name, held=held,
+                                               ended=ended)
     if ended:
         projections.clear(session, row)
         values["waits"] = 0
         if status == "completed":
             loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
     else:
-        values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name)
+        values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name) + external
     values.update(_chain(session, row, loaded.seen_audit_seq, loaded.events))
     if new:
         identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",
