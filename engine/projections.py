@@ -315,12 +315,12 @@ def _extension_properties(task: Task) -> dict[str, Any]:
 
 
 def sync_external_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow, events: list[Event],
-                        actor: str | None, *, held: list[tuple[Any, Any]], ended: bool = False) -> int:
+                        actor: str | None, *, held: list[tuple[Any, Any]], cancelled: bool = False) -> int:
     """Re-sync the instance's ``external_tasks`` rows; returns how many wait now.
 
     New waits become ``open`` rows (inserted through ``held``, after the instance row);
     open rows whose task no longer waits (a boundary event interrupted it, the instance
-    ended) become ``cancelled`` and their open incidents are resolved; the variables of
+    was cancelled) become ``cancelled`` and their open incidents are resolved; the variables of
     rows that still wait follow the task's scope. A command that ends a task itself
     (complete, BPMN error) closes its row first. Nothing is queried unless the instance
     waits for something (``instance.waits``, which counts these rows too).
@@ -342,7 +342,7 @@ def sync_external_tasks(session: Session, instance: InstanceRecord, workflow: Bp
                                                    .where(ExternalTaskRow.id.in_(gone))):
             events.append(Event("external_task.cancelled", actor, {"element_id": element_id}, task_id=task_id))
         resolve_incidents(session, events, actor, external_task_ids=gone,
-                          resolution="instance_ended" if ended else "task_ended")
+                          resolution="instance_cancelled" if cancelled else "task_ended")
     created = []
     for task_id, task in waiting.items():
         scope = external_task_scope(task)

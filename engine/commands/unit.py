@@ -228,7 +228,7 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
         session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
         revision=values["revision"], completed=loaded.completed_task, held=held)
     external = projections.sync_external_tasks(session, row, workflow, loaded.events, actor.name, held=held,
-                                               ended=ended)
+                                               cancelled=status == "cancelled")
     if ended:
         projections.clear(session, row)
         values["waits"] = 0

@@ -339,7 +339,7 @@ class IncidentRow(Base):
 
     Generic on purpose: ``kind`` says what failed and ``external_task_id`` or ``job_id`` which
     one. Open while ``resolved_at`` is NULL; ``resolution`` says how it closed (``retried``,
-    ``task_ended``, ``instance_ended``).
+    ``task_ended``, ``instance_cancelled``).
     """
 
     __tablename__ = "incidents"
