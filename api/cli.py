@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     us_sub = us.add_subparsers(dest="action", required=True)
     add = us_sub.add_parser("add", help="add a user")
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=["designer", "employee", "auditor", "admin"])
+    add.add_argument("--role", required=True, choices=["designer", "employee", "auditor", "admin", "integration"])
     add.add_argument("--group", action="append", default=[], help="repeatable")
     tok = us_sub.add_parser("token", help="print a new API token for a user (only the token)")
     tok.add_argument("name")

@@ -1,7 +1,9 @@
 """Users, groups, memberships and API tokens (stored as SHA-256 hashes).
 
 Roles: ``designer`` (deploys), ``employee`` (own and group tasks, starts processes),
-``auditor`` (reads history and audit, nothing else), ``admin`` (everything). Every
+``auditor`` (reads history and audit, nothing else), ``integration`` (system workers:
+fetches, completes and fails external tasks, reads incidents; no inbox, no instances),
+``admin`` (everything). Every
 change is appended to the identity audit chain.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from engine.errors import Conflict, InvalidInput, NotFound
 from engine.store.db import rowcount
 from engine.store.models import ApiTokenRow, GroupRow, MembershipRow, UserRow
 
-ROLES = ("designer", "employee", "auditor", "admin")
+ROLES = ("designer", "employee", "auditor", "admin", "integration")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 TOKEN_PREFIX = "sop_"  # noqa: S105 (a visible prefix that tells tokens apart, not a secret)
 
@@ -155,6 +157,7 @@ DEMO_ORGANISATION: list[tuple[str, str, list[str], str]] = [
     ("ian", "employee", ["staff", "it"], "Ian, IT"),
     ("hal", "employee", ["staff", "hr"], "Hal, HR"),
     ("fay", "employee", ["staff", "facilities"], "Fay, facilities"),
+    ("worker", "integration", [], "External-task worker"),
 ]
 
 

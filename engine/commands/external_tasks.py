@@ -17,6 +17,7 @@ lock_extended|completed|failed|bpmn_error|cancelled|retries_set``, ``incident.cr
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -48,7 +49,8 @@ from engine.store.models import ExternalTaskRow, IncidentRow, InstanceRecord, In
 
 MAX_LOCK_MS = 7 * 24 * 3600 * 1000  # a week: longer locks are almost certainly a unit mistake
 MAX_TASKS = 1000
-MAX_MESSAGE = 4000  # Camunda truncates error messages too (to 666 characters)
+MAX_MESSAGE = 4000
+_MISSING = object()  # Camunda truncates error messages too (to 666 characters)
 
 
 # --------------------------------------------------------------------------- waking long polls
@@ -88,13 +90,15 @@ def _after_rollback(session: Session) -> None:
 @dataclass(frozen=True)
 class TopicRequest:
     """One topic a worker fetches: its lock duration (ms), which variables to return (None: all)
-    and optional filters on the business key and process definition key."""
+    and optional filters on the business key, process definition key and variable values
+    (Camunda's ``processVariables``: every named variable must equal the given value)."""
 
     name: str
     lock_duration_ms: int
     variables: list[str] | None = None
     business_key: str | None = None
     definition_key: str | None = None
+    variable_values: dict[str, Any] | None = None
 
 
 def _worker(worker_id: Any) -> str:
@@ -216,10 +220,16 @@ def fetch_and_lock(session: Session, *, worker_id: str, topics: list[TopicReques
         if topic.definition_key is not None:
             query = query.where(ExternalTaskRow.definition_key == topic.definition_key)
         order = [ExternalTaskRow.created_at, ExternalTaskRow.id]
-        query = query.order_by(*([ExternalTaskRow.priority.desc()] if use_priority else []), *order).limit(remaining)
+        query = query.order_by(*([ExternalTaskRow.priority.desc()] if use_priority else []), *order)
+        if not topic.variable_values:
+            query = query.limit(remaining)
         if dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        locked.extend(session.scalars(query))
+        found = list(session.scalars(query))
+        if topic.variable_values:
+            wanted = json.loads(audit.canonical(topic.variable_values))
+            found = [r for r in found if all((r.variables or {}).get(k, _MISSING) == v for k, v in wanted.items())]
+        locked.extend(found[:remaining])
     if not locked:
         return []
     by_instance: dict[str, list[Event]] = {}
