@@ -222,7 +222,8 @@ class CamundaExternalSendTaskParser(SendTaskParser):  # type: ignore[misc]
 class CamundaExternalBusinessRuleTaskParser(CamundaBusinessRuleTaskParser):  # type: ignore[misc]
     @staticmethod
     def get_decision_ref(node: Any) -> str | None:
-        return node.get(f"{{{CAMUNDA_NS}}}decisionRef")  # None for an external one (the stock parser raises)
+        ref = node.get(f"{{{CAMUNDA_NS}}}decisionRef")
+        return str(ref) if ref is not None else None  # None for an external one (the stock parser raises)
 
     def create_task(self) -> Any:
         impl = None if self.node.get(f"{{{CAMUNDA_NS}}}decisionRef") else _implementation_or_refuse(self)

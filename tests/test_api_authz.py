@@ -8,7 +8,7 @@ from tests.bpmnkit import Bpmn
 FLOW = (Bpmn("authz").start().user("review", "Review", props={"candidateGroups": "managers"})
         .message_catch("wait", "go").end().chain("start", "review", "wait", "end"))
 
-ROLES = {"admin": "admin", "designer": "dora", "employee": "max", "auditor": "audrey"}
+ROLES = {"admin": "admin", "designer": "dora", "employee": "max", "auditor": "audrey", "integration": "worker"}
 ALL = set(ROLES)
 
 
@@ -51,6 +51,20 @@ CASES = [
     ("DELETE", "/api/users/fay/tokens", None, {"admin"}),
     ("GET", "/api/groups", None, {"admin"}),
     ("GET", "/metrics", None, {"admin"}),
+    # external tasks: workers (integration) and admins; an unknown id answers 404 to those allowed
+    ("POST", "/api/external-tasks/fetch-and-lock",
+     {"worker_id": "w", "topics": [{"topic_name": "t", "lock_duration": 1000}]}, {"admin", "integration"}),
+    ("GET", "/api/external-tasks", None, {"admin", "integration"}),
+    ("GET", "/api/external-tasks/{task}", None, {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/complete", {"worker_id": "w"}, {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/failure", {"worker_id": "w", "retries": 1}, {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/bpmn-error", {"worker_id": "w", "error_code": "E"},
+     {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/extend-lock", {"worker_id": "w", "new_duration": 1000},
+     {"admin", "integration"}),
+    ("PUT", "/api/external-tasks/{task}/retries", {"retries": 1}, {"admin"}),
+    ("GET", "/api/incidents", None, {"admin", "integration"}),
+    ("POST", "/api/incidents/{task}/retry", {"retries": 1}, {"admin"}),
 ]
 
 

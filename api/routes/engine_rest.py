@@ -107,9 +107,9 @@ _INT32 = (-(2**31), 2**31 - 1)
 
 
 def _camunda_date(text: str) -> datetime:
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z"):
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z"):  # Camunda's own format, offset required
         try:
-            return datetime.strptime(text, fmt)
+            return datetime.strptime(text, fmt).astimezone(UTC)
         except ValueError:
             continue
     parsed = datetime.fromisoformat(text)

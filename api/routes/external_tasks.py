@@ -21,6 +21,7 @@ from api.schemas import InstanceRead, Page
 from api.views import page_body
 from engine.actor import Actor
 from engine.commands import external_tasks as ext
+from engine.config import Settings
 from engine.store.db import Database
 from engine.store.models import ExternalTaskRow
 
@@ -39,12 +40,16 @@ async def long_poll(request: Request, db: Database, fetch: Callable[[Any], list[
                     timeout_ms: int) -> list[ExternalTaskRow]:
     """Fetch now; if nothing was found, wait up to ``timeout_ms`` for work, then answer (maybe empty).
 
+    The wait is capped by ``SOPFLOW_MAX_LONG_POLL_MS`` (an answer with no tasks is always a
+    valid long-poll answer; workers simply ask again).
+
     No transaction stays open and no thread is held while waiting: each attempt is one short
     unit of work on the thread pool; between attempts the event loop sleeps in short steps,
     waking at once when this process commits new work and re-querying every second for work
     that other processes, expired locks or passed retry timeouts made fetchable.
     """
-    deadline = time.monotonic() + timeout_ms / 1000
+    settings: Settings = request.app.state.settings
+    deadline = time.monotonic() + min(timeout_ms, settings.max_long_poll_ms) / 1000
     while True:
         seen = ext.WORK.generation
         found = await run_in_threadpool(db.command, fetch)
