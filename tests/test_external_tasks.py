@@ -319,3 +319,29 @@ def test_priority_orders_the_fetch_when_asked(db, clock):
     [first] = db.command(lambda s: ext.fetch_and_lock(s, worker_id="w", topics=[ext.TopicRequest("t", 1000)],
                                                       max_tasks=1, actor=WORKER, use_priority=True))
     assert first.element_id == "high"
+
+
+def test_concurrent_workers_never_get_the_same_task(db, clock):
+    import threading
+
+    deploy_xml(db, one_service())
+    for _ in range(12):
+        db.command(lambda s: start_instance(s, key="invoice", actor=ALICE))
+    got: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            while batch := fetch(db, worker=name, max_tasks=2):
+                got.setdefault(name, []).extend(t.id for t in batch)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    locked = [task_id for ids in got.values() for task_id in ids]
+    assert len(locked) == 12 and len(set(locked)) == 12

@@ -8,7 +8,7 @@ retries), re-syncs the ``tasks``/``jobs``/``event_subscriptions`` projections an
 appends hash-chained audit events. Commands only flush; the edge commits.
 
 The command families live beside this module: ``deployments``, ``instances``,
-``tasks``, ``messages`` and ``timers``.
+``tasks``, ``messages``, ``timers`` and ``external_tasks`` (with incidents).
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
 
     def record(task: Task) -> None:
         spec = task.task_spec
-        if getattr(spec, "bpmn_id", None):
+        if getattr(spec, "bpmn_id", None) and task.state != TaskState.STARTED:  # STARTED: an external task waits
             activities.append({"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
                                "task_id": str(task.id)})
 
