@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from api import observability, problems
 from api.deps import ActorDep, DbDep, require
-from api.routes import audit, definitions, identity, instances, tasks
+from api.routes import audit, definitions, engine_rest, external_tasks, identity, instances, tasks
 from engine import clock, migrate
 from engine.config import Settings
 from engine.config import load as load_settings
@@ -23,7 +23,8 @@ DESCRIPTION = """
 sopflow runs standard operating procedures as BPMN 2.0 processes.
 
 Every endpoint except `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
-(`sopflow users token NAME` prints one). Errors are `application/problem+json`
+(`sopflow users token NAME` prints one; `/engine-rest` also takes HTTP Basic with the token
+as the password, as Camunda clients send it). Errors are `application/problem+json`
 (RFC 9457) with a stable `code`. Lists answer `{"items": [...], "total": n, "next_cursor": ...}`
 and page with `limit`/`cursor` or `first_result`/`max_results`.
 """
@@ -53,7 +54,7 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     problems.install(app)
     problems.limit_body_size(app, settings.max_request_bytes)
     observability.install(app)
-    for module in (definitions, instances, tasks, audit, identity):
+    for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

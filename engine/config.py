@@ -26,6 +26,8 @@ class Settings:
     command_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_COMMAND_MAX_STEPS", 50_000))
     command_max_seconds: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_COMMAND_MAX_SECONDS", "30")))
     command_retries: int = field(default_factory=lambda: _int("SOPFLOW_COMMAND_RETRIES", 5))
+    # External-task long polls wait at most this long (ms); a longer asyncResponseTimeout is shortened.
+    max_long_poll_ms: int = field(default_factory=lambda: _int("SOPFLOW_MAX_LONG_POLL_MS", 60_000))
 
     def resolved_database_url(self) -> str:
         if self.database_url:

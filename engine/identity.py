@@ -2,8 +2,9 @@
 
 Roles: ``designer`` (deploys), ``employee`` (own and group tasks, starts processes),
 ``auditor`` (reads history and audit, nothing else), ``integration`` (a role for other
-systems: sends messages to any instance and starts processes by message), ``admin``
-(everything). Every change is appended to the identity audit chain.
+systems: sends messages to any instance, starts processes by message, fetches, completes
+and fails external tasks, reads incidents; no inbox), ``admin`` (everything). Every change
+is appended to the identity audit chain.
 """
 from __future__ import annotations
 
@@ -156,6 +157,7 @@ DEMO_ORGANISATION: list[tuple[str, str, list[str], str]] = [
     ("ian", "employee", ["staff", "it"], "Ian, IT"),
     ("hal", "employee", ["staff", "hr"], "Hal, HR"),
     ("fay", "employee", ["staff", "facilities"], "Fay, facilities"),
+    ("worker", "integration", [], "External-task worker"),
 ]
 
 

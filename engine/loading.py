@@ -29,7 +29,7 @@ from SpiffWorkflow.camunda.specs.user_task import UserTask as CamundaUserTask
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 
-from engine import sandbox, xmlsafe
+from engine import external, sandbox, xmlsafe
 from engine.config import Settings
 from engine.errors import InvalidDefinition
 from engine.message_events import adopt_camunda_messages
@@ -61,7 +61,14 @@ class InboxCamundaParser(CamundaParser):
     OVERRIDE_PARSER_CLASSES = {
         **CamundaParser.OVERRIDE_PARSER_CLASSES,
         full_tag("userTask"): (_InboxCamundaUserTaskParser, CamundaUserTask),
+        **external.CAMUNDA_PARSERS,
     }
+
+
+class SopflowSpiffParser(SpiffBpmnParser):
+    """SpiffWorkflow's dialect, with service work handed to external workers (engine.external)."""
+
+    OVERRIDE_PARSER_CLASSES = {**SpiffBpmnParser.OVERRIDE_PARSER_CLASSES, **external.SPIFF_PARSERS}
 
 
 @dataclass
@@ -391,7 +398,7 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
     dialect = "camunda" if any(CAMUNDA_NS in root.nsmap.values() or
                                root.xpath("//@*[namespace-uri()=$ns]", ns=CAMUNDA_NS)
                                for root in bpmn.values()) else "spiff"
-    parser = InboxCamundaParser() if dialect == "camunda" else SpiffBpmnParser()
+    parser = InboxCamundaParser() if dialect == "camunda" else SopflowSpiffParser()
     locate = _Locator(trees)
     try:
         for name, root in dmn.items():

@@ -7,6 +7,8 @@
 - ``jobs``: one row per waiting timer, ``due_at`` from SpiffWorkflow's own timer value.
 - ``event_subscriptions``: one row per waiting message catch event and message name, with
   the correlation values the catch requires (``None``: any message of that name).
+- ``external_tasks``: one row per service/send/business-rule task that waits for an
+  external worker (see :func:`sync_external_tasks`).
 
 Invariant: after every command these tables match the workflow exactly; user queries
 read them and never deserialize a workflow.
@@ -26,14 +28,23 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import clock
+from engine import audit, clock
 from engine.audit import Event, canonical
 from engine.errors import ScriptError
+from engine.external import is_waiting_external
 from engine.ids import time_ordered_id
 from engine.loading import UserTaskMeta
 from engine.message_events import expected_correlations
 from engine.sandbox import ScriptRefused, script_engine
-from engine.store.models import InstanceRecord, JobRow, SubscriptionRow, TaskCandidateRow, TaskRow
+from engine.store.models import (
+    ExternalTaskRow,
+    IncidentRow,
+    InstanceRecord,
+    JobRow,
+    SubscriptionRow,
+    TaskCandidateRow,
+    TaskRow,
+)
 
 # A task is "at risk" once this share of the time between its creation and its due date has passed.
 AT_RISK_FRACTION = 0.75
@@ -290,3 +301,106 @@ def clear(session: Session, instance: InstanceRecord) -> None:
         return
     session.execute(delete(JobRow).where(JobRow.instance_id == instance.id))
     session.execute(delete(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))
+
+
+# --------------------------------------------------------------------------- external tasks
+# Kept apart from the user-task projection above: service/send/business-rule tasks that wait
+# STARTED for an external worker (engine.external) -> ``external_tasks`` rows.
+
+NEW_EXTERNAL_WORK = "sopflow_new_external_work"  # session.info flag: wake long-polling fetches after commit
+
+
+def waiting_external_tasks(workflow: BpmnWorkflow) -> list[Task]:
+    """Every external task of the instance (sub-processes included) that waits for a worker."""
+    found = [t for t in workflow.tasks.values() if is_waiting_external(t)]
+    for sub in workflow.subprocesses.values():
+        found.extend(t for t in sub.tasks.values() if is_waiting_external(t))
+    return found
+
+
+def external_task_scope(task: Task) -> dict[str, Any]:
+    """The variables a worker sees for ``task``: its own data scope (multi-instance item included)."""
+    scope: dict[str, Any] = json.loads(audit.canonical({k: v for k, v in task.data.items()
+                                                        if not k.startswith("_")}))
+    return scope
+
+
+def _extension_properties(task: Task) -> dict[str, Any]:
+    ext = getattr(task.task_spec, "extensions", None) or {}
+    nested = ext.get("properties")
+    props: dict[str, Any] = nested if isinstance(nested, dict) else ext
+    return {str(k): str(v) for k, v in props.items() if isinstance(v, str | int | float | bool)}
+
+
+def sync_external_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow, events: list[Event],
+                        actor: str | None, *, held: list[tuple[Any, Any]], cancelled: bool = False) -> int:
+    """Re-sync the instance's ``external_tasks`` rows; returns how many wait now.
+
+    New waits become ``open`` rows (inserted through ``held``, after the instance row);
+    open rows whose task no longer waits (a boundary event interrupted it, the instance
+    was cancelled) become ``cancelled`` and their open incidents are resolved; the variables of
+    rows that still wait follow the task's scope. A command that ends a task itself
+    (complete, BPMN error) closes its row first. Nothing is queried unless the instance
+    waits for something (``instance.waits``, which counts these rows too).
+    """
+    now = clock.now()
+    waiting = {str(t.id): t for t in waiting_external_tasks(workflow)}
+    if not waiting and not instance.waits:
+        return 0
+    existing: dict[str, Any] = {} if not instance.waits else {
+        row.id: row.variables for row in session.execute(
+            select(ExternalTaskRow.id, ExternalTaskRow.variables)
+            .where(ExternalTaskRow.instance_id == instance.id, ExternalTaskRow.state == "open"))}
+    gone = sorted(set(existing) - set(waiting))
+    if gone:
+        session.execute(update(ExternalTaskRow).where(ExternalTaskRow.id.in_(gone), ExternalTaskRow.state == "open")
+                        .values(state="cancelled", ended_at=now, worker_id=None, lock_expires_at=None)
+                        .execution_options(synchronize_session=False))
+        for task_id, element_id in session.execute(select(ExternalTaskRow.id, ExternalTaskRow.element_id)
+                                                   .where(ExternalTaskRow.id.in_(gone))):
+            events.append(Event("external_task.cancelled", actor, {"element_id": element_id}, task_id=task_id))
+        resolve_incidents(session, events, actor, external_task_ids=gone,
+                          resolution="instance_cancelled" if cancelled else "task_ended")
+    created = []
+    for task_id, task in waiting.items():
+        scope = external_task_scope(task)
+        if task_id in existing:
+            if existing[task_id] != scope:
+                session.execute(update(ExternalTaskRow).where(ExternalTaskRow.id == task_id)
+                                .values(variables=scope).execution_options(synchronize_session=False))
+            continue
+        spec = task.task_spec
+        local = json.loads(audit.canonical(task.internal_data.get("external_params") or {}))
+        created.append({
+            "id": task_id, "instance_id": instance.id, "definition_id": instance.definition_id,
+            "definition_key": instance.definition_key, "definition_version": instance.definition_version,
+            "business_key": instance.business_key, "element_id": spec.bpmn_id, "element_type": spec.element_type,
+            "name": spec.bpmn_name or spec.bpmn_id, "topic": spec.topic, "priority": spec.priority,
+            "state": "open", "variables": scope, "local_variables": local,
+            "extension_properties": _extension_properties(task), "worker_id": None, "lock_expires_at": None,
+            "retries": None, "error_message": None, "error_details": None, "created_at": now, "ended_at": None,
+            "completed_by": None,
+        })
+        events.append(Event("external_task.created", actor, {"element_id": spec.bpmn_id, "topic": spec.topic},
+                            task_id=task_id))
+    if created:
+        held.append((insert(ExternalTaskRow), created))
+        session.info[NEW_EXTERNAL_WORK] = True
+    return len(waiting)
+
+
+def resolve_incidents(session: Session, events: list[Event], actor: str | None, *, external_task_ids: list[str],
+                      resolution: str) -> None:
+    """Close the open incidents of these external tasks (audit: ``incident.resolved``)."""
+    now = clock.now()
+    open_incidents = session.execute(
+        select(IncidentRow.id, IncidentRow.external_task_id).where(
+            IncidentRow.external_task_id.in_(external_task_ids), IncidentRow.resolved_at.is_(None))).all()
+    if not open_incidents:
+        return
+    session.execute(update(IncidentRow).where(IncidentRow.id.in_([i for i, _ in open_incidents]))
+                    .values(resolved_at=now, resolved_by=actor, resolution=resolution)
+                    .execution_options(synchronize_session=False))
+    for incident_id, task_id in open_incidents:
+        events.append(Event("incident.resolved", actor, {"incident_id": incident_id, "resolution": resolution},
+                            task_id=task_id))

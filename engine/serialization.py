@@ -32,6 +32,7 @@ from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
 from SpiffWorkflow.camunda.serializer.event_definition import MessageEventDefinitionConverter
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 
+from engine import external
 from engine.message_events import CamundaMessage
 from engine.sandbox import script_engine
 
@@ -61,19 +62,21 @@ class _LeanWorkflowConverter(BpmnWorkflowConverter):
         return workflow
 
 
-def _registry(config: dict[Any, Any]) -> DefaultRegistry:
+def _registry(config: dict[Any, Any], dialect: str) -> DefaultRegistry:
     registry = DefaultRegistry()
     registry.register(date, lambda v: {"value": v.isoformat()}, lambda v: date.fromisoformat(v["value"]))
     registry.register(time, lambda v: {"value": v.isoformat()}, lambda v: time.fromisoformat(v["value"]))
     registry.register(Decimal, lambda v: {"value": str(v)}, lambda v: Decimal(v["value"]))
-    return BpmnWorkflowSerializer.configure({**config, BpmnWorkflow: _LeanWorkflowConverter}, registry)
+    return BpmnWorkflowSerializer.configure(
+        {**config, **external.CONVERTERS[dialect], BpmnWorkflow: _LeanWorkflowConverter}, registry)
 
 
 # One serializer per dialect: the registry keys converters by class *name*, and both
 # dialects have a ``UserTask``, ``BusinessRuleTask``, ... of their own.
 SERIALIZERS = {
-    "spiff": BpmnWorkflowSerializer(_registry(SPIFF_CONFIG)),
-    "camunda": BpmnWorkflowSerializer(_registry({**CAMUNDA_CONFIG, CamundaMessage: MessageEventDefinitionConverter})),
+    "spiff": BpmnWorkflowSerializer(_registry(SPIFF_CONFIG, "spiff")),
+    "camunda": BpmnWorkflowSerializer(_registry({**CAMUNDA_CONFIG, CamundaMessage: MessageEventDefinitionConverter},
+                                                "camunda")),
 }
 STATE_FORMAT = f"sopflow-1/spiff-{SERIALIZERS['spiff'].VERSION}"
 

@@ -8,7 +8,7 @@ from tests.bpmnkit import Bpmn
 FLOW = (Bpmn("authz").start().user("review", "Review", props={"candidateGroups": "managers"})
         .message_catch("wait", "go").end().chain("start", "review", "wait", "end"))
 
-ROLES = {"admin": "admin", "designer": "dora", "employee": "max", "auditor": "audrey"}
+ROLES = {"admin": "admin", "designer": "dora", "employee": "max", "auditor": "audrey", "integration": "worker"}
 ALL = set(ROLES)
 
 
@@ -31,7 +31,7 @@ CASES = [
     ("GET", "/api/process-instances", None, {"admin", "employee"}),
     ("GET", "/api/process-instances/{instance}", None, {"admin", "employee"}),
     ("POST", "/api/process-instances/{instance}/cancel", {"reason": "test"}, {"admin", "employee"}),
-    ("POST", "/api/messages", {"name": "nobody-waits"}, {"admin", "employee"}),
+    ("POST", "/api/messages", {"name": "nobody-waits"}, {"admin", "employee", "integration"}),
     ("GET", "/api/tasks", None, {"admin", "employee"}),
     ("GET", "/api/tasks/count", None, {"admin", "employee"}),
     ("GET", "/api/tasks/{task}", None, {"admin", "employee"}),
@@ -51,6 +51,20 @@ CASES = [
     ("DELETE", "/api/users/fay/tokens", None, {"admin"}),
     ("GET", "/api/groups", None, {"admin"}),
     ("GET", "/metrics", None, {"admin"}),
+    # external tasks: workers (integration) and admins; an unknown id answers 404 to those allowed
+    ("POST", "/api/external-tasks/fetch-and-lock",
+     {"worker_id": "w", "topics": [{"topic_name": "t", "lock_duration": 1000}]}, {"admin", "integration"}),
+    ("GET", "/api/external-tasks", None, {"admin", "integration"}),
+    ("GET", "/api/external-tasks/{task}", None, {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/complete", {"worker_id": "w"}, {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/failure", {"worker_id": "w", "retries": 1}, {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/bpmn-error", {"worker_id": "w", "error_code": "E"},
+     {"admin", "integration"}),
+    ("POST", "/api/external-tasks/{task}/extend-lock", {"worker_id": "w", "new_duration": 1000},
+     {"admin", "integration"}),
+    ("PUT", "/api/external-tasks/{task}/retries", {"retries": 1}, {"admin"}),
+    ("GET", "/api/incidents", None, {"admin", "integration"}),
+    ("POST", "/api/incidents/{task}/retry", {"retries": 1}, {"admin"}),
 ]
 
 

@@ -24,7 +24,8 @@ def _sopflow_app(db):
     for path in sorted(PROCESSES.glob("*.bpmn")):
         db.command(lambda s, p=path: deploy(s, files=[UploadedFile(p.name, p.read_bytes()), *dmn], actor=SYSTEM))
     db.command(lambda s: start_instance(s, key="budget_review", actor=SYSTEM, business_key="FY"))
-    return create_app(settings=Settings(), db=db, run_worker=False), tokens["admin"]
+    # long polls of external-task fetches answer within 0.2 s here (the client's timeout is 10 s)
+    return create_app(settings=Settings(max_long_poll_ms=200), db=db, run_worker=False), tokens["admin"]
 
 
 def test_no_input_makes_the_server_fail(sqlite_db):

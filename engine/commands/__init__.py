@@ -5,6 +5,8 @@
 - ``tasks``: claim, unclaim, assign and complete user tasks
 - ``messages``: correlate a message to waiting instances, or start one
 - ``timers``: fire an instance's due timers
+- ``external_tasks``: fetch-and-lock, complete, fail, BPMN error, extend lock; retries and incidents
+  (imported as a module: ``from engine.commands import external_tasks``)
 """
 from engine.actor import SYSTEM, Actor
 from engine.commands.deployments import DeployResult, deploy

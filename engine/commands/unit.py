@@ -8,7 +8,7 @@ retries), re-syncs the ``tasks``/``jobs``/``event_subscriptions`` projections an
 appends hash-chained audit events. Commands only flush; the edge commits.
 
 The command families live beside this module: ``deployments``, ``instances``,
-``tasks``, ``messages`` and ``timers``.
+``tasks``, ``messages``, ``timers`` and ``external_tasks`` (with incidents).
 """
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
 
     def record(task: Task) -> None:
         spec = task.task_spec
-        if getattr(spec, "bpmn_id", None):
+        if getattr(spec, "bpmn_id", None) and task.state != TaskState.STARTED:  # STARTED: an external task waits
             activities.append({"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
                                "task_id": str(task.id)})
 
@@ -236,13 +236,15 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
     values["open_task_ids"] = projections.sync_tasks(
         session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
         revision=values["revision"], completed=loaded.completed_task, held=held)
+    external = projections.sync_external_tasks(session, row, workflow, loaded.events, actor.name, held=held,
+                                               cancelled=status == "cancelled")
     if ended:
         projections.clear(session, row)
         values["waits"] = 0
         if status == "completed":
             loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
     else:
-        values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name)
+        values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name) + external
     values.update(_chain(session, row, loaded.seen_audit_seq, loaded.events))
     if new:
         identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",

@@ -296,3 +296,67 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ExternalTaskRow(Base):
+    """A service/send/business-rule task waiting for (or done by) an external worker.
+
+    One row per SpiffWorkflow task that reached an external implementation (engine.external),
+    synced from the workflow like ``tasks``; rows stay after the task ends, as history.
+    Fetchable: ``state = 'open'``, retries not exhausted (NULL = never failed) and the lock
+    free (``lock_expires_at`` NULL or past; a failure with a retry timeout sets it ahead).
+    """
+
+    __tablename__ = "external_tasks"
+    __table_args__ = (
+        Index("ix_external_tasks_state_topic", "state", "topic"),
+        Index("ix_external_tasks_instance_state", "instance_id", "state"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # SpiffWorkflow task UUID
+    instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"))
+    definition_id: Mapped[str] = mapped_column(String(36))
+    definition_key: Mapped[str] = mapped_column(String(200))
+    definition_version: Mapped[int] = mapped_column(Integer)
+    business_key: Mapped[str | None] = mapped_column(String(200))
+    element_id: Mapped[str] = mapped_column(String(200))
+    element_type: Mapped[str] = mapped_column(String(40))  # serviceTask | sendTask | businessRuleTask
+    name: Mapped[str] = mapped_column(String(400))
+    topic: Mapped[str] = mapped_column(String(400))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20))  # open | completed | error (BPMN error caught) | cancelled
+    variables: Mapped[dict[str, Any]] = mapped_column(JSON)  # the task's scope, re-synced while it waits
+    local_variables: Mapped[dict[str, Any]] = mapped_column(JSON)  # evaluated operator parameters
+    extension_properties: Mapped[dict[str, Any]] = mapped_column(JSON)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retries: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_details: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_by: Mapped[str | None] = mapped_column(String(255))  # the worker id
+
+
+class IncidentRow(Base):
+    """Something that needs a person: an external task out of retries, an unhandled BPMN error, a failed job.
+
+    Generic on purpose: ``kind`` says what failed and ``external_task_id`` or ``job_id`` which
+    one. Open while ``resolved_at`` is NULL; ``resolution`` says how it closed (``retried``,
+    ``task_ended``, ``instance_cancelled``).
+    """
+
+    __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_open", "resolved_at", "created_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))  # failed_external_task | unhandled_bpmn_error | failed_job
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"),
+                                                    index=True)
+    definition_key: Mapped[str | None] = mapped_column(String(200))
+    element_id: Mapped[str | None] = mapped_column(String(200))
+    external_task_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(100))
+    resolution: Mapped[str | None] = mapped_column(String(40))
