@@ -21,13 +21,14 @@ from datetime import datetime
 from typing import Any
 
 from lxml import etree
+from SpiffWorkflow.bpmn.parser.ProcessParser import ProcessParser
 from SpiffWorkflow.bpmn.parser.util import full_tag
 from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
 from SpiffWorkflow.camunda.parser.CamundaParser import CamundaParser
 from SpiffWorkflow.camunda.parser.task_spec import UserTaskParser as CamundaUserTaskParser
 from SpiffWorkflow.camunda.specs.user_task import UserTask as CamundaUserTask
 from SpiffWorkflow.exceptions import SpiffWorkflowException
-from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
+from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser, SpiffProcessParser
 
 from engine import external, sandbox, xmlsafe
 from engine.config import Settings
@@ -45,6 +46,78 @@ DMN_NAMESPACES = (
 CAMUNDA_TASK_ATTRIBUTES = ("assignee", "candidateUsers", "candidateGroups", "dueDate", "followUpDate", "priority")
 
 
+# Above this many sequence flows in one process, its nodes are parsed bottom-up (below).
+PARSE_BOTTOM_UP_ABOVE = 150
+
+
+class _BottomUpParsing:
+    """Parse a large process's nodes bottom-up, so parsing never recurses along a long path.
+
+    SpiffWorkflow's ``TaskParser.parse_node`` parses a node, then recursively each target
+    of its outgoing flows: a linear chain of n elements recurses about 2n Python frames,
+    and a chain of ~470 elements exhausted the default recursion limit (``RecursionError``
+    at deploy). A node whose targets are parsed already returns at once, so we first
+    parse the nodes reachable from the start events in DFS post-order (computed with an
+    explicit stack): every parse then meets only parsed targets (only a loop's back edge
+    can still recurse, as far as the loop is long). Boundary events are left to the task
+    they are attached to, which parses them itself.
+
+    The resulting spec is the same graph; only the order of ``spec.task_specs`` differs,
+    and that order is part of a deployed definition's content hash, so small processes
+    (every one the stock parser could handle) keep the stock order and their versions.
+    """
+
+    get_outgoing_sequence_flows: Any
+    get_boundary_events: Any
+    get_node_by_id: Any
+    outgoing_sequence_flows: dict[str, list[Any]]
+    boundary_events_by_attached: dict[str, list[Any]]
+    xpath: Any
+    parse_node: Any
+
+    def _successors(self, node_id: str) -> list[str]:
+        targets = [str(f.get("targetRef")) for f in self.get_outgoing_sequence_flows(node_id)]
+        return targets + [str(e.get("id")) for e in self.get_boundary_events(node_id)]
+
+    def _post_order(self) -> list[Any]:
+        order: list[str] = []
+        seen: set[str] = set()
+        for start in self.xpath("./bpmn:startEvent"):
+            root = str(start.get("id"))
+            if root in seen:
+                continue
+            seen.add(root)
+            stack = [(root, iter(self._successors(root)))]
+            while stack:
+                node_id, successors = stack[-1]
+                target = next(successors, None)
+                if target is None:
+                    stack.pop()
+                    order.append(node_id)
+                elif target not in seen and self.get_node_by_id(target) is not None:
+                    seen.add(target)
+                    stack.append((target, iter(self._successors(target))))
+        boundary = {str(e.get("id")) for events in self.boundary_events_by_attached.values() for e in events}
+        return [self.get_node_by_id(n) for n in order if n not in boundary]
+
+    def _parse_bottom_up(self) -> None:
+        if sum(len(flows) for flows in self.outgoing_sequence_flows.values()) > PARSE_BOTTOM_UP_ABOVE:
+            for node in self._post_order():
+                self.parse_node(node)
+
+
+class _BottomUpProcessParser(_BottomUpParsing, ProcessParser):
+    def add_tasks(self) -> None:
+        self._parse_bottom_up()
+        super().add_tasks()
+
+
+class _BottomUpSpiffProcessParser(_BottomUpParsing, SpiffProcessParser):
+    def add_tasks(self) -> None:
+        self._parse_bottom_up()
+        super().add_tasks()
+
+
 class _InboxCamundaUserTaskParser(CamundaUserTaskParser):
     """Camunda user-task parser that keeps the inbox attributes the stock one drops."""
 
@@ -58,6 +131,7 @@ class _InboxCamundaUserTaskParser(CamundaUserTaskParser):
 
 
 class InboxCamundaParser(CamundaParser):
+    PROCESS_PARSER_CLASS = _BottomUpProcessParser
     OVERRIDE_PARSER_CLASSES = {
         **CamundaParser.OVERRIDE_PARSER_CLASSES,
         full_tag("userTask"): (_InboxCamundaUserTaskParser, CamundaUserTask),
@@ -68,6 +142,7 @@ class InboxCamundaParser(CamundaParser):
 class SopflowSpiffParser(SpiffBpmnParser):
     """SpiffWorkflow's dialect, with service work handed to external workers (engine.external)."""
 
+    PROCESS_PARSER_CLASS = _BottomUpSpiffProcessParser
     OVERRIDE_PARSER_CLASSES = {**SpiffBpmnParser.OVERRIDE_PARSER_CLASSES, **external.SPIFF_PARSERS}
 
 
