@@ -17,20 +17,21 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lxml import etree
 from SpiffWorkflow.bpmn.parser.ProcessParser import ProcessParser
 from SpiffWorkflow.bpmn.parser.util import full_tag
 from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.camunda.parser.CamundaParser import CamundaParser
 from SpiffWorkflow.camunda.parser.task_spec import UserTaskParser as CamundaUserTaskParser
 from SpiffWorkflow.camunda.specs.user_task import UserTask as CamundaUserTask
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser, SpiffProcessParser
 
-from engine import external, sandbox, xmlsafe
+from engine import clock, external, sandbox, xmlsafe
 from engine.config import Settings
 from engine.errors import InvalidDefinition
 from engine.message_events import adopt_camunda_messages
@@ -378,15 +379,62 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
                     f"user task '{meta.element_id}': {attr} '{text}' is not an ISO 8601 duration",
                     file=file_name, element_id=meta.element_id, line=line,
                 )
+            _check_horizon(meta, attr, text, lambda now, t=text: now + TimerEventDefinition.get_timedelta_from_start(
+                TimerEventDefinition.parse_iso_duration(t), now), file_name, line)
         else:
             try:
-                datetime.fromisoformat(text)
+                instant = datetime.fromisoformat(text)
             except ValueError:
                 raise InvalidDefinition(
                     f"user task '{meta.element_id}': {attr} '{text}' is neither an ISO 8601 duration, "
                     "an ISO instant nor a ${{expression}}",
                     file=file_name, element_id=meta.element_id, line=line,
                 ) from None
+            _check_horizon(meta, attr, text, lambda _now, i=instant: i if i.tzinfo else i.replace(tzinfo=UTC),
+                           file_name, line)
+    _check_priority(meta, locate)
+
+
+# Literal due/follow-up dates lie within this distance of now (computed ones are checked when a task
+# is created, engine.projections); priorities are 32-bit integers, as Camunda's.
+DATE_HORIZON = timedelta(days=36525)
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+
+
+def _check_horizon(meta: UserTaskMeta, attr: str, text: str, instant: Any, file_name: str | None,
+                   line: int | None) -> None:
+    now = clock.now()
+    try:
+        far = not now - DATE_HORIZON <= instant(now) <= now + DATE_HORIZON
+    except (OverflowError, ValueError, TypeError):
+        far = True
+    if far:
+        raise InvalidDefinition(
+            f"user task '{meta.element_id}': {attr} '{text}' is more than 100 years away",
+            file=file_name, element_id=meta.element_id, line=line,
+        )
+
+
+def _check_priority(meta: UserTaskMeta, locate: _Locator) -> None:
+    text = (meta.priority or "").strip()
+    if not text:
+        return
+    file_name, line = locate.find(meta.element_id)
+    if text.startswith("${") and text.endswith("}"):
+        try:
+            sandbox.check(text[2:-1], "eval")
+        except sandbox.ScriptRefused as exc:
+            raise InvalidDefinition(
+                f"user task '{meta.element_id}': priority expression is invalid: {exc}",
+                file=file_name, element_id=meta.element_id, line=line,
+            ) from None
+        return
+    low, high = PRIORITY_RANGE
+    if not re.fullmatch(r"[+-]?\d{1,12}", text) or not low <= int(text) <= high:
+        raise InvalidDefinition(
+            f"user task '{meta.element_id}': priority '{text[:40]}' is not an integer between {low} and {high}",
+            file=file_name, element_id=meta.element_id, line=line,
+        )
 
 
 def _user_task_meta(task_spec: Any, dialect: str) -> UserTaskMeta:
