@@ -14,8 +14,12 @@ none of its specs does, so replacing it on the base class covers every spec.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
+from uuid import UUID
 
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import CycleTimerEventDefinition
 from SpiffWorkflow.specs.base import TaskSpec
 from SpiffWorkflow.util.task import TaskState
 
@@ -44,3 +48,33 @@ def _predict(self: Any, my_task: Any, seen: list[Any] | None = None, looked_ahea
 
 
 TaskSpec._predict = _predict
+
+
+# **Counting cycle-timer firings.** A cycle timer (``R3/PT1H``) that fell behind fires once per
+# instant that passed, all in one catch-up; SpiffWorkflow leaves no trace of how many times
+# (the timer task may even be pruned afterwards). Inside :func:`counting_cycle_firings`, each
+# firing is counted per timer task id, so the audit trail can record one event per firing.
+_cycle_firings: ContextVar[dict[UUID, int] | None] = ContextVar("sopflow_cycle_firings", default=None)
+_cycle_complete = CycleTimerEventDefinition.cycle_complete
+
+
+def _counted_cycle_complete(self: Any, my_task: Any) -> bool:
+    ready = bool(_cycle_complete(self, my_task))
+    counts = _cycle_firings.get()
+    if ready and counts is not None:
+        counts[my_task.id] = counts.get(my_task.id, 0) + 1
+    return ready
+
+
+@contextmanager
+def counting_cycle_firings() -> Iterator[dict[UUID, int]]:
+    """Count cycle-timer firings (timer task id -> times fired) in this block."""
+    counts: dict[UUID, int] = {}
+    token = _cycle_firings.set(counts)
+    try:
+        yield counts
+    finally:
+        _cycle_firings.reset(token)
+
+
+CycleTimerEventDefinition.cycle_complete = _counted_cycle_complete
