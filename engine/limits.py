@@ -95,3 +95,16 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
                 for index, child in enumerate(item):
                     stack.append((child, _step(path, index), depth + 1, inner))
     return None
+
+
+def find_problem_in_variables(variables: dict[Any, Any], *, max_depth: int = MAX_DEPTH,
+                              max_nodes: int = MAX_NODES) -> DataProblem | None:
+    """:func:`find_problem` for a name -> value mapping (process data): names must be valid text,
+    and each value may nest ``max_depth`` levels and hold ``max_nodes`` values."""
+    for name, value in variables.items():
+        if isinstance(name, str) and not valid_text(name):
+            return DataProblem("", "has a name that " + NOT_UNICODE)
+        found = find_problem(value, max_depth=max_depth, max_nodes=max_nodes, root=str(name))
+        if found is not None:
+            return found
+    return None

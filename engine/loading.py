@@ -379,8 +379,7 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
                     f"user task '{meta.element_id}': {attr} '{text}' is not an ISO 8601 duration",
                     file=file_name, element_id=meta.element_id, line=line,
                 )
-            _check_horizon(meta, attr, text, lambda now, t=text: now + TimerEventDefinition.get_timedelta_from_start(
-                TimerEventDefinition.parse_iso_duration(t), now), file_name, line)
+            _check_horizon(meta, attr, text, lambda now, t=text: duration_from(t, now), file_name, line)
         else:
             try:
                 instant = datetime.fromisoformat(text)
@@ -399,6 +398,21 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
 # is created, engine.projections); priorities are 32-bit integers, as Camunda's.
 DATE_HORIZON = timedelta(days=36525)
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+
+
+def duration_from(text: str, base: datetime) -> datetime:
+    """``base`` moved by the ISO 8601 duration ``text`` (``P2D``, ``PT24H``, ``-P1D`` for earlier).
+
+    Raises ValueError when ``text`` is not a duration SpiffWorkflow reads, OverflowError when
+    the result leaves the calendar. (SpiffWorkflow itself refuses negative durations.)
+    """
+    negative = text.startswith("-")
+    try:
+        parsed = TimerEventDefinition.parse_iso_duration(text[1:] if negative else text)
+    except Exception as exc:  # noqa: BLE001 - SpiffWorkflow raises a bare Exception('Invalid duration')
+        raise ValueError(f"'{text}' is not an ISO 8601 duration") from exc
+    delta: timedelta = TimerEventDefinition.get_timedelta_from_start(parsed, base)
+    return base - delta if negative else base + delta
 
 
 def _check_horizon(meta: UserTaskMeta, attr: str, text: str, instant: Any, file_name: str | None,

@@ -33,7 +33,7 @@ from engine.audit import Event, canonical
 from engine.errors import ScriptError
 from engine.external import is_waiting_external
 from engine.ids import time_ordered_id
-from engine.loading import UserTaskMeta
+from engine.loading import UserTaskMeta, duration_from
 from engine.message_events import expected_correlations
 from engine.sandbox import ScriptRefused, script_engine
 from engine.store.models import (
@@ -111,9 +111,7 @@ def _parse_instant(value: Any, base: datetime, task: Task, what: str) -> datetim
     text = str(value).strip()
     try:
         if text.startswith(("P", "-P")):
-            parsed = TimerEventDefinition.parse_iso_duration(text)
-            delta: timedelta = TimerEventDefinition.get_timedelta_from_start(parsed, base)
-            return base + delta
+            return duration_from(text, base)
         parsed_dt = datetime.fromisoformat(text)
         return parsed_dt.astimezone(UTC) if parsed_dt.tzinfo else parsed_dt.replace(tzinfo=UTC)
     except (ValueError, TypeError):

@@ -64,7 +64,7 @@ def export_audit(db: DbDep, actor: ActorDep, f: AuditFilterDep,
     transfer, never a clean end), and is logged with the request id."""
     require(actor, "auditor")
     with db.read() as s:
-        first = audit_batch(s, actor, f)
+        first = audit_batch(s, actor, f, batch=EXPORT_BATCH)
         first_lines = [_line(event, format) for event in first]
 
     def rows() -> Iterator[str]:

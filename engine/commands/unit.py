@@ -219,7 +219,7 @@ def check_task_data(tasks: Any) -> None:
     The element named is the first (in the order given) whose data breaks a bound.
     """
     for task in tasks:
-        problem = limits.find_problem(task.data)
+        problem = limits.find_problem_in_variables(task.data)
         if problem is not None:
             element = getattr(task.task_spec, "bpmn_id", None) or task.task_spec.name
             raise ScriptError(f"element '{element}' left data that cannot be stored: "
