@@ -51,11 +51,13 @@ class SafeJSONResponse(JSONResponse):
                           separators=(",", ":")).encode("utf-8", "replace")
 
 
-def problem(request: Request, status: int, title: str, code: str, detail: str, **context: Any) -> JSONResponse:
-    body = {"type": f"https://sopflow.dev/problems/{code}", "title": title, "status": status, "code": code,
-            "detail": detail, "instance": str(request.url.path),
-            "request_id": getattr(request.state, "request_id", None),
-            **{k: v for k, v in context.items() if v is not None}}
+def problem(request: Request, status: int, title: str, code: str, detail: str, /, **context: Any) -> JSONResponse:
+    """A problem response; ``context`` adds fields (element_id, line, field...), never replacing the
+    standard ones (an error's ``status=cancelled`` context is the subject's, not the HTTP status)."""
+    body: dict[str, Any] = {"type": f"https://sopflow.dev/problems/{code}", "title": title, "status": status,
+                            "code": code, "detail": detail, "instance": str(request.url.path),
+                            "request_id": getattr(request.state, "request_id", None)}
+    body.update({k: v for k, v in context.items() if v is not None and k not in body})
     headers = {"WWW-Authenticate": 'Bearer realm="sopflow"'} if status == 401 else None
     return SafeJSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 

@@ -286,3 +286,12 @@ def test_a_cycle_timer_that_fires_three_times_in_one_catch_up_writes_three_event
             AuditEventRow.chain == row.id, AuditEventRow.action == "timer.fired").order_by(AuditEventRow.chain_seq))]
     assert [p["due_at"][11:16] for p in payloads] == ["10:00", "11:00", "12:00"]
     assert instance(db, row.id).status == "running"
+
+
+def test_a_conflict_whose_context_names_a_status_keeps_the_http_status(api):
+    # found by the property tests: Conflict(..., status="cancelled") collided with the problem's status (500)
+    _simple(api)
+    instance_id = api.start("rita", "p").json()["id"]
+    assert api.post("rita", f"/api/process-instances/{instance_id}/cancel", json={}).status_code == 200
+    body = _problem(api.post("rita", f"/api/process-instances/{instance_id}/cancel", json={}), 409, "cancelled")
+    assert body["status"] == 409
