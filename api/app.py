@@ -54,7 +54,7 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     app.state.db = database
     app.state.settings = settings
     problems.install(app)
-    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
     observability.install(app)  # outermost: every answer, refusals and 500s included, is counted and logged
     for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest):
         app.include_router(module.router)

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
@@ -415,6 +416,48 @@ def duration_from(text: str, base: datetime) -> datetime:
     return base - delta if negative else base + delta
 
 
+def _check_timer_literals(name: str, root: etree._Element) -> None:
+    """Refuse timers whose literal value SpiffWorkflow cannot use or that lie beyond 100 years.
+
+    A timer expression that is a plain string literal (``"PT24H"``, ``"2027-01-01T09:00:00Z"``,
+    ``"R3/PT1H"``) is read here as SpiffWorkflow will read it when the timer starts, so a
+    negative or unreadable duration or one that overflows the calendar (``"P99999999999D"``)
+    is refused at deploy, naming the element, instead of failing every instance that reaches it.
+    Computed timer expressions are evaluated when the timer starts.
+    """
+    now = clock.now()
+    for el in _elements(root, "//bpmn:timeDuration | //bpmn:timeDate | //bpmn:timeCycle",
+                        namespaces={"bpmn": BPMN_NS}):
+        try:
+            value = ast.literal_eval((el.text or "").strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue  # an expression: evaluated at run time
+        if not isinstance(value, str):
+            continue
+        kind = etree.QName(el).localname
+        try:
+            if kind == "timeDuration":
+                due = duration_from(value, now)
+            elif kind == "timeDate":
+                due = datetime.fromisoformat(value)
+                due = due if due.tzinfo else due.replace(tzinfo=UTC)
+            else:
+                _cycles, start, interval = TimerEventDefinition.parse_iso_recurring_interval(value)
+                due = start + interval
+            far = not now - DATE_HORIZON <= due <= now + DATE_HORIZON
+        except Exception:  # noqa: BLE001 - SpiffWorkflow's parsers raise bare Exception, ValueError, OverflowError
+            raise InvalidDefinition(
+                f"{name}: timer '{_owner_id(el)}' has the value {value[:60]!r}, which is not an ISO 8601 "
+                f"{'duration' if kind == 'timeDuration' else 'date' if kind == 'timeDate' else 'cycle'} "
+                "SpiffWorkflow can schedule", file=name, element_id=_owner_id(el), line=_line(el),
+            ) from None
+        if far and (kind != "timeDate" or due > now):  # a date in the past fires at once; that is fine
+            raise InvalidDefinition(
+                f"{name}: timer '{_owner_id(el)}' is due more than 100 years from now ({value[:60]!r})",
+                file=name, element_id=_owner_id(el), line=_line(el),
+            )
+
+
 def _check_horizon(meta: UserTaskMeta, attr: str, text: str, instant: Any, file_name: str | None,
                    line: int | None) -> None:
     now = clock.now()
@@ -527,6 +570,7 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
         if etree.QName(root).namespace != BPMN_NS or etree.QName(root).localname != "definitions":
             raise InvalidDefinition(f"{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root))
         _check_expressions(name, root)
+        _check_timer_literals(name, root)
     if not bpmn:
         raise InvalidDefinition("a deployment needs at least one .bpmn file (DMN alone has nothing to run)")
     for name, root in dmn.items():

@@ -295,3 +295,23 @@ def test_a_conflict_whose_context_names_a_status_keeps_the_http_status(api):
     assert api.post("rita", f"/api/process-instances/{instance_id}/cancel", json={}).status_code == 200
     body = _problem(api.post("rita", f"/api/process-instances/{instance_id}/cancel", json={}), 409, "cancelled")
     assert body["status"] == 409
+
+
+@pytest.mark.parametrize(("kind", "value", "words"), [
+    ("timeDuration", '"P99999999999D"', ("wait", "duration")),
+    ("timeDuration", '"PT-5H"', ("wait", "duration")),
+    ("timeDuration", '"P40000D"', ("wait", "100 years")),
+    ("timeDate", '"9999-12-31T00:00:00Z"', ("wait", "100 years")),
+    ("timeCycle", '"R3/P99999999999D"', ("wait", "cycle")),
+])
+def test_static_timer_values_spiffworkflow_cannot_schedule_are_refused_at_deploy(api, kind, value, words):
+    b = (Bpmn("p").start().raw(f'<bpmn:intermediateCatchEvent id="wait"><bpmn:timerEventDefinition><bpmn:{kind}>'
+                               f'{value}</bpmn:{kind}></bpmn:timerEventDefinition></bpmn:intermediateCatchEvent>')
+         .end().chain("start", "wait", "end"))
+    body = _problem(api.deploy("dora", ("p.bpmn", b.xml())), 422, *words)
+    assert body["element_id"] == "wait" and body["line"]
+
+
+def test_timers_within_bounds_deploy(api):
+    b = (Bpmn("p").start().timer_catch("wait", '"P36000D"').end().chain("start", "wait", "end"))
+    assert api.deploy("dora", ("p.bpmn", b.xml())).status_code == 201
