@@ -49,13 +49,29 @@ def valid_text(text: str) -> bool:
     return True
 
 
-def _step(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
-
-
 NOT_UNICODE = "is not valid Unicode text (it holds a lone surrogate such as \\ud800)"
+
+# A node's place: (parent's place, its container's id, the key in it), None at the root.
+_Place = tuple[Any, int, Any] | None
+
+
+def _path(root: str, place: _Place) -> str:
+    keys: list[Any] = []
+    while place is not None:
+        place, _container, key = place
+        keys.append(key)
+    path = root
+    for key in reversed(keys):
+        path = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+    return path
+
+
+def _inside(place: _Place, container: int) -> bool:
+    while place is not None:
+        place, parent, _key = place
+        if parent == container:
+            return True
+    return False
 
 
 def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
@@ -65,35 +81,37 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
     Checks text (values and keys), depth (a scalar at the top is depth 0; each list or
     dict level adds one), self-containment, the total number of values, and finite numbers.
     Types other than JSON's are not judged here (the engine's own checks and serializer
-    decide which other types it stores).
+    decide which other types it stores). Paths are only built for the problem found.
     """
-    stack: list[tuple[Any, str, int, tuple[int, ...]]] = [(value, root, 0, ())]
+    stack: list[tuple[Any, int, _Place]] = [(value, 0, None)]
     nodes = 0
     while stack:
-        item, path, depth, ancestors = stack.pop()
+        item, depth, place = stack.pop()
         nodes += 1
         if nodes > max_nodes:
             return DataProblem(root, f"holds more than {max_nodes} values")
-        if isinstance(item, str):
-            if not valid_text(item):
-                return DataProblem(path, NOT_UNICODE)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return DataProblem(path, "is not a finite number")
-        elif isinstance(item, (list, tuple, dict)):
-            if id(item) in ancestors:
-                return DataProblem(path, "contains itself")
+        kind = type(item)
+        if kind is str:
+            if not item.isascii() and not valid_text(item):
+                return DataProblem(_path(root, place), NOT_UNICODE)
+        elif kind is dict or kind is list or kind is tuple or isinstance(item, (dict, list, tuple)):
+            here = id(item)
+            if _inside(place, here):
+                return DataProblem(_path(root, place), "contains itself")
             if depth >= max_depth:
-                return DataProblem(path, f"is nested deeper than {max_depth} levels")
-            inner = (*ancestors, id(item))
+                return DataProblem(_path(root, place), f"is nested deeper than {max_depth} levels")
             if isinstance(item, dict):
                 for key, child in item.items():
-                    if isinstance(key, str) and not valid_text(key):
-                        return DataProblem(path, "has a name that " + NOT_UNICODE)
-                    stack.append((child, _step(path, key), depth + 1, inner))
+                    if isinstance(key, str) and not key.isascii() and not valid_text(key):
+                        return DataProblem(_path(root, place), "has a name that " + NOT_UNICODE)
+                    stack.append((child, depth + 1, (place, here, key)))
             else:
-                for index, child in enumerate(item):
-                    stack.append((child, _step(path, index), depth + 1, inner))
+                stack.extend((child, depth + 1, (place, here, index)) for index, child in enumerate(item))
+        elif isinstance(item, str):
+            if not valid_text(item):
+                return DataProblem(_path(root, place), NOT_UNICODE)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return DataProblem(_path(root, place), "is not a finite number")
     return None
 
 
