@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from api import observability, problems
 from api.deps import ActorDep, DbDep, require
+from api.edge import RequestGuard
 from api.routes import audit, definitions, engine_rest, external_tasks, identity, instances, tasks
 from engine import clock, migrate
 from engine.config import Settings
@@ -48,12 +49,13 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
         if worker is not None:
             worker.join(timeout=5)
 
-    app = FastAPI(title="sopflow", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
+    app = FastAPI(title="sopflow", version="0.1.0", lifespan=lifespan, description=DESCRIPTION,
+                  default_response_class=problems.SafeJSONResponse)
     app.state.db = database
     app.state.settings = settings
     problems.install(app)
-    problems.limit_body_size(app, settings.max_request_bytes)
-    observability.install(app)
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
+    observability.install(app)  # outermost: every answer, refusals and 500s included, is counted and logged
     for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest):
         app.include_router(module.router)
 

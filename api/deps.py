@@ -1,10 +1,12 @@
 """Request dependencies: the database, the authenticated actor and role checks."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, AwareDatetime
 
 from api.problems import Unauthorized
 from engine.actor import Actor
@@ -44,6 +46,19 @@ def current_actor(request: Request, db: DbDep,
 
 
 ActorDep = Annotated[Actor, Depends(current_actor)]
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+# Every date filter takes an ISO 8601 instant WITH a time zone ("Z" or "+02:00"); one without is
+# a 422 saying so (guessing the server's or UTC would silently shift a filter by hours).
+Instant = Annotated[AwareDatetime, AfterValidator(_utc)]
+INSTANT_HELP = "an ISO 8601 instant with a time zone, e.g. 2026-01-01T00:00:00Z"
 
 
 def paging(limit: Annotated[int | None, Query(ge=1, le=500)] = None,

@@ -7,9 +7,13 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import problems
 from engine import stats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -47,24 +51,74 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
+class RequestObservability:
+    """ASGI middleware: a request id, one JSON access-log line and the HTTP metrics for every request.
+
+    It sits outside everything else, so every answer is counted in
+    ``sopflow_http_requests_total`` with its status, refusals from the request guard and
+    500s included. An exception that escapes the routes becomes here a 500 problem (with
+    the request id, never the exception text), counted, and logged as one ERROR line with
+    the method, path, status, request id and the traceback. An exception after the
+    response started (a failing stream) is logged the same way and re-raised, so the
+    server aborts the connection and the client sees a broken transfer, not a clean end.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = False
+
+        async def tagged_send(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        begin = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            await self.app(scope, receive, tagged_send)
+        except Exception as exc:
+            failure = exc
+            if started:
+                raise
+            status = 500
+            await problems.problem(Request(scope), 500, "Internal error", "internal_error",
+                                   "something went wrong on our side; quote the request id when reporting it"
+                                   )(scope, receive, tagged_send)
+        finally:
+            self._record(scope, request_id, status, time.perf_counter() - begin, failure, started)
+
+    @staticmethod
+    def _record(scope: Scope, request_id: str, status: int, elapsed: float, failure: BaseException | None,
+                aborted: bool) -> None:
+        method = scope["method"]
+        route = getattr(scope.get("route"), "path", "unmatched")
+        REQUESTS.labels(method, route, str(status)).inc()
+        LATENCY.labels(method, route).observe(elapsed)
+        extra = {"request_id": request_id, "method": method, "path": scope.get("path", ""), "status": status,
+                 "duration_ms": round(elapsed * 1000, 2), "user": scope.get("state", {}).get("user")}
+        if failure is not None:
+            message = "response aborted after it started" if aborted else "request failed"
+            access_log.error(message, extra=extra, exc_info=(type(failure), failure, failure.__traceback__))
+        elif status >= 500:
+            access_log.error("request", extra=extra)
+        else:
+            access_log.info("request", extra=extra)
+
+
 def install(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_context(request: Request, call_next: Any) -> Response:
-        incoming = request.headers.get("x-request-id", "")
-        request.state.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
-        start = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - start
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        LATENCY.labels(request.method, path).observe(elapsed)
-        response.headers["X-Request-ID"] = request.state.request_id
-        access_log.info("request", extra={
-            "request_id": request.state.request_id, "method": request.method, "path": request.url.path,
-            "status": response.status_code, "duration_ms": round(elapsed * 1000, 2),
-            "user": getattr(request.state, "user", None)})
-        return response
+    """Add the request-id, logging and metrics middleware as the outermost layer."""
+    app.add_middleware(RequestObservability)
 
 
 def render_metrics(breached_open_tasks: int) -> bytes:

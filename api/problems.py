@@ -5,6 +5,7 @@ on (field, element id, line). A 500 carries the request id and never exception t
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -41,12 +42,31 @@ class Unauthorized(SopflowError):
     code = "unauthorized"
 
 
-def problem(request: Request, status: int, title: str, code: str, detail: str, **context: Any) -> JSONResponse:
-    body = {"type": f"https://sopflow.dev/problems/{code}", "title": title, "status": status, "code": code,
-            "detail": detail, "instance": str(request.url.path),
-            "request_id": getattr(request.state, "request_id", None), **context}
+class SafeJSONResponse(JSONResponse):
+    """JSON whose text is always valid UTF-8: a string that is not (a lone surrogate) is written with
+    replacement characters instead of failing the response (a 500 from the error handler itself)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                          separators=(",", ":")).encode("utf-8", "replace")
+
+
+def problem(request: Request, status: int, title: str, code: str, detail: str, /, **context: Any) -> JSONResponse:
+    """A problem response; ``context`` adds fields (element_id, line, field...), never replacing the
+    standard ones (an error's ``status=cancelled`` context is the subject's, not the HTTP status)."""
+    body: dict[str, Any] = {"type": f"https://sopflow.dev/problems/{code}", "title": title, "status": status,
+                            "code": code, "detail": detail, "instance": str(request.url.path),
+                            "request_id": getattr(request.state, "request_id", None)}
+    body.update({k: v for k, v in context.items() if v is not None and k not in body})
     headers = {"WWW-Authenticate": 'Bearer realm="sopflow"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+    return SafeJSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+# Pydantic's words for the refusals people meet most, in sopflow's.
+_MESSAGES = {
+    "timezone_aware": "needs a time zone (e.g. 2026-01-01T00:00:00Z or 2026-01-01T00:00:00+02:00)",
+    "string_unicode": "is not valid Unicode text (it holds a lone surrogate such as \\ud800)",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -63,8 +83,14 @@ def install(app: FastAPI) -> None:
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = {}
         for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                errors["(body)"] = "is not valid JSON"
+                continue
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            errors[".".join(loc) or "(request)"] = err.get("msg", "is invalid")
+            message = _MESSAGES.get(err.get("type", ""), err.get("msg", "is invalid"))
+            if err.get("type") == "value_error" and "error" in err.get("ctx", {}):
+                message = str(err["ctx"]["error"])  # our validators' own words, without pydantic's prefix
+            errors[".".join(loc) or "(request)"] = message
         first = next(iter(errors), None)
         detail = "the request is invalid: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
         return problem(request, 422, "Invalid input", "invalid_input", detail, field=first, errors=errors)
@@ -79,15 +105,3 @@ def install(app: FastAPI) -> None:
         log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
         return problem(request, 500, "Internal error", "internal_error",
                        "something went wrong on our side; quote the request id when reporting it")
-
-
-def limit_body_size(app: FastAPI, max_bytes: int) -> None:
-    """Refuse bodies larger than ``max_bytes`` before reading them (413, nothing stored)."""
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_bytes:
-            return problem(request, 413, "Request too large", "too_large",
-                           f"the request body is {length} bytes; the limit is {max_bytes} bytes")
-        return await call_next(request)

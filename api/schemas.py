@@ -2,11 +2,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from engine import limits
 
 T = TypeVar("T")
+
+
+def _storable(variables: dict[str, Any]) -> dict[str, Any]:
+    problem = limits.find_problem_in_variables(variables)
+    if problem is not None:
+        raise ValueError(problem.describe("the variable"))
+    return variables
+
+
+# Process data from a request: each value nests at most engine.limits.MAX_DEPTH (20) levels and
+# holds at most MAX_NODES values; text is valid Unicode; numbers are finite. Checked here, before
+# the engine (which checks names and types again), after api.edge's checks on the whole body.
+Variables = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -106,13 +121,13 @@ class InstanceDetail(InstanceRead):
 
 
 class StartRequest(BaseModel):
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: Variables = Field(default_factory=dict)
     business_key: str | None = Field(None, max_length=200)
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="a specific version; default the latest")
 
 
 class CompleteRequest(BaseModel):
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: Variables = Field(default_factory=dict)
 
 
 class AssignRequest(BaseModel):
@@ -131,12 +146,12 @@ class MessageRequest(BaseModel):
     business_key: str | None = Field(
         None, max_length=200, description="only instances with this business key; a process started by the "
                                           "message gets it")
-    correlation_keys: dict[str, Any] = Field(
+    correlation_keys: Variables = Field(
         default_factory=dict, description="process variables the receiving instance must have with these values "
                                           "(Camunda's correlationKeys); also the values of the model's "
                                           "correlation properties")
-    correlation: dict[str, Any] = Field(default_factory=dict, description="older name of correlation_keys")
-    variables: dict[str, Any] = Field(default_factory=dict, description="the payload, merged into the receiving "
+    correlation: Variables = Field(default_factory=dict, description="older name of correlation_keys")
+    variables: Variables = Field(default_factory=dict, description="the payload, merged into the receiving "
                                                                         "instance's variables")
     all: bool = Field(False, description="deliver to every matching instance instead of exactly one")
 

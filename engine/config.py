@@ -18,6 +18,8 @@ class Settings:
     database_url: str = field(default_factory=lambda: os.environ.get("SOPFLOW_DATABASE_URL", ""))
     max_upload_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_UPLOAD_BYTES", 5 * 1024 * 1024))
     max_request_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_REQUEST_BYTES", 20 * 1024 * 1024))
+    # JSON request bodies (start/complete/message variables): a smaller cap than max_request_bytes.
+    max_json_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_JSON_BYTES", 1024 * 1024))
     max_xml_depth: int = field(default_factory=lambda: _int("SOPFLOW_MAX_XML_DEPTH", 100))
     # Script budgets: loop iterations per script/expression, and wall time per script.
     script_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_SCRIPT_MAX_STEPS", 100_000))

@@ -14,22 +14,25 @@
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lxml import etree
+from SpiffWorkflow.bpmn.parser.ProcessParser import ProcessParser
 from SpiffWorkflow.bpmn.parser.util import full_tag
 from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.camunda.parser.CamundaParser import CamundaParser
 from SpiffWorkflow.camunda.parser.task_spec import UserTaskParser as CamundaUserTaskParser
 from SpiffWorkflow.camunda.specs.user_task import UserTask as CamundaUserTask
 from SpiffWorkflow.exceptions import SpiffWorkflowException
-from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
+from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser, SpiffProcessParser
 
-from engine import external, sandbox, xmlsafe
+from engine import clock, external, sandbox, xmlsafe
 from engine.config import Settings
 from engine.errors import InvalidDefinition
 from engine.message_events import adopt_camunda_messages
@@ -45,6 +48,78 @@ DMN_NAMESPACES = (
 CAMUNDA_TASK_ATTRIBUTES = ("assignee", "candidateUsers", "candidateGroups", "dueDate", "followUpDate", "priority")
 
 
+# Above this many sequence flows in one process, its nodes are parsed bottom-up (below).
+PARSE_BOTTOM_UP_ABOVE = 150
+
+
+class _BottomUpParsing:
+    """Parse a large process's nodes bottom-up, so parsing never recurses along a long path.
+
+    SpiffWorkflow's ``TaskParser.parse_node`` parses a node, then recursively each target
+    of its outgoing flows: a linear chain of n elements recurses about 2n Python frames,
+    and a chain of ~470 elements exhausted the default recursion limit (``RecursionError``
+    at deploy). A node whose targets are parsed already returns at once, so we first
+    parse the nodes reachable from the start events in DFS post-order (computed with an
+    explicit stack): every parse then meets only parsed targets (only a loop's back edge
+    can still recurse, as far as the loop is long). Boundary events are left to the task
+    they are attached to, which parses them itself.
+
+    The resulting spec is the same graph; only the order of ``spec.task_specs`` differs,
+    and that order is part of a deployed definition's content hash, so small processes
+    (every one the stock parser could handle) keep the stock order and their versions.
+    """
+
+    get_outgoing_sequence_flows: Any
+    get_boundary_events: Any
+    get_node_by_id: Any
+    outgoing_sequence_flows: dict[str, list[Any]]
+    boundary_events_by_attached: dict[str, list[Any]]
+    xpath: Any
+    parse_node: Any
+
+    def _successors(self, node_id: str) -> list[str]:
+        targets = [str(f.get("targetRef")) for f in self.get_outgoing_sequence_flows(node_id)]
+        return targets + [str(e.get("id")) for e in self.get_boundary_events(node_id)]
+
+    def _post_order(self) -> list[Any]:
+        order: list[str] = []
+        seen: set[str] = set()
+        for start in self.xpath("./bpmn:startEvent"):
+            root = str(start.get("id"))
+            if root in seen:
+                continue
+            seen.add(root)
+            stack = [(root, iter(self._successors(root)))]
+            while stack:
+                node_id, successors = stack[-1]
+                target = next(successors, None)
+                if target is None:
+                    stack.pop()
+                    order.append(node_id)
+                elif target not in seen and self.get_node_by_id(target) is not None:
+                    seen.add(target)
+                    stack.append((target, iter(self._successors(target))))
+        boundary = {str(e.get("id")) for events in self.boundary_events_by_attached.values() for e in events}
+        return [self.get_node_by_id(n) for n in order if n not in boundary]
+
+    def _parse_bottom_up(self) -> None:
+        if sum(len(flows) for flows in self.outgoing_sequence_flows.values()) > PARSE_BOTTOM_UP_ABOVE:
+            for node in self._post_order():
+                self.parse_node(node)
+
+
+class _BottomUpProcessParser(_BottomUpParsing, ProcessParser):
+    def add_tasks(self) -> None:
+        self._parse_bottom_up()
+        super().add_tasks()
+
+
+class _BottomUpSpiffProcessParser(_BottomUpParsing, SpiffProcessParser):
+    def add_tasks(self) -> None:
+        self._parse_bottom_up()
+        super().add_tasks()
+
+
 class _InboxCamundaUserTaskParser(CamundaUserTaskParser):
     """Camunda user-task parser that keeps the inbox attributes the stock one drops."""
 
@@ -58,6 +133,7 @@ class _InboxCamundaUserTaskParser(CamundaUserTaskParser):
 
 
 class InboxCamundaParser(CamundaParser):
+    PROCESS_PARSER_CLASS = _BottomUpProcessParser
     OVERRIDE_PARSER_CLASSES = {
         **CamundaParser.OVERRIDE_PARSER_CLASSES,
         full_tag("userTask"): (_InboxCamundaUserTaskParser, CamundaUserTask),
@@ -68,6 +144,7 @@ class InboxCamundaParser(CamundaParser):
 class SopflowSpiffParser(SpiffBpmnParser):
     """SpiffWorkflow's dialect, with service work handed to external workers (engine.external)."""
 
+    PROCESS_PARSER_CLASS = _BottomUpSpiffProcessParser
     OVERRIDE_PARSER_CLASSES = {**SpiffBpmnParser.OVERRIDE_PARSER_CLASSES, **external.SPIFF_PARSERS}
 
 
@@ -303,15 +380,118 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
                     f"user task '{meta.element_id}': {attr} '{text}' is not an ISO 8601 duration",
                     file=file_name, element_id=meta.element_id, line=line,
                 )
+            _check_horizon(meta, attr, text, lambda now, t=text: duration_from(t, now), file_name, line)
         else:
             try:
-                datetime.fromisoformat(text)
+                instant = datetime.fromisoformat(text)
             except ValueError:
                 raise InvalidDefinition(
                     f"user task '{meta.element_id}': {attr} '{text}' is neither an ISO 8601 duration, "
                     "an ISO instant nor a ${{expression}}",
                     file=file_name, element_id=meta.element_id, line=line,
                 ) from None
+            _check_horizon(meta, attr, text, lambda _now, i=instant: i if i.tzinfo else i.replace(tzinfo=UTC),
+                           file_name, line)
+    _check_priority(meta, locate)
+
+
+# Literal due/follow-up dates lie within this distance of now (computed ones are checked when a task
+# is created, engine.projections); priorities are 32-bit integers, as Camunda's.
+DATE_HORIZON = timedelta(days=36525)
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+
+
+def duration_from(text: str, base: datetime) -> datetime:
+    """``base`` moved by the ISO 8601 duration ``text`` (``P2D``, ``PT24H``, ``-P1D`` for earlier).
+
+    Raises ValueError when ``text`` is not a duration SpiffWorkflow reads, OverflowError when
+    the result leaves the calendar. (SpiffWorkflow itself refuses negative durations.)
+    """
+    negative = text.startswith("-")
+    try:
+        parsed = TimerEventDefinition.parse_iso_duration(text[1:] if negative else text)
+    except Exception as exc:  # noqa: BLE001 - SpiffWorkflow raises a bare Exception('Invalid duration')
+        raise ValueError(f"'{text}' is not an ISO 8601 duration") from exc
+    delta: timedelta = TimerEventDefinition.get_timedelta_from_start(parsed, base)
+    return base - delta if negative else base + delta
+
+
+def _check_timer_literals(name: str, root: etree._Element) -> None:
+    """Refuse timers whose literal value SpiffWorkflow cannot use or that lie beyond 100 years.
+
+    A timer expression that is a plain string literal (``"PT24H"``, ``"2027-01-01T09:00:00Z"``,
+    ``"R3/PT1H"``) is read here as SpiffWorkflow will read it when the timer starts, so a
+    negative or unreadable duration or one that overflows the calendar (``"P99999999999D"``)
+    is refused at deploy, naming the element, instead of failing every instance that reaches it.
+    Computed timer expressions are evaluated when the timer starts.
+    """
+    now = clock.now()
+    for el in _elements(root, "//bpmn:timeDuration | //bpmn:timeDate | //bpmn:timeCycle",
+                        namespaces={"bpmn": BPMN_NS}):
+        try:
+            value = ast.literal_eval((el.text or "").strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue  # an expression: evaluated at run time
+        if not isinstance(value, str):
+            continue
+        kind = etree.QName(el).localname
+        try:
+            if kind == "timeDuration":
+                due = duration_from(value, now)
+            elif kind == "timeDate":
+                due = datetime.fromisoformat(value)
+                due = due if due.tzinfo else due.replace(tzinfo=UTC)
+            else:
+                _cycles, start, interval = TimerEventDefinition.parse_iso_recurring_interval(value)
+                due = start + interval
+            far = not now - DATE_HORIZON <= due <= now + DATE_HORIZON
+        except Exception:  # noqa: BLE001 - SpiffWorkflow's parsers raise bare Exception, ValueError, OverflowError
+            raise InvalidDefinition(
+                f"{name}: timer '{_owner_id(el)}' has the value {value[:60]!r}, which is not an ISO 8601 "
+                f"{'duration' if kind == 'timeDuration' else 'date' if kind == 'timeDate' else 'cycle'} "
+                "SpiffWorkflow can schedule", file=name, element_id=_owner_id(el), line=_line(el),
+            ) from None
+        if far and (kind != "timeDate" or due > now):  # a date in the past fires at once; that is fine
+            raise InvalidDefinition(
+                f"{name}: timer '{_owner_id(el)}' is due more than 100 years from now ({value[:60]!r})",
+                file=name, element_id=_owner_id(el), line=_line(el),
+            )
+
+
+def _check_horizon(meta: UserTaskMeta, attr: str, text: str, instant: Any, file_name: str | None,
+                   line: int | None) -> None:
+    now = clock.now()
+    try:
+        far = not now - DATE_HORIZON <= instant(now) <= now + DATE_HORIZON
+    except (OverflowError, ValueError, TypeError):
+        far = True
+    if far:
+        raise InvalidDefinition(
+            f"user task '{meta.element_id}': {attr} '{text}' is more than 100 years away",
+            file=file_name, element_id=meta.element_id, line=line,
+        )
+
+
+def _check_priority(meta: UserTaskMeta, locate: _Locator) -> None:
+    text = (meta.priority or "").strip()
+    if not text:
+        return
+    file_name, line = locate.find(meta.element_id)
+    if text.startswith("${") and text.endswith("}"):
+        try:
+            sandbox.check(text[2:-1], "eval")
+        except sandbox.ScriptRefused as exc:
+            raise InvalidDefinition(
+                f"user task '{meta.element_id}': priority expression is invalid: {exc}",
+                file=file_name, element_id=meta.element_id, line=line,
+            ) from None
+        return
+    low, high = PRIORITY_RANGE
+    if not re.fullmatch(r"[+-]?\d{1,12}", text) or not low <= int(text) <= high:
+        raise InvalidDefinition(
+            f"user task '{meta.element_id}': priority '{text[:40]}' is not an integer between {low} and {high}",
+            file=file_name, element_id=meta.element_id, line=line,
+        )
 
 
 def _user_task_meta(task_spec: Any, dialect: str) -> UserTaskMeta:
@@ -390,6 +570,7 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
         if etree.QName(root).namespace != BPMN_NS or etree.QName(root).localname != "definitions":
             raise InvalidDefinition(f"{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root))
         _check_expressions(name, root)
+        _check_timer_literals(name, root)
     if not bpmn:
         raise InvalidDefinition("a deployment needs at least one .bpmn file (DMN alone has nothing to run)")
     for name, root in dmn.items():

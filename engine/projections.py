@@ -33,7 +33,7 @@ from engine.audit import Event, canonical
 from engine.errors import ScriptError
 from engine.external import is_waiting_external
 from engine.ids import time_ordered_id
-from engine.loading import UserTaskMeta
+from engine.loading import UserTaskMeta, duration_from
 from engine.message_events import expected_correlations
 from engine.sandbox import ScriptRefused, script_engine
 from engine.store.models import (
@@ -48,6 +48,11 @@ from engine.store.models import (
 
 # A task is "at risk" once this share of the time between its creation and its due date has passed.
 AT_RISK_FRACTION = 0.75
+# Sane bounds for what a diagram computes (engine.limits has the data bounds): a priority is
+# a 32-bit integer (Camunda's), and due and follow-up dates lie within 100 years of the task's
+# creation. Literal values are checked at deploy (engine.loading), computed ones here.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+DATE_HORIZON = timedelta(days=36525)
 
 
 _INSERT_TASKS = insert(TaskRow)
@@ -76,6 +81,25 @@ def _evaluate(task: Task, expression: str, initiator: str | None, what: str) -> 
 
 
 def _instant(value: Any, base: datetime, task: Task, what: str) -> datetime | None:
+    """A due/follow-up value (datetime, date, timedelta, ISO duration or instant) as a UTC instant.
+
+    Refused (ScriptError naming the element) when unreadable or more than
+    :data:`DATE_HORIZON` away from ``base`` (the task's creation).
+    """
+    try:
+        instant = _parse_instant(value, base, task, what)
+        in_range = instant is None or base - DATE_HORIZON <= instant <= base + DATE_HORIZON
+    except (OverflowError, ValueError, TypeError):  # e.g. P99999999999D overflows datetime arithmetic
+        in_range = False
+    if not in_range:
+        raise ScriptError(
+            f"user task '{task.task_spec.bpmn_id}': {what} '{str(value)[:100]}' is more than 100 years away "
+            "from the task's creation", element_id=task.task_spec.bpmn_id,
+        )
+    return instant
+
+
+def _parse_instant(value: Any, base: datetime, task: Task, what: str) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -87,9 +111,7 @@ def _instant(value: Any, base: datetime, task: Task, what: str) -> datetime | No
     text = str(value).strip()
     try:
         if text.startswith(("P", "-P")):
-            parsed = TimerEventDefinition.parse_iso_duration(text)
-            delta: timedelta = TimerEventDefinition.get_timedelta_from_start(parsed, base)
-            return base + delta
+            return duration_from(text, base)
         parsed_dt = datetime.fromisoformat(text)
         return parsed_dt.astimezone(UTC) if parsed_dt.tzinfo else parsed_dt.replace(tzinfo=UTC)
     except (ValueError, TypeError):
@@ -124,9 +146,12 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
     priority_raw = _resolve(task, meta.priority, initiator, "priority")
     try:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
-    except (TypeError, ValueError):
-        raise ScriptError(f"user task '{meta.element_id}': priority '{priority_raw}' is not a number",
+    except (TypeError, ValueError, OverflowError):
+        raise ScriptError(f"user task '{meta.element_id}': priority '{str(priority_raw)[:100]}' is not a number",
                           element_id=meta.element_id) from None
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ScriptError(f"user task '{meta.element_id}': priority {str(priority)[:40]} is outside "
+                          f"{PRIORITY_MIN}..{PRIORITY_MAX} (a 32-bit integer)", element_id=meta.element_id)
     due_at = _instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date")
     return {
         **_EMPTY_TASK_ROW,

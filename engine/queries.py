@@ -14,10 +14,12 @@ every list answers its total.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select
@@ -47,8 +49,21 @@ class Page:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_OFFSET = 2**31 - 1
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,64}={0,2}")
+
+
 @dataclass(frozen=True)
 class Paging:
+    """Where a page starts (``offset``) and how many items it holds (``limit``, 1..500).
+
+    A cursor is what :meth:`cursor_after` issued: base64url of ``{"o": <offset>}``. It is
+    validated strictly, not signed: it only carries an offset, which ``first_result`` lets
+    any client choose anyway, so a signature would protect nothing. Anything else (bad
+    base64, other JSON, other keys, a non-integer, a float such as ``1e400``, a negative
+    or too large offset) is a 422 naming ``cursor``.
+    """
+
     offset: int = 0
     limit: int = 50
 
@@ -59,13 +74,10 @@ class Paging:
         if size < 1 or size > MAX_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
         offset = first_result or 0
+        if offset < 0 or offset > MAX_OFFSET:
+            raise InvalidInput(f"first_result must be between 0 and {MAX_OFFSET}", field="first_result")
         if cursor:
-            try:
-                offset = int(json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())["o"])
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                raise InvalidInput("cursor is not one this server issued", field="cursor") from None
-        if offset < 0:
-            raise InvalidInput("first_result must not be negative", field="first_result")
+            offset = _cursor_offset(cursor)
         return cls(offset, size)
 
     def cursor_after(self, returned: int, total: int) -> str | None:
@@ -73,6 +85,34 @@ class Paging:
         if returned < self.limit or nxt >= total:
             return None
         return base64.urlsafe_b64encode(json.dumps({"o": nxt}).encode()).decode()
+
+
+def _cursor_offset(cursor: str) -> int:
+    refused = InvalidInput("cursor is not one this server issued (pass next_cursor from the previous page "
+                           "unchanged)", field="cursor")
+    if not _CURSOR.fullmatch(cursor):
+        raise refused
+    try:
+        data = json.loads(base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True),
+                          parse_float=lambda _: None, parse_constant=lambda _: None)
+    except (ValueError, binascii.Error):
+        raise refused from None
+    if not isinstance(data, dict) or set(data) != {"o"}:
+        raise refused
+    offset = data["o"]
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        raise refused
+    return offset
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    """A filter instant in UTC; one without a time zone is refused (it would be read in some unknown zone)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{name} is out of range once converted to UTC", field=name) from None
 
 
 def _page(session: Session, query: Select[Any], paging: Paging, *, scalars: bool = True) -> Page:
@@ -158,11 +198,11 @@ def _task_query(actor: Actor, f: TaskFilter) -> Select[Any]:
     if f.definition_key:
         query = query.where(TaskRow.definition_key == f.definition_key)
     if f.due_before:
-        query = query.where(TaskRow.due_at < f.due_before)
+        query = query.where(TaskRow.due_at < _aware(f.due_before, "due_before"))
     if f.due_after:
-        query = query.where(TaskRow.due_at > f.due_after)
+        query = query.where(TaskRow.due_at > _aware(f.due_after, "due_after"))
     if f.follow_up_before:
-        query = query.where(TaskRow.follow_up_at < f.follow_up_before)
+        query = query.where(TaskRow.follow_up_at < _aware(f.follow_up_before, "follow_up_before"))
     if f.min_priority is not None:
         query = query.where(TaskRow.priority >= f.min_priority)
     if f.sla:
@@ -247,9 +287,9 @@ def _instance_query(actor: Actor, f: InstanceFilter) -> Select[Any]:
     if f.started_by:
         query = query.where(InstanceRow.started_by == f.started_by)
     if f.started_before:
-        query = query.where(InstanceRow.started_at < f.started_before)
+        query = query.where(InstanceRow.started_at < _aware(f.started_before, "started_before"))
     if f.started_after:
-        query = query.where(InstanceRow.started_at > f.started_after)
+        query = query.where(InstanceRow.started_at > _aware(f.started_after, "started_after"))
     return query.order_by(InstanceRow.started_at.desc(), InstanceRow.id)
 
 
@@ -337,9 +377,9 @@ def _audit_query(f: AuditFilter) -> Select[Any]:
     if f.definition_key:
         query = query.where(AuditEventRow.definition_key == f.definition_key)
     if f.since:
-        query = query.where(AuditEventRow.occurred_at >= f.since)
+        query = query.where(AuditEventRow.occurred_at >= _aware(f.since, "from"))
     if f.until:
-        query = query.where(AuditEventRow.occurred_at < f.until)
+        query = query.where(AuditEventRow.occurred_at < _aware(f.until, "to"))
     return query.order_by(AuditEventRow.seq)
 
 
@@ -348,10 +388,18 @@ def list_audit(session: Session, actor: Actor, f: AuditFilter, paging: Paging) -
     return _page(session, _audit_query(f), paging)
 
 
-def iter_audit(session: Session, actor: Actor, f: AuditFilter, batch: int = 1000) -> Iterator[AuditEventRow]:
-    """Every matching event, in order, fetched in keyset batches (for streaming exports)."""
+def audit_batch(session: Session, actor: Actor, f: AuditFilter, *, after: int = 0,
+                batch: int = 1000) -> list[AuditEventRow]:
+    """Up to ``batch`` matching events with ``seq > after``, in order (one keyset page of an export)."""
     _require_audit_reader(actor)
-    last = 0
+    return list(session.scalars(_audit_query(f).where(AuditEventRow.seq > after).limit(batch)))
+
+
+def iter_audit(session: Session, actor: Actor, f: AuditFilter, batch: int = 1000, *,
+               after: int = 0) -> Iterator[AuditEventRow]:
+    """Every matching event with ``seq > after``, in order, fetched in keyset batches (for streaming exports)."""
+    _require_audit_reader(actor)
+    last = after
     while True:
         rows = list(session.scalars(_audit_query(f).where(AuditEventRow.seq > last).limit(batch)))
         yield from rows

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
+from api.deps import INSTANT_HELP, ActorDep, DbDep, Instant, PagingDep, SettingsDep, require
 from api.schemas import (
     CancelRequest,
     InstanceDetail,
@@ -18,6 +17,7 @@ from api.schemas import (
     StartRequest,
 )
 from api.views import page_body, task_read
+from engine import limits
 from engine.commands import cancel_instance, correlate_message, start_instance
 from engine.errors import Forbidden, InvalidInput
 from engine.queries import InstanceFilter, instance_tasks, list_instances, visible_instance
@@ -48,7 +48,8 @@ def get_instances(
     status_: Annotated[str | None, Query(alias="status", description="running, completed or cancelled")] = None,
     business_key: Annotated[str | None, Query(max_length=200)] = None,
     started_by: Annotated[str | None, Query(max_length=100)] = None,
-    started_before: datetime | None = None, started_after: datetime | None = None,
+    started_before: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None,
+    started_after: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None,
     variable: Annotated[list[str] | None, Query(description="name_eq_value, repeatable (value is JSON or text)")] = None,
 ) -> dict:
     require(actor, "employee")
@@ -58,9 +59,13 @@ def get_instances(
         if not sep or not name:
             raise InvalidInput("variable filters look like name_eq_value", field="variable")
         try:
-            variables[name] = json.loads(raw)
-        except ValueError:
-            variables[name] = raw
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            value = raw
+        problem = limits.find_problem(value, max_depth=1)
+        if problem is not None:  # e.g. "\ud800" as a JSON escape, or NaN
+            raise InvalidInput(f"variable filter '{name}': {problem.describe('the value')}", field="variable")
+        variables[name] = value
     f = InstanceFilter(definition_key, status_, business_key, started_by, started_before, started_after, variables)
     with db.read() as s:
         page = list_instances(s, actor, f, paging)

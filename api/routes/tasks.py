@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
+from api.deps import INSTANT_HELP, ActorDep, DbDep, Instant, PagingDep, SettingsDep, require
 from api.schemas import AssignRequest, CompleteRequest, Count, InstanceRead, Page, TaskDetail, TaskRead
 from api.views import page_body, task_read
 from engine.commands import Actor, assign_task, claim_task, complete_task, get_task_row, unclaim_task
@@ -27,9 +26,9 @@ class TaskQuery:
     unassigned: bool | None = None
     process_instance_id: Annotated[str | None, Query(max_length=36)] = None
     definition_key: Annotated[str | None, Query(max_length=200)] = None
-    due_before: datetime | None = None
-    due_after: datetime | None = None
-    follow_up_before: datetime | None = None
+    due_before: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None
+    due_after: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None
+    follow_up_before: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None
     min_priority: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None
     sla: Annotated[Literal["on_time", "at_risk", "breached"] | None, Query()] = None
     sort: Annotated[Literal["due", "priority", "created"], Query()] = "created"

@@ -1,7 +1,12 @@
 """Firing an instance's due BPMN timers (called by the job worker)."""
 from __future__ import annotations
 
-from SpiffWorkflow.exceptions import SpiffWorkflowException
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.exceptions import SpiffWorkflowException, TaskNotFoundException
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -11,6 +16,7 @@ from engine.audit import Event
 from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
+from engine.spiff_patches import counting_cycle_firings
 from engine.store.models import InstanceRow, JobRow
 
 
@@ -31,14 +37,46 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
     if not due:
         return 0
     loaded = unit.load(session, instance_id)
+    at = len(loaded.events)
+    cycles = {job.id: _cycle(loaded.workflow, job.task_id) for job in due}
+    with counting_cycle_firings() as counts:
+        try:
+            loaded.workflow.refresh_timers()
+        except SpiffWorkflowException as exc:
+            raise unit.spiff_error(exc) from None
+        unit.run(loaded, actor, settings)
+    fired: list[Event] = []
     for job in due:
-        loaded.events.append(Event("timer.fired", actor.name, {"element_id": job.element_id, "due_at": job.due_at},
-                                   task_id=job.task_id))
-    try:
-        loaded.workflow.refresh_timers()
-    except SpiffWorkflowException as exc:
-        raise unit.spiff_error(exc) from None
-    unit.run(loaded, actor, settings)
+        for due_at in _firings(job, cycles[job.id], counts):
+            fired.append(Event("timer.fired", actor.name, {"element_id": job.element_id, "due_at": due_at},
+                               task_id=job.task_id))
+    loaded.events[at:at] = fired  # before what the firings caused
     unit.persist(session, loaded, actor)
     return len(due)
 
+
+def _cycle(workflow: BpmnWorkflow, task_id: str | None) -> dict[str, Any] | None:
+    """A cycle timer's state before firing (``{cycles, next, duration}``), None for other timers."""
+    if not task_id:
+        return None
+    try:
+        task = workflow.get_task_from_id(UUID(task_id))
+    except (ValueError, TaskNotFoundException):
+        return None
+    value = task.internal_data.get("event_value") if task is not None else None
+    return dict(value) if isinstance(value, dict) and "next" in value else None
+
+
+def _firings(job: JobRow, before: dict[str, Any] | None, counts: dict[UUID, int]) -> list[datetime]:
+    """The due instant of each time this job's timer fired in this command (one audit event each).
+
+    A one-off timer fires once, at the job's due time. A cycle timer (``R3/PT1H``) that fell
+    behind fires once per instant that passed, all in one catch-up (counted by
+    :func:`engine.spiff_patches.counting_cycle_firings`), each one ``duration`` after the last.
+    """
+    if before is None or not job.task_id:
+        return [job.due_at]
+    first = datetime.fromisoformat(before["next"])
+    first = first if first.tzinfo else first.replace(tzinfo=UTC)
+    step = timedelta(seconds=float(before.get("duration") or 0))
+    return [first + step * i for i in range(counts.get(UUID(job.task_id), 0))]

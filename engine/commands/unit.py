@@ -26,7 +26,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, clock, projections
+from engine import audit, clock, limits, projections
 from engine.actor import Actor
 from engine.audit import Event
 from engine.config import Settings
@@ -189,8 +189,10 @@ def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
     budget = EngineBudget(settings.command_max_steps, settings.command_max_seconds)
 
     activities: list[dict[str, Any]] = []
+    ran: list[Task] = []
 
     def record(task: Task) -> None:
+        ran.append(task)
         spec = task.task_spec
         if getattr(spec, "bpmn_id", None) and task.state != TaskState.STARTED:  # STARTED: an external task waits
             activities.append({"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
@@ -201,9 +203,27 @@ def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
     except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused, ScriptError) as exc:
         raise spiff_error(exc) from None
     except RecursionError:
+        check_task_data(loaded.workflow.tasks.values())  # names the element whose data is too deep, if one is
         raise ScriptError("the workflow recursed too deeply (a script or the diagram loops on itself)") from None
+    check_task_data(ran)
     if activities:  # one event per command: they all happened in this transaction, at this instant
         loaded.events.append(Event("activities.completed", actor.name, {"activities": activities}))
+
+
+def check_task_data(tasks: Any) -> None:
+    """Refuse (422 naming the element) when a task's data cannot be stored (see :mod:`engine.limits`).
+
+    Called on the tasks a command ran, before anything is serialized: a script can build
+    data nested thousands deep, a list that contains itself or text with lone surrogates,
+    which would otherwise fail in the JSON encoder, the database or the audit hash.
+    The element named is the first (in the order given) whose data breaks a bound.
+    """
+    for task in tasks:
+        problem = limits.find_problem_in_variables(task.data)
+        if problem is not None:
+            element = getattr(task.task_spec, "bpmn_id", None) or task.task_spec.name
+            raise ScriptError(f"element '{element}' left data that cannot be stored: "
+                              f"{problem.describe('the variable')}", element_id=element, variable=problem.path)
 
 
 def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
