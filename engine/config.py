@@ -24,6 +24,15 @@ class Settings:
     # Script budgets: loop iterations per script/expression, and wall time per script.
     script_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_SCRIPT_MAX_STEPS", 100_000))
     script_max_seconds: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_SCRIPT_MAX_SECONDS", "2")))
+    # Every script, expression and SOP template runs in an evaluator process (engine/evaluator.py):
+    # CPU seconds above (enforced by a kill), memory above the process's start-up size, the
+    # expanded size of the data it returns, the size of rendered SOP text, processes per API process.
+    script_max_memory_mb: int = field(default_factory=lambda: _int("SOPFLOW_SCRIPT_MAX_MEMORY_MB", 256))
+    script_max_result_bytes: int = field(default_factory=lambda: _int("SOPFLOW_SCRIPT_MAX_RESULT_BYTES",
+                                                                      16 * 1024 * 1024))
+    template_max_output_bytes: int = field(default_factory=lambda: _int("SOPFLOW_TEMPLATE_MAX_OUTPUT_BYTES",
+                                                                        256 * 1024))
+    script_workers: int = field(default_factory=lambda: _int("SOPFLOW_SCRIPT_WORKERS", 2))
     # Engine budget per command: tasks run and wall time before the command is refused.
     command_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_COMMAND_MAX_STEPS", 50_000))
     command_max_seconds: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_COMMAND_MAX_SECONDS", "30")))

@@ -14,12 +14,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from engine.errors import InvalidInput
+from engine import templates
+from engine.errors import InvalidInput, ScriptError
+from engine.evaluator import EvaluatorUnavailable
+from engine.sandbox import ScriptBudgetExceeded
 
 FORMS_DIR = Path(os.environ.get("SOPFLOW_FORMS_DIR", Path(__file__).resolve().parent.parent / "forms"))
 _KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -89,14 +90,19 @@ def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
                            field=next(iter(errors)), errors=errors)
 
 
-_SOP = ImmutableSandboxedEnvironment(autoescape=False)
+def render_sop(text: str | None, variables: dict[str, Any], element_id: str | None = None) -> str | None:
+    """Render SOP text against the instance's variables, within the script budgets (engine.templates).
 
-
-def render_sop(text: str | None, variables: dict[str, Any]) -> str | None:
-    """Render SOP text against the instance's variables; a broken template shows as written."""
+    A template that does not fit its data shows as written; one over a budget (CPU, memory,
+    output size, recursion) raises :class:`ScriptError` naming the element (422).
+    """
     if not text:
         return text
     try:
-        return _SOP.from_string(text).render(**{k: v for k, v in variables.items() if k.isidentifier()})
-    except TemplateError:
+        return templates.render(text, {k: v for k, v in variables.items() if k.isidentifier()})
+    except ScriptBudgetExceeded as exc:
+        raise ScriptError(f"user task '{element_id}': its SOP text {exc}", element_id=element_id) from None
+    except EvaluatorUnavailable:
+        raise
+    except Exception:  # noqa: BLE001 - a template or data error: the text as written is still useful
         return text

@@ -292,6 +292,34 @@ def _check_expressions(name: str, root: etree._Element) -> None:
             ) from None
 
 
+def _check_templates(name: str, root: etree._Element) -> None:
+    """Check every user/manual task's SOP text as a bounded template (engine.templates); refuse
+    with file, element and line: syntax errors, self-calling macros, constant ``range``/``*``/``**``
+    beyond the guards, text longer than the output cap, and compiling over a budget."""
+    from engine import evaluator
+
+    ns = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
+    paths = ("//bpmn:userTask/bpmn:documentation | //bpmn:manualTask/bpmn:documentation"
+             " | //spiffworkflow:instructionsForEndUser")
+    for el in _elements(root, paths, namespaces=ns):
+        text = el.text or ""
+        if not any(marker in text for marker in ("{{", "{%", "{#")) and len(text) <= evaluator.limits().output_bytes:
+            continue  # plain text: nothing to run
+        try:
+            problem = evaluator.check_template(text)
+        except sandbox.ScriptBudgetExceeded as exc:
+            problem = (f"compiling it {exc}", None)
+        if problem is None:
+            continue
+        message, offset = problem
+        start = _line(el)
+        line = start + (offset - 1 if offset else 0) if start else None
+        raise InvalidDefinition(
+            f"{name}: the SOP text of '{_owner_id(el)}' cannot be used: {message}",
+            file=name, element_id=_owner_id(el), line=line,
+        )
+
+
 # A '?' outside quotes stands for the input value in a DMN input entry (SpiffWorkflow's rule).
 _DMN_PLACEHOLDER = re.compile(r"""(\?)(?=(?:[^'"]|['"][^'"]*['"])*$)""")
 
@@ -571,6 +599,7 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
             raise InvalidDefinition(f"{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root))
         _check_expressions(name, root)
         _check_timer_literals(name, root)
+        _check_templates(name, root)
     if not bpmn:
         raise InvalidDefinition("a deployment needs at least one .bpmn file (DMN alone has nothing to run)")
     for name, root in dmn.items():

@@ -448,7 +448,7 @@ def task_detail(session: Session, actor: Actor, task_id: str) -> dict[str, Any]:
     return {
         "task": task,
         "documentation": meta.get("documentation"),
-        "sop": forms.render_sop(meta.get("documentation"), variables),
+        "sop": forms.render_sop(meta.get("documentation"), variables, task.element_id),
         "form": None if form is None else {"title": form.get("title"), "schema": form["schema"],
                                            "ui": form.get("ui")},
         "data": shown,

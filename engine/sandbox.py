@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -74,7 +74,11 @@ class ScriptRefused(SyntaxError):
 
 
 class ScriptBudgetExceeded(Exception):
-    pass
+    """A script, expression or template went over its CPU, memory, step or size budget."""
+
+
+class ScriptResultError(Exception):
+    """A script left (or an expression returned) something that is not storable data."""
 
 
 _Node = TypeVar("_Node", bound=ast.AST)
@@ -134,6 +138,7 @@ def check(source: str, mode: str = "exec") -> None:
 class _Budget:
     steps_left: int
     deadline: float
+    clock: Callable[[], float]
 
 
 _state = threading.local()
@@ -144,7 +149,7 @@ def _tick() -> None:
     budget.steps_left -= 1
     if budget.steps_left < 0:
         raise ScriptBudgetExceeded("script exceeded its step budget (endless loop?)")
-    if budget.steps_left % 256 == 0 and time.monotonic() > budget.deadline:
+    if budget.steps_left % 256 == 0 and budget.clock() > budget.deadline:
         raise ScriptBudgetExceeded("script exceeded its time budget (endless loop?)")
 
 
@@ -234,6 +239,9 @@ _GUARDS: dict[str, Any] = {
     "_lshift_": _lshift,
 }
 def _now() -> _datetime.datetime:
+    fixed: _datetime.datetime | None = getattr(_state, "now", None)  # set per request in an evaluator process
+    if fixed is not None:
+        return fixed
     from engine import clock
 
     return clock.now()
@@ -259,50 +267,183 @@ def _limits() -> tuple[int, float]:
 
 
 class _Run:
-    """Installs a fresh budget for one script or expression (re-entrant: nested calls share it)."""
+    """Installs a fresh budget for one script or expression (re-entrant: nested calls share it).
+
+    ``steps``/``seconds`` default to the settings; ``clock`` is wall time in the API process
+    and CPU time (``time.process_time``) in an evaluator process.
+    """
+
+    def __init__(self, steps: int | None = None, seconds: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.steps, self.seconds, self.clock = steps, seconds, clock
 
     def __enter__(self) -> None:
         self.outer = getattr(_state, "budget", None)
         if self.outer is None:
             steps, seconds = _limits()
-            _state.budget = _Budget(steps, time.monotonic() + seconds)
+            steps = self.steps if self.steps is not None else steps
+            seconds = self.seconds if self.seconds is not None else seconds
+            _state.budget = _Budget(steps, self.clock() + seconds, self.clock)
 
     def __exit__(self, *exc: object) -> None:
         if self.outer is None:
             _state.budget = None
 
 
+def run_eval(expression: str, context: dict[str, Any], external_context: dict[str, Any] | None = None,
+             run: _Run | None = None) -> Any:
+    """Evaluate ``expression`` here, in this process, under the restricted policy and guards.
+
+    Only the guards bound it (loop steps, ``range``, ``*``/``**``/``<<`` sizes): a single C-level
+    call is not interrupted. The API process uses it only for :func:`provably_cheap` sources;
+    everything else goes through :mod:`engine.evaluator`, whose processes call this.
+    """
+    code = _compile(expression.strip(), "eval")
+    scope = {**HELPERS, **context, **(external_context or {}), **_GUARDS}
+    with run or _Run():
+        return eval(code, scope)  # noqa: S307  (restricted bytecode, guarded globals)
+
+
+def run_exec(script: str, context: dict[str, Any], external_context: dict[str, Any] | None = None,
+             run: _Run | None = None) -> None:
+    """Execute ``script`` here against ``context``, updating it in place (deletions included).
+
+    What the script leaves behind becomes task data, except names starting with ``_``,
+    modules, functions and classes, and helpers or external values left unchanged.
+    """
+    code = _compile(script, "exec")
+    external = external_context or {}
+    scope = {**HELPERS, **context, **external, **_GUARDS}
+    with run or _Run():
+        exec(code, scope)  # noqa: S102  (restricted bytecode, guarded globals)
+    for key in list(context):
+        if key not in scope:
+            del context[key]
+    for key, value in scope.items():
+        if key in _GUARDS or key.startswith("_") or isinstance(value, _NOT_DATA):
+            continue
+        if (key in external and external[key] is value) or (key in HELPERS and HELPERS[key] is value):
+            continue
+        context[key] = value
+
+
+# ---------------------------------------------------------------- provably cheap sources
+#
+# A source made only of these nodes runs in the API process: no loop, no call, no
+# arithmetic that can grow a value, no container built from data. Each node costs at most
+# time linear in the size of the values it touches (a comparison of two stored values, a
+# truth test, a dict lookup), and those values are task data whose size is bounded where
+# it is stored. Anything else (a call, ``*``, a comprehension, a loop, an f-string, ...)
+# goes to an evaluator process.
+
+_CHEAP_EXPR = (ast.Expression, ast.Name, ast.Load, ast.Compare, ast.BoolOp, ast.And, ast.Or,
+               ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsNot, ast.In, ast.NotIn,
+               ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Attribute, ast.Subscript, ast.Constant, ast.Tuple)
+_CHEAP_CONSTANT = (int, float, bool, str, type(None))
+_CHEAP_STR = 10_000
+# At most this many comparisons (each linear in the stored values it compares) and
+# statements per source: the bound on the whole source stays a small multiple of one pass
+# over the task data.
+_CHEAP_COMPARISONS = 8
+_CHEAP_STATEMENTS = 16
+
+
+def _cheap_expression(node: ast.AST) -> bool:
+    for child in ast.walk(node):
+        if not isinstance(child, _CHEAP_EXPR):
+            return False
+        if isinstance(child, ast.Constant):
+            value = child.value
+            if not isinstance(value, _CHEAP_CONSTANT) or (isinstance(value, str) and len(value) > _CHEAP_STR):
+                return False
+        if isinstance(child, ast.Tuple) and not all(isinstance(e, ast.Constant) for e in child.elts):
+            return False  # a tuple of constants, never one of (shared) data values
+        if isinstance(child, ast.Subscript) and not isinstance(child.slice, (ast.Constant, ast.Name)):
+            return False  # no slices: no copies
+    return True
+
+
+def _small_number(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Constant) and isinstance(node.value, (int, float))
+            and not isinstance(node.value, bool) and abs(node.value) < 2**63)
+
+
+@lru_cache(maxsize=4096)
+def provably_cheap(source: str, mode: str) -> bool:
+    """Can ``source`` run in the API process without a CPU or memory risk?
+
+    Expressions: names, constants, comparisons, ``and``/``or``/``not``, attribute and
+    single-key subscript reads (``amount > 1000 and region == 'EU'``, ``approved``).
+    Scripts: only assignments ``name = <such an expression>`` and ``name = <number> <op>
+    <number>`` / ``name += <number>`` with ``+ - *`` on number literals below 2**63
+    (``count += 1``). Whatever else, including anything that does not compile, is not.
+    """
+    try:
+        tree = ast.parse(source.strip() if mode == "eval" else source, mode=mode)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    comparisons = sum(len(n.ops) for n in ast.walk(tree) if isinstance(n, ast.Compare))
+    if comparisons > _CHEAP_COMPARISONS:
+        return False
+    if mode == "eval":
+        return _cheap_expression(tree)
+    if not isinstance(tree, ast.Module) or not tree.body or len(tree.body) > _CHEAP_STATEMENTS:
+        return False
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            value = stmt.value
+            if (isinstance(value, ast.BinOp) and isinstance(value.op, (ast.Add, ast.Sub, ast.Mult))
+                    and _small_number(value.left) and _small_number(value.right)):
+                continue
+            if _cheap_expression(ast.Expression(value)):
+                continue
+        if (isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(stmt.op, (ast.Add, ast.Sub)) and _small_number(stmt.value)):
+            continue  # a number grows by a bounded amount; str/list + number is a TypeError
+        return False
+    return True
+
+
 class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
-    """SpiffWorkflow script environment that runs everything through the restricted compiler."""
+    """SpiffWorkflow script environment: restricted compile, run within CPU and memory budgets.
+
+    Sources :func:`provably_cheap` accepts run here; every other runs in a pool of evaluator
+    processes with resource limits and a kill (:mod:`engine.evaluator`), so a C-level
+    operation that ignores every guard cannot hold this process's GIL or memory.
+    """
 
     def __init__(self) -> None:
         super().__init__({})
 
     def evaluate(self, expression: str, context: dict[str, Any], external_context: dict[str, Any] | None = None) -> Any:
-        code = _compile(expression.strip(), "eval")
-        scope = {**HELPERS, **context, **(external_context or {}), **_GUARDS}
-        with _Run():
-            return eval(code, scope)  # noqa: S307  (restricted bytecode, guarded globals)
+        if provably_cheap(expression, "eval"):
+            return run_eval(expression, context, external_context)
+        from engine import evaluator
+
+        return evaluator.evaluate(expression, context, external_context)
 
     def execute(self, script: str, context: dict[str, Any], external_context: dict[str, Any] | None = None) -> bool:
-        code = _compile(script, "exec")
-        external = external_context or {}
-        scope = {**HELPERS, **context, **external, **_GUARDS}
-        with _Run():
-            exec(code, scope)  # noqa: S102  (restricted bytecode, guarded globals)
-        for key in list(context):
-            if key not in scope:
-                del context[key]
-        for key, value in scope.items():
-            if key in _GUARDS or key.startswith("_") or isinstance(value, _NOT_DATA):
-                continue
-            if (key in external and external[key] is value) or (key in HELPERS and HELPERS[key] is value):
-                continue
-            context[key] = value
+        if provably_cheap(script, "exec"):
+            run_exec(script, context, external_context)
+            return True
+        from engine import evaluator
+
+        evaluator.execute(script, context, external_context)
         return True
 
     def call_service(self, context: dict[str, Any], **kwargs: Any) -> Any:
         raise NotImplementedError("service tasks have no connector in sopflow")
+
+
+class InProcessEnvironment(RestrictedEnvironment):
+    """The restricted environment without the evaluator processes (guards only; for comparison)."""
+
+    def evaluate(self, expression: str, context: dict[str, Any], external_context: dict[str, Any] | None = None) -> Any:
+        return run_eval(expression, context, external_context)
+
+    def execute(self, script: str, context: dict[str, Any], external_context: dict[str, Any] | None = None) -> bool:
+        run_exec(script, context, external_context)
+        return True
 
 
 class SandboxedScriptEngine(PythonScriptEngine):
