@@ -368,7 +368,10 @@ def _branch_selects(branch: _Branch, f: TaskFilter, start: tuple[Any, str] | Non
         if branch.where:
             base = base.join(TaskRow, TaskRow.id == TaskCandidateRow.task_id).where(*branch.where)
     desc = f.order == "desc"
-    direction = (lambda c: c.desc()) if desc else (lambda c: c.asc())  # noqa: E731
+
+    def direction(column: Any) -> Any:
+        return column.desc() if desc else column.asc()
+
     parts = []
     if f.sort != "due" or start is None or start[0] is not None:
         part = base.where(key.is_not(None)) if f.sort == "due" else base
@@ -390,7 +393,7 @@ def _union(selects: list[Any]) -> Any:
 def _ordered(query: Select[Any], f: TaskFilter) -> Select[Any]:
     key = SORTS[f.sort]
     desc = f.order == "desc"
-    ordering = [key.desc() if desc else key.asc(), TaskRow.id.desc() if desc else TaskRow.id.asc()]
+    ordering: list[Any] = [key.desc() if desc else key.asc(), TaskRow.id.desc() if desc else TaskRow.id.asc()]
     # tasks without a due date sort last either way; the id makes the order total (and keysets exact)
     return query.order_by(key.is_(None), *ordering) if f.sort == "due" else query.order_by(*ordering)
 
