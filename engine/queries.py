@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal, or_, select, true, tuple_, union
+from sqlalchemy import and_, exists, func, literal, literal_column, or_, select, true, tuple_, union
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
 
@@ -383,11 +383,17 @@ def _branch_selects(branch: _Branch, f: TaskFilter, start: tuple[Any, str] | Non
         if start is not None and start[0] is None:
             part = part.where(ident < start[1] if desc else ident > start[1])
         parts.append(part.order_by(direction(ident)).limit(n))
-    return [select(p.subquery().c.id) for p in parts]
+    # columns named, not looked up (``.c``): proxying a subquery's columns costs more than the SQL here
+    return [select(_ID).select_from(p.subquery()) for p in parts]
+
+
+_ID = literal_column("id")
 
 
 def _union(selects: list[Any]) -> Any:
-    return union(*selects).subquery("visible") if len(selects) > 1 else selects[0].subquery("visible")
+    """``SELECT id FROM (branch part UNION branch part ...)``: the distinct ids of every part."""
+    return select(_ID).select_from(union(*selects).subquery("visible") if len(selects) > 1
+                                   else selects[0].subquery("visible"))
 
 
 def _ordered(query: Select[Any], f: TaskFilter) -> Select[Any]:
@@ -431,7 +437,7 @@ def list_tasks(session: Session, actor: Actor, f: TaskFilter, paging: Paging) ->
         return Page([], 0)
     else:
         selects = [s for b in branches for s in _branch_selects(b, f, start, paging.offset + want)]
-        query = select(TaskRow).where(TaskRow.id.in_(select(_union(selects).c.id)))
+        query = select(TaskRow).where(TaskRow.id.in_(_union(selects)))
     rows = list(session.scalars(_ordered(query, f).offset(paging.offset).limit(want)))
     items = rows[:paging.limit]
     nxt = _cursor_of(f, items[-1]) if len(rows) > paging.limit else None
@@ -458,7 +464,7 @@ def count_tasks(session: Session, actor: Actor, f: TaskFilter, *, cap: int | Non
         return TaskCount(0)
     else:
         plain = TaskFilter(**{**f.__dict__, "sort": "created", "order": "asc"})  # any one index order
-        matching = select(_union([s for b in branches for s in _branch_selects(b, plain, None, cap + 1)]).c.id)
+        matching = _union([s for b in branches for s in _branch_selects(b, plain, None, cap + 1)])
     found = session.scalar(select(func.count()).select_from(matching.limit(cap + 1).subquery())) or 0
     return TaskCount(min(found, cap), found > cap)
 
