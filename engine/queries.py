@@ -387,7 +387,7 @@ def _branch_selects(branch: _Branch, f: TaskFilter, start: tuple[Any, str] | Non
     return [select(_ID).select_from(p.subquery()) for p in parts]
 
 
-_ID = literal_column("id")
+_ID: Any = literal_column("id")
 
 
 def _union(selects: list[Any]) -> Any:
