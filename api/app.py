@@ -26,8 +26,10 @@ sopflow runs standard operating procedures as BPMN 2.0 processes.
 Every endpoint except `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
 (`sopflow users token NAME` prints one; `/engine-rest` also takes HTTP Basic with the token
 as the password, as Camunda clients send it). Errors are `application/problem+json`
-(RFC 9457) with a stable `code`. Lists answer `{"items": [...], "total": n, "next_cursor": ...}`
-and page with `limit`/`cursor` or `first_result`/`max_results`.
+(RFC 9457) with a stable `code`. Lists answer `{"items": [...], "total": n, "total_capped": false,
+"next_cursor": ...}` and page with `limit`/`cursor` or `first_result`/`max_results`. The task
+inbox counts exactly up to 1000 and then answers `total: 1000, total_capped: true` ("1000+");
+`/api/tasks/count` likewise answers `{"count": 1000, "capped": true}`.
 """
 
 

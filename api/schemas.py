@@ -26,12 +26,17 @@ Variables = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
-    total: int = Field(description="how many items match, across all pages")
+    total: int = Field(description="how many items match, across all pages (the task inbox: exact up to 1000, "
+                                   "see total_capped)")
+    total_capped: bool = Field(False, description="true when more items match than `total` says: the task "
+                                                  "inbox stops counting at 1000 (\"1000+\")")
     next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
 
 
 class Count(BaseModel):
-    count: int
+    count: int = Field(description="how many tasks match, exact up to 1000")
+    capped: bool = Field(False, description="true when more than `count` match: counting stops at 1000 "
+                                            "(show \"1000+\")")
 
 
 class DefinitionRead(BaseModel):

@@ -13,5 +13,6 @@ def task_read(row: TaskRow) -> dict[str, Any]:
 
 
 def page_body(page: Page, items: list[Any] | None = None) -> dict[str, Any]:
-    """A list response: ``items`` (rendered when given), ``total`` and ``next_cursor``."""
-    return {"items": page.items if items is None else items, "total": page.total, "next_cursor": page.next_cursor}
+    """A list response: ``items`` (rendered when given), ``total`` (+ ``total_capped``) and ``next_cursor``."""
+    return {"items": page.items if items is None else items, "total": page.total,
+            "total_capped": page.total_capped, "next_cursor": page.next_cursor}

@@ -25,7 +25,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.multiple import MultipleEventDef
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock
@@ -187,6 +187,7 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
             events.append(Event("task.cancelled", actor, {"element_id": element_id, "name": name}, task_id=task_id))
         session.execute(update(TaskRow).where(TaskRow.id.in_(gone), TaskRow.state == "open")
                         .values(state="cancelled", ended_at=now).execution_options(synchronize_session=False))
+        set_offered(session, gone, False)
     created: list[dict[str, Any]] = []
     for task_id, task in ready.items():
         if task_id in known:
@@ -203,12 +204,35 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
         }, task_id=row["id"]))
     if created:
         held.append((_INSERT_TASKS, created))
-        candidates = [{"task_id": r["id"], "kind": "user", "name": n} for r in created for n in r["candidate_users"]]
-        candidates += [{"task_id": r["id"], "kind": "group", "name": n} for r in created
-                       for n in r["candidate_groups"]]
-        if candidates:
-            held.append((_INSERT_CANDIDATES, candidates))
+        held.append((_INSERT_CANDIDATES, [offer for r in created for offer in offers(r)]))
     return sorted(ready)
+
+
+def offers(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``task_candidates`` rows (the inbox's offers) of a new ``tasks`` row given as column values.
+
+    One per candidate user and group, or one ``anyone`` row when the task names none (any
+    employee may take it); each carries the task's sort keys and whether it is on offer
+    (open and unassigned).
+    """
+    keys = {"task_id": task["id"], "offered": task["state"] == "open" and task["assignee"] is None,
+            "created_at": task["created_at"], "due_at": task["due_at"], "priority": task["priority"]}
+    named = [("user", n) for n in task["candidate_users"]] + [("group", n) for n in task["candidate_groups"]]
+    return [{**keys, "kind": kind, "name": name} for kind, name in (named or [("anyone", "*")])]
+
+
+_SET_OFFERED = update(TaskCandidateRow).where(TaskCandidateRow.task_id.in_(bindparam("b_ids", expanding=True)))
+
+
+def set_offered(session: Session, task_ids: list[str], offered: bool) -> None:
+    """Keep ``task_candidates.offered`` equal to "open and unassigned" after a task's state or assignee changed.
+
+    Every command that claims, unclaims, assigns, completes or cancels a task calls this in
+    the same transaction; the inbox's offer branches read only offered rows.
+    """
+    if task_ids:
+        session.execute(_SET_OFFERED.values(offered=offered).execution_options(synchronize_session=False),
+                        {"b_ids": list(task_ids)})
 
 
 def _timer_due(task: Task) -> datetime | None:

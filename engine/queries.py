@@ -9,7 +9,8 @@ rules (the API adds role checks on top):
 - an employee sees an instance they started or in which they are or were assignee,
   candidate or completer of a task.
 Paging: ``limit`` + opaque ``cursor`` (or Camunda's ``first_result``/``max_results``);
-every list answers its total.
+every list answers its total (the task inbox's is exact up to COUNT_CAP). The task inbox
+is index-driven and pages by keyset; see docs/notes/inbox.md.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, func, literal, literal_column, or_, select, true, tuple_, union
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
 
 from engine import clock
@@ -39,6 +40,9 @@ from engine.store.models import (
 )
 
 MAX_LIMIT = 500
+COUNT_CAP = 1000  # task counts are exact up to here; beyond, "at least COUNT_CAP" (docs/notes/inbox.md)
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]{1,256}={0,2}")
+_TASK_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 @dataclass
@@ -47,25 +51,26 @@ class Page:
     total: int
     next_cursor: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    total_capped: bool = False  # ``total`` is a lower bound: more items match than it says
 
 
 MAX_OFFSET = 2**31 - 1
-_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,64}={0,2}")
 
 
 @dataclass(frozen=True)
 class Paging:
-    """Where a page starts (``offset``) and how many items it holds (``limit``, 1..500).
+    """Where a page starts and how many items it holds (``limit``, 1..MAX_LIMIT).
 
-    A cursor is what :meth:`cursor_after` issued: base64url of ``{"o": <offset>}``. It is
-    validated strictly, not signed: it only carries an offset, which ``first_result`` lets
-    any client choose anyway, so a signature would protect nothing. Anything else (bad
-    base64, other JSON, other keys, a non-integer, a float such as ``1e400``, a negative
-    or too large offset) is a 422 naming ``cursor``.
+    A page starts at ``offset`` (``first_result``, or an offset cursor of the lists that
+    page by offset) or, for the task inbox, after ``after``: the position a keyset cursor
+    names, ``(sort, order, sort value, task id)``, checked against the request by
+    :func:`list_tasks`. A cursor is base64url JSON, ``{"o": offset}`` or ``{"k": [...]}``;
+    anything else is InvalidInput (422) naming ``cursor``.
     """
 
     offset: int = 0
     limit: int = 50
+    after: tuple[str, str, Any, str] | None = None
 
     @classmethod
     def parse(cls, *, limit: int | None = None, cursor: str | None = None, first_result: int | None = None,
@@ -77,32 +82,46 @@ class Paging:
         if offset < 0 or offset > MAX_OFFSET:
             raise InvalidInput(f"first_result must be between 0 and {MAX_OFFSET}", field="first_result")
         if cursor:
-            offset = _cursor_offset(cursor)
+            data = _decode_cursor(cursor)
+            if "o" in data:
+                offset = data["o"]
+            else:
+                return cls(0, size, data["k"])
         return cls(offset, size)
 
     def cursor_after(self, returned: int, total: int) -> str | None:
         nxt = self.offset + returned
         if returned < self.limit or nxt >= total:
             return None
-        return base64.urlsafe_b64encode(json.dumps({"o": nxt}).encode()).decode()
+        return _encode_cursor({"o": nxt})
 
 
-def _cursor_offset(cursor: str) -> int:
+def _encode_cursor(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    """A cursor this server issued, strictly: ``{"o": offset}`` or ``{"k": [sort, order, value, id]}``."""
     refused = InvalidInput("cursor is not one this server issued (pass next_cursor from the previous page "
                            "unchanged)", field="cursor")
-    if not _CURSOR.fullmatch(cursor):
+    if not _CURSOR_CHARS.fullmatch(cursor):
         raise refused
     try:
         data = json.loads(base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True),
                           parse_float=lambda _: None, parse_constant=lambda _: None)
     except (ValueError, binascii.Error):
         raise refused from None
-    if not isinstance(data, dict) or set(data) != {"o"}:
+    if not isinstance(data, dict) or len(data) != 1:
         raise refused
-    offset = data["o"]
-    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+    if "o" in data:
+        if type(data["o"]) is not int or not 0 <= data["o"] <= MAX_OFFSET:
+            raise refused
+        return data
+    key = data.get("k")
+    if not (isinstance(key, list) and len(key) == 4 and key[0] in SORTS and key[1] in ("asc", "desc")
+            and isinstance(key[3], str) and _TASK_ID.fullmatch(key[3])):
         raise refused
-    return offset
+    return {"k": tuple(key)}
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -116,6 +135,8 @@ def _aware(value: datetime, name: str) -> datetime:
 
 
 def _page(session: Session, query: Select[Any], paging: Paging, *, scalars: bool = True) -> Page:
+    if paging.after is not None:
+        raise InvalidInput("cursor is not one this server issued for this list", field="cursor")
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
     rows = session.execute(query.offset(paging.offset).limit(paging.limit))
     items = list(rows.scalars() if scalars else rows)
@@ -123,23 +144,39 @@ def _page(session: Session, query: Select[Any], paging: Paging, *, scalars: bool
 
 
 # ------------------------------------------------------------------ tasks
+#
+# The inbox (docs/notes/inbox.md). An employee's open tasks are the union of a few
+# "branches", each read in the requested order from one index and cut at the page size:
+#   assigned to me                 tasks (assignee, state, sort key, id)
+#   offered to me                  task_candidates (kind, name, offered, sort key, task_id)
+#   offered to each of my groups   idem, one branch per group
+#   offered to no one              idem, the task's single ("anyone", "*") row
+# The union (deduplicated by id) is ordered and cut again, so a page reads about
+# branches x page rows, whatever the table holds. Anything else (an admin, closed tasks, an
+# instance's tasks) is a plain filtered query; counts stop at COUNT_CAP.
+
+
+# exists-subqueries name the candidates table by an alias of their own: an offers branch reads
+# task_candidates in its FROM, and the subquery must not correlate to that
+_NAMED = aliased(TaskCandidateRow, name="named")
 
 
 def _candidate_of(actor: Actor) -> Any:
     return exists().where(
-        TaskCandidateRow.task_id == TaskRow.id,
-        or_(and_(TaskCandidateRow.kind == "user", TaskCandidateRow.name == actor.name),
-            and_(TaskCandidateRow.kind == "group", TaskCandidateRow.name.in_(sorted(actor.groups)))),
+        _NAMED.task_id == TaskRow.id,
+        or_(and_(_NAMED.kind == "user", _NAMED.name == actor.name),
+            and_(_NAMED.kind == "group", _NAMED.name.in_(sorted(actor.groups)))),
     )
 
 
 def _no_candidates() -> Any:
-    return ~exists().where(TaskCandidateRow.task_id == TaskRow.id)
+    return exists().where(_NAMED.task_id == TaskRow.id, _NAMED.kind == "anyone")
 
 
 def task_scope(actor: Actor) -> Any:
+    """The visibility rule as one SQL condition on ``tasks`` (for single-task checks and plain queries)."""
     if actor.is_admin:
-        return True
+        return true()
     return or_(
         TaskRow.assignee == actor.name,
         TaskRow.completed_by == actor.name,
@@ -166,71 +203,283 @@ class TaskFilter:
     order: str = "asc"
 
 
+@dataclass(frozen=True)
+class TaskCount:
+    """How many tasks match: exact up to ``COUNT_CAP``; ``capped`` means "at least ``count``"."""
+
+    count: int
+    capped: bool = False
+
+
 SORTS = {"due": TaskRow.due_at, "priority": TaskRow.priority, "created": TaskRow.created_at}
+_OFFER_SORTS = {"due": TaskCandidateRow.due_at, "priority": TaskCandidateRow.priority,
+                "created": TaskCandidateRow.created_at}
 
 
-def _task_query(actor: Actor, f: TaskFilter) -> Select[Any]:
-    query = select(TaskRow).where(task_scope(actor))
-    if f.state != "all":
-        if f.state not in ("open", "completed", "cancelled"):
-            raise InvalidInput("state must be open, completed, cancelled or all", field="state")
-        query = query.where(TaskRow.state == f.state)
-    if f.assignee:
-        query = query.where(TaskRow.assignee == (actor.name if f.assignee == "me" else f.assignee))
-    candidate = []
-    if f.candidate_user:
-        name = actor.name if f.candidate_user == "me" else f.candidate_user
-        candidate.append(exists().where(TaskCandidateRow.task_id == TaskRow.id, TaskCandidateRow.kind == "user",
-                                        TaskCandidateRow.name == name))
-    if f.candidate_group:
-        candidate.append(exists().where(TaskCandidateRow.task_id == TaskRow.id, TaskCandidateRow.kind == "group",
-                                        TaskCandidateRow.name == f.candidate_group))
-    if candidate:
-        query = query.where(*candidate)
-        if not f.include_assigned:
-            query = query.where(TaskRow.assignee.is_(None))
-    if f.unassigned is True:
-        query = query.where(TaskRow.assignee.is_(None))
-    elif f.unassigned is False:
-        query = query.where(TaskRow.assignee.is_not(None))
-    if f.process_instance_id:
-        query = query.where(TaskRow.instance_id == f.process_instance_id)
-    if f.definition_key:
-        query = query.where(TaskRow.definition_key == f.definition_key)
-    if f.due_before:
-        query = query.where(TaskRow.due_at < _aware(f.due_before, "due_before"))
-    if f.due_after:
-        query = query.where(TaskRow.due_at > _aware(f.due_after, "due_after"))
-    if f.follow_up_before:
-        query = query.where(TaskRow.follow_up_at < _aware(f.follow_up_before, "follow_up_before"))
-    if f.min_priority is not None:
-        query = query.where(TaskRow.priority >= f.min_priority)
-    if f.sla:
-        now = clock.now()
-        if f.sla == "breached":
-            query = query.where(TaskRow.due_at <= now)
-        elif f.sla == "at_risk":
-            query = query.where(TaskRow.at_risk_at <= now, TaskRow.due_at > now)
-        elif f.sla == "on_time":
-            query = query.where(or_(TaskRow.due_at.is_(None), TaskRow.at_risk_at > now))
-        else:
-            raise InvalidInput("sla must be on_time, at_risk or breached", field="sla")
+def _named(kind: str, name: str) -> Any:
+    return exists().where(_NAMED.task_id == TaskRow.id, _NAMED.kind == kind, _NAMED.name == name)
+
+
+def _filters(f: TaskFilter) -> list[Any]:
+    """The filters on the task itself (validated), shared by every branch and the plain query."""
+    if f.state not in ("open", "completed", "cancelled", "all"):
+        raise InvalidInput("state must be open, completed, cancelled or all", field="state")
     if f.sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}", field="sort")
     if f.order not in ("asc", "desc"):
         raise InvalidInput("order must be asc or desc", field="order")
-    column = SORTS[f.sort]
-    ordering = column.desc() if f.order == "desc" else column.asc()
-    # tasks without a due date sort last either way; the id keeps pages stable
-    return query.order_by(column.is_(None), ordering, TaskRow.id)
+    conditions: list[Any] = []
+    if f.process_instance_id:
+        conditions.append(TaskRow.instance_id == f.process_instance_id)
+    if f.definition_key:
+        conditions.append(TaskRow.definition_key == f.definition_key)
+    if f.due_before:
+        conditions.append(TaskRow.due_at < _aware(f.due_before, "due_before"))
+    if f.due_after:
+        conditions.append(TaskRow.due_at > _aware(f.due_after, "due_after"))
+    if f.follow_up_before:
+        conditions.append(TaskRow.follow_up_at < _aware(f.follow_up_before, "follow_up_before"))
+    if f.min_priority is not None:
+        conditions.append(TaskRow.priority >= f.min_priority)
+    if f.sla:
+        now = clock.now()
+        if f.sla == "breached":
+            conditions.append(TaskRow.due_at <= now)
+        elif f.sla == "at_risk":
+            conditions.append(and_(TaskRow.at_risk_at <= now, TaskRow.due_at > now))
+        elif f.sla == "on_time":
+            conditions.append(or_(TaskRow.due_at.is_(None), TaskRow.at_risk_at > now))
+        else:
+            raise InvalidInput("sla must be on_time, at_risk or breached", field="sla")
+    return conditions
+
+
+def _plain_conditions(actor: Actor, f: TaskFilter) -> list[Any]:
+    """The whole rule and every filter as conditions on ``tasks`` (the query of old, for what branches skip)."""
+    conditions = [task_scope(actor), *_filters(f)]
+    if f.state != "all":
+        conditions.append(TaskRow.state == f.state)
+    if f.assignee:
+        conditions.append(TaskRow.assignee == (actor.name if f.assignee == "me" else f.assignee))
+    named = []
+    if f.candidate_user:
+        named.append(_named("user", actor.name if f.candidate_user == "me" else f.candidate_user))
+    if f.candidate_group:
+        named.append(_named("group", f.candidate_group))
+    if named:
+        conditions += named
+        if not f.include_assigned:
+            conditions.append(TaskRow.assignee.is_(None))
+    if f.unassigned is True:
+        conditions.append(TaskRow.assignee.is_(None))
+    elif f.unassigned is False:
+        conditions.append(TaskRow.assignee.is_not(None))
+    return conditions
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """One index-ordered way into an employee's open tasks: assigned to ``name`` (``kind`` None) or
+    offered to (``kind``, ``name``); ``where`` are further conditions on ``tasks``."""
+
+    kind: str | None
+    name: str
+    where: tuple[Any, ...] = ()
+
+
+def _branches(actor: Actor, f: TaskFilter, filters: list[Any]) -> list[_Branch] | None:
+    """The branches whose union is exactly what the plain query answers, or None where they do not help.
+
+    An employee's visible open tasks are those assigned to them and those on offer (open,
+    unassigned) to them, to one of their groups, or to anyone; an open task has no
+    completer, so the rule's "completed by me" adds nothing here. Filters narrow the
+    branches: ``assignee`` and ``unassigned`` pick among them; a candidate filter drives
+    the offers from that candidate's rows, still requiring that the task is offered to the
+    employee (by name or group).
+    """
+    if actor.is_admin or f.state != "open" or f.process_instance_id:
+        return None
+    me = actor.name
+    assigned: list[Any] | None = []  # None: no "assigned to me" branch
+    offers: list[tuple[str, str]] = [("user", me), *(("group", g) for g in sorted(actor.groups)), ("anyone", "*")]
+    offer_where: list[Any] = []
+    if f.assignee:
+        offers = []
+        if (me if f.assignee == "me" else f.assignee) != me:
+            assigned = None  # someone else's open task is never visible
+    if f.unassigned is True:
+        assigned = None
+    elif f.unassigned is False:
+        offers = []
+    user = me if f.candidate_user == "me" else f.candidate_user
+    group = f.candidate_group
+    if user or group:
+        named = ([_named("user", user)] if user else []) + ([_named("group", group)] if group else [])
+        if not f.include_assigned:
+            assigned = None
+        elif assigned is not None:
+            assigned = named
+        drive = ("user", user) if user else ("group", group or "")
+        if offers:
+            offers = [drive]
+            offer_where = named[1:] if user else []
+            if drive != ("user", me) and not (drive[0] == "group" and drive[1] in actor.groups):
+                offer_where.append(_candidate_of(actor))
+    branches = [] if assigned is None else [_Branch(None, me, (*assigned, *filters))]
+    return branches + [_Branch(kind, name, (*offer_where, *filters)) for kind, name in offers]
+
+
+def _keyset(f: TaskFilter, paging: Paging) -> tuple[Any, str] | None:
+    """The (sort value, id) a keyset cursor starts after, checked against this request's order."""
+    if paging.after is None:
+        return None
+    sort, order, value, task_id = paging.after
+    if (sort, order) != (f.sort, f.order):
+        raise InvalidInput(f"this cursor pages tasks sorted by {sort} {order}, not by {f.sort} {f.order}; "
+                           "start again without a cursor", field="cursor")
+    refused = InvalidInput("cursor is not one this server issued (pass next_cursor from the previous page "
+                           "unchanged)", field="cursor")
+    if sort == "priority":
+        if type(value) is not int or not -(2**31) <= value < 2**31:
+            raise refused
+        return value, task_id
+    if value is None and sort == "due":
+        return None, task_id
+    try:
+        instant = datetime.fromisoformat(value) if isinstance(value, str) and len(value) <= 40 else None
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None:
+        raise refused
+    return instant.astimezone(UTC), task_id
+
+
+def _cursor_of(f: TaskFilter, task: TaskRow) -> str:
+    value = getattr(task, SORTS[f.sort].key)
+    return _encode_cursor({"k": [f.sort, f.order, value.isoformat() if isinstance(value, datetime) else value,
+                                 task.id]})
+
+
+def _after(key: Any, ident: Any, desc: bool, start: tuple[Any, str]) -> Any:
+    """Rows strictly after ``start`` in (key, id) order, ascending or descending (key not null)."""
+    bound = tuple_(literal(start[0], key.type), literal(start[1], ident.type))
+    return tuple_(key, ident) < bound if desc else tuple_(key, ident) > bound
+
+
+def _branch_selects(branch: _Branch, f: TaskFilter, start: tuple[Any, str] | None, n: int) -> list[Any]:
+    """The branch's task ids in page order, at most ``n`` after ``start``: one select per part
+    (due dates in order, then tasks without a due date by id, when sorting by due date)."""
+    if branch.kind is None:
+        key, ident = SORTS[f.sort], TaskRow.id
+        base = select(TaskRow.id.label("id")).where(TaskRow.assignee == branch.name, TaskRow.state == "open",
+                                                   *branch.where)
+    else:
+        key, ident = _OFFER_SORTS[f.sort], TaskCandidateRow.task_id
+        base = select(TaskCandidateRow.task_id.label("id")).where(
+            TaskCandidateRow.kind == branch.kind, TaskCandidateRow.name == branch.name,
+            TaskCandidateRow.offered == true())
+        if branch.where:
+            base = base.join(TaskRow, TaskRow.id == TaskCandidateRow.task_id).where(*branch.where)
+    desc = f.order == "desc"
+
+    def direction(column: Any) -> Any:
+        return column.desc() if desc else column.asc()
+
+    parts = []
+    if f.sort != "due" or start is None or start[0] is not None:
+        part = base.where(key.is_not(None)) if f.sort == "due" else base
+        if start is not None:
+            part = part.where(_after(key, ident, desc, start))
+        parts.append(part.order_by(direction(key), direction(ident)).limit(n))
+    if f.sort == "due":  # no due date: last, whatever the order, by id
+        part = base.where(key.is_(None))
+        if start is not None and start[0] is None:
+            part = part.where(ident < start[1] if desc else ident > start[1])
+        parts.append(part.order_by(direction(ident)).limit(n))
+    # columns named, not looked up (``.c``): proxying a subquery's columns costs more than the SQL here
+    return [select(_ID).select_from(p.subquery()) for p in parts]
+
+
+_ID: Any = literal_column("id")
+
+
+def _union(selects: list[Any]) -> Any:
+    """``SELECT id FROM (branch part UNION branch part ...)``: the distinct ids of every part."""
+    return select(_ID).select_from(union(*selects).subquery("visible") if len(selects) > 1
+                                   else selects[0].subquery("visible"))
+
+
+def _ordered(query: Select[Any], f: TaskFilter) -> Select[Any]:
+    key = SORTS[f.sort]
+    desc = f.order == "desc"
+    ordering: list[Any] = [key.desc() if desc else key.asc(), TaskRow.id.desc() if desc else TaskRow.id.asc()]
+    # tasks without a due date sort last either way; the id makes the order total (and keysets exact)
+    return query.order_by(key.is_(None), *ordering) if f.sort == "due" else query.order_by(*ordering)
+
+
+def _plain_after(f: TaskFilter, start: tuple[Any, str]) -> Any:
+    key = SORTS[f.sort]
+    desc = f.order == "desc"
+    if start[0] is None:  # within the tasks without a due date
+        return and_(key.is_(None), TaskRow.id < start[1] if desc else TaskRow.id > start[1])
+    after = _after(key, TaskRow.id, desc, start)
+    return or_(key.is_(None), after) if f.sort == "due" else after
 
 
 def list_tasks(session: Session, actor: Actor, f: TaskFilter, paging: Paging) -> Page:
-    return _page(session, _task_query(actor, f), paging)
+    """One page of the tasks ``actor`` may see that match ``f``, in ``f.sort``/``f.order``, ties by id.
+
+    The visibility rule is :func:`task_scope`'s (an employee: tasks assigned to them,
+    unassigned tasks offered to them, to one of their groups, or to no one in particular;
+    an admin: all). ``next_cursor`` is a keyset cursor: the next page starts after this
+    page's last task, so it costs the same however deep it is, and tasks opened meanwhile
+    neither repeat nor shift items (``first_result`` still pages by offset). ``total`` is
+    exact up to :data:`COUNT_CAP`; beyond, it is COUNT_CAP with ``total_capped``. Raises
+    InvalidInput (422) for a bad filter value or a cursor this server did not issue for
+    this sort order.
+    """
+    filters = _filters(f)
+    start = _keyset(f, paging)
+    branches = _branches(actor, f, filters)
+    want = paging.limit + 1  # one more says whether a next page exists
+    if branches is None:
+        query = select(TaskRow).where(*_plain_conditions(actor, f))
+        if start is not None:
+            query = query.where(_plain_after(f, start))
+    elif not branches:
+        return Page([], 0)
+    else:
+        selects = [s for b in branches for s in _branch_selects(b, f, start, paging.offset + want)]
+        query = select(TaskRow).where(TaskRow.id.in_(_union(selects)))
+    rows = list(session.scalars(_ordered(query, f).offset(paging.offset).limit(want)))
+    items = rows[:paging.limit]
+    nxt = _cursor_of(f, items[-1]) if len(rows) > paging.limit else None
+    if start is None and paging.offset == 0 and nxt is None:
+        return Page(items, len(items))
+    counted = count_tasks(session, actor, f)
+    return Page(items, counted.count, nxt, total_capped=counted.capped)
 
 
-def count_tasks(session: Session, actor: Actor, f: TaskFilter) -> int:
-    return session.scalar(select(func.count()).select_from(_task_query(actor, f).order_by(None).subquery())) or 0
+def count_tasks(session: Session, actor: Actor, f: TaskFilter, *, cap: int | None = None) -> TaskCount:
+    """How many tasks :func:`list_tasks` would list in all (cursor and paging aside), up to ``cap``
+    (default :data:`COUNT_CAP`).
+
+    Exact while at most ``cap`` match; beyond that ``TaskCount(cap, capped=True)``: "at
+    least ``cap``". Stopping there keeps a count as cheap as a few pages (each branch
+    reads at most ``cap + 1`` index entries) instead of a scan of every open task.
+    """
+    cap = COUNT_CAP if cap is None else cap
+    filters = _filters(f)
+    branches = _branches(actor, f, filters)
+    if branches is None:
+        matching = select(TaskRow.id).where(*_plain_conditions(actor, f))
+    elif not branches:
+        return TaskCount(0)
+    else:
+        plain = TaskFilter(**{**f.__dict__, "sort": "created", "order": "asc"})  # any one index order
+        matching = _union([s for b in branches for s in _branch_selects(b, plain, None, cap + 1)])
+    found = session.scalar(select(func.count()).select_from(matching.limit(cap + 1).subquery())) or 0
+    return TaskCount(min(found, cap), found > cap)
 
 
 def sla_state(task: TaskRow, now: datetime | None = None) -> str | None:

@@ -74,7 +74,8 @@ def test_a_lone_surrogate_in_a_query_filter_is_a_422(api):
 @pytest.mark.parametrize(("script", "words"), [
     ("x = chr(0xd800)", ("not valid Unicode", "'x'")),
     ("d = {chr(0xdc00): 1}", ("not valid Unicode",)),
-    ("x = []\nfor i in range(5000):\n    x = [x]", ("nested deeper than 20 levels",)),
+    ("x = []\nfor i in range(5000):\n    x = [x]", ("'x'", "nested")),  # refused as the evaluator returns it
+    ("x = []\nfor i in range(50):\n    x = [x]", ("nested deeper than 20 levels",)),  # refused before storing
     ("x = []\nx.append(x)", ("contains itself",)),
 ])
 def test_script_data_that_cannot_be_stored_is_a_422_naming_the_element(api, script, words):

@@ -53,7 +53,8 @@ def get_tasks(db: DbDep, actor: ActorDep, q: QueryDep, paging: PagingDep) -> dic
 def get_task_count(db: DbDep, actor: ActorDep, q: QueryDep) -> Count:
     require(actor, "employee")
     with db.read() as s:
-        return Count(count=count_tasks(s, actor, q.filter()))
+        counted = count_tasks(s, actor, q.filter())
+    return Count(count=counted.count, capped=counted.capped)
 
 
 @router.get("/{task_id}", response_model=TaskDetail)

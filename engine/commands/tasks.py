@@ -22,6 +22,7 @@ from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleInstance
+from engine.projections import set_offered
 from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
 from engine.store.db import rowcount
 from engine.store.models import InstanceRecord, InstanceRow, TaskRow
@@ -74,6 +75,7 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     ))
     if changed != 1:
         raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
+    set_offered(session, [row.id], values["assignee"] is None)  # the inbox's offers follow the assignee
     unit.append_events(session, instance, seen_seq, [event])
     return get_task_row(session, row.id, fresh=True)
 
@@ -189,6 +191,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         "b_id": row.id, "state": "completed", "ended_at": clock.now(), "completed_by": actor.name}).rowcount
     if closed != 1:
         raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
+    set_offered(session, [row.id], False)
     loaded.completed_task = row.id
     loaded.events.append(Event("task.completed", actor.name, {
         "element_id": row.element_id, "name": row.name, "variables": data,

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -163,7 +164,11 @@ class InstanceRecord:
 class TaskRow(Base):
     __tablename__ = "tasks"
     __table_args__ = (
-        Index("ix_tasks_state_assignee", "state", "assignee"),
+        # the inbox's "assigned to me" branch, one per sort key (engine.queries, docs/notes/inbox.md);
+        # each also serves "state + assignee" lookups
+        Index("ix_tasks_assignee_created", "assignee", "state", "created_at", "id"),
+        Index("ix_tasks_assignee_due", "assignee", "state", "due_at", "id"),
+        Index("ix_tasks_assignee_priority", "assignee", "state", "priority", "id"),
         Index("ix_tasks_state_due", "state", "due_at"),
         Index("ix_tasks_instance_state", "instance_id", "state"),
     )
@@ -192,13 +197,29 @@ class TaskRow(Base):
 
 
 class TaskCandidateRow(Base):
-    """One row per candidate user or group of an open task: the inbox's index."""
+    """Who a task is offered to: one row per candidate user or group, or one ``anyone`` row.
+
+    The inbox's index (engine.queries). ``kind`` is ``user`` or ``group`` (``name`` the user
+    or group), or ``anyone`` (``name`` ``*``) for a task that names no candidates, which any
+    employee may take. ``offered`` is true while the task is open and unassigned (kept by
+    every command that opens, claims, unclaims, assigns, completes or cancels a task);
+    ``created_at``, ``due_at`` and ``priority`` are the task's (they never change), so each
+    (kind, name) reads its open offers in any inbox order from one index.
+    """
 
     __tablename__ = "task_candidates"
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(10), primary_key=True)  # user | group
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)  # user | group | anyone
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    __table_args__ = (Index("ix_task_candidates_kind_name", "kind", "name"),)
+    offered: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    priority: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (
+        Index("ix_task_candidates_offers_created", "kind", "name", "offered", "created_at", "task_id"),
+        Index("ix_task_candidates_offers_due", "kind", "name", "offered", "due_at", "task_id"),
+        Index("ix_task_candidates_offers_priority", "kind", "name", "offered", "priority", "task_id"),
+    )
 
 
 class JobRow(Base):
