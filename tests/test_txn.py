@@ -5,10 +5,15 @@ Issue 7, items 2 and 3 (tasks). Real threads on real SQLite and PostgreSQL datab
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from uuid import UUID
 
+import httpx2 as httpx
 import pytest
 
 from engine import audit
@@ -21,6 +26,7 @@ from tests.bpmnkit import Bpmn
 from tests.helpers import ALICE, BOB, deploy_xml, instance, open_tasks, snapshot
 
 ADMIN = Actor("admin", roles=frozenset({"admin"}))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _one_task() -> bytes:
@@ -252,3 +258,85 @@ def test_a_task_in_a_second_sub_process_is_found(db, clock):
 
 def test_budget_exceeded_is_a_script_error_with_its_own_code():
     assert issubclass(BudgetExceeded, ScriptError) and BudgetExceeded.code == "budget_exceeded"
+
+
+# ----------------------------------------------------------------- two API processes, one PostgreSQL
+
+
+def _serve(url: str, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SOPFLOW_DATABASE_URL": url}
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--no-worker", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_up(base: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{base} did not come up: {log.read_text()}")
+
+
+def test_assign_versus_complete_race_on_two_api_processes(pg_cluster, clock, tmp_path):
+    """An admin assigns the task to mona while max completes it, each through another API process: one wins."""
+    from engine.commands import SYSTEM
+    from engine.identity import add_user, seed_demo
+    from tests.conftest import _free_port, _pg_db
+
+    db = _pg_db(pg_cluster)
+    tokens = db.command(lambda s: seed_demo(s, actor=SYSTEM))
+    db.command(lambda s: add_user(s, name="mona", role="employee", groups=["staff"], actor=SYSTEM))
+    deploy_xml(db, _one_task())
+    ports = [_free_port(), _free_port()]
+    logs = [tmp_path / f"serve-{p}.log" for p in ports]
+    procs = [_serve(db.url, p, log) for p, log in zip(ports, logs, strict=True)]
+    try:
+        bases = [f"http://127.0.0.1:{p}" for p in ports]
+        for base, proc, log in zip(bases, procs, logs, strict=True):
+            _wait_up(base, proc, log)
+        outcomes = []
+        with httpx.Client(timeout=60) as client:
+            for trial in range(30):
+                row = db.command(lambda s: start_instance(s, key="one", actor=ALICE))
+                [task] = open_tasks(db, row.id)
+                barrier = threading.Barrier(2)
+                admin_base, max_base = bases[trial % 2], bases[(trial + 1) % 2]
+                statuses: dict[str, int] = {}
+
+                def send(who, base, path, body, task_id=task.id, barrier=barrier, statuses=statuses):
+                    barrier.wait(10)
+                    response = client.post(f"{base}/api/tasks/{task_id}/{path}", json=body,
+                                           headers={"Authorization": f"Bearer {tokens[who]}"})
+                    statuses[who] = response.status_code
+
+                threads = [threading.Thread(target=send, args=("admin", admin_base, "assign", {"assignee": "mona"})),
+                           threading.Thread(target=send, args=("max", max_base, "complete", {"variables": {}}))]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(60)
+                with db.read() as s:
+                    final = s.get(TaskRow, task.id)
+                    outcomes.append((statuses, final.state, final.assignee, final.completed_by))
+        for statuses, state, assignee, completed_by in outcomes:
+            assert all(code < 500 for code in statuses.values()), outcomes
+            assert sorted(statuses.values()).count(200) == 1, outcomes  # exactly one of the two wins
+            if state == "completed":  # max won: he completed a task nobody had been given
+                assert statuses == {"max": 200, "admin": 409} and completed_by == "max" and assignee is None
+            else:  # the admin won: the task is mona's, max was refused
+                assert statuses["admin"] == 200 and statuses["max"] in (403, 409)
+                assert state == "open" and assignee == "mona" and completed_by is None
+        with db.read() as s:
+            assert audit.verify(s).ok
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+        db.dispose()
