@@ -188,3 +188,21 @@ def test_a_command_over_budget_is_a_422_that_wrote_nothing(api, monkeypatch):
     assert started.status_code == 422, started.text
     assert started.json()["code"] == "budget_exceeded" and "200 engine steps" in started.json()["detail"]
     assert snapshot(api.db) == before
+
+
+def test_a_bug_in_sopflow_itself_is_not_blamed_on_the_diagram(db, clock, monkeypatch, caplog):
+    """Our own code failing while the engine runs stays an error (logged with its traceback), not a 422."""
+    from engine import execution
+    from engine.commands import start_instance
+    from tests.helpers import ALICE, deploy_xml
+
+    b = Bpmn("plain").start().script("s", "x = 1").user("u").end()
+    deploy_xml(db, b.chain("start", "s", "u", "end").xml())
+
+    def buggy_prune_tree(workflow, removed):
+        execution._finished(None)  # raises AttributeError inside engine/execution.py, as a real bug would
+
+    monkeypatch.setattr(execution, "_prune_tree", buggy_prune_tree)
+    with caplog.at_level(logging.ERROR, logger="sopflow.engine"), pytest.raises(AttributeError, match="has_state"):
+        db.command(lambda s: start_instance(s, key="plain", actor=ALICE))
+    assert any(r.exc_info for r in caplog.records if r.name == "sopflow.engine")

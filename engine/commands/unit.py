@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from uuid import UUID
@@ -33,6 +35,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock, limits, projections
+from engine import sandbox as sandbox_module
 from engine.actor import Actor
 from engine.audit import Event
 from engine.config import Settings
@@ -217,6 +220,25 @@ def _running_task(tb: TracebackType | None, *, innermost: bool = True) -> Task |
 
 
 _MISSING = object()
+_SOPFLOW_DIRS = tuple(str(Path(__file__).resolve().parents[2] / d) + os.sep for d in ("engine", "api"))
+_SANDBOX = str(Path(sandbox_module.__file__).resolve())
+
+
+def _raised_in_our_code(tb: TracebackType | None) -> bool:
+    """Did the exception come from sopflow's own code (not SpiffWorkflow's, a script's or the sandbox's)?
+
+    The innermost frame that is not the standard library decides.
+    """
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    stdlib = os.path.dirname(os.__file__) + os.sep
+    for filename in reversed(frames):
+        if filename.startswith(stdlib) and "site-packages" not in filename:
+            continue
+        return filename.startswith(_SOPFLOW_DIRS) and filename != _SANDBOX
+    return False
 
 
 def _collection_fault(task: Task | None) -> ScriptError | None:
@@ -274,7 +296,9 @@ def engine_faults(budget: EngineBudget | None = None) -> Iterator[None]:
     - any other exception raised while SpiffWorkflow runs a spec (a ``TypeError`` or
       ``KeyError`` from its specs on data they did not expect, e.g. a multi-instance
       collection that is None) is the diagram's fault too: a 422 naming the element the
-      engine was running, logged with its traceback (if it is our bug, the log shows it).
+      engine was running, logged with its traceback;
+    - an exception raised in sopflow's own code (``engine/``, ``api/``; not the sandbox)
+      is our bug: logged with its traceback and re-raised (a 500 with a request id).
       Our own domain errors (:class:`SopflowError`) pass through unchanged.
     The caller's transaction rolls back, so the instance stays as it was.
     """
@@ -297,6 +321,9 @@ def engine_faults(budget: EngineBudget | None = None) -> Iterator[None]:
     except Exception as exc:
         if budget is not None and budget.exceeded is not None:
             raise budget.exceeded from None
+        if _raised_in_our_code(exc.__traceback__):
+            log.error("sopflow failed while running the engine (a bug, not the diagram's fault)", exc_info=True)
+            raise
         task = _running_task(exc.__traceback__)
         element = task.task_spec.bpmn_id if task is not None else None
         log.warning("SpiffWorkflow raised %s while running element %s", type(exc).__name__, element, exc_info=True)
