@@ -14,7 +14,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -24,11 +28,12 @@ from engine.loading import UploadedFile  # noqa: E402
 from engine.store.db import Database  # noqa: E402
 from tests.bpmnkit import approval_chain, straight_scripts  # noqa: E402
 
+T = TypeVar("T")
 ACTOR = Actor("bench", groups=frozenset({"staff"}), roles=frozenset({"admin"}))
 
 
 class _Eager(Database):
-    def command(self, fn, *, retries=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+    def command(self, fn: Callable[[Session], T], *, retries: int | None = None) -> T:
         with self.transaction() as session:  # BEGIN IMMEDIATE before the command reads
             return fn(session)
 
