@@ -42,7 +42,7 @@ from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import Conflict, InvalidInput, NotFound, ScriptError, SopflowError, StaleInstance
 from engine.execution import BudgetExceeded, EngineBudget, run_engine
-from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
+from engine.sandbox import ScriptBudgetExceeded, ScriptRefused, ScriptResultError
 from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_state, load_state
 from engine.store.db import rowcount
 from engine.store.models import DefinitionRow, InstanceRecord, InstanceRow
@@ -312,7 +312,7 @@ def engine_faults(budget: EngineBudget | None = None) -> Iterator[None]:
         if budget is not None and budget.exceeded is not None:
             raise _where(budget.exceeded, exc.__traceback__) from None
         raise
-    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
+    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused, ScriptResultError) as exc:
         if budget is not None and budget.exceeded is not None:
             raise budget.exceeded from None
         raise (_collection_fault(getattr(exc, "task", None)) or spiff_error(exc)) from None
