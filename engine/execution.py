@@ -31,9 +31,18 @@ bounded by the diagram's width, not by the instance's history.
 ``run_engine`` replaces ``BpmnWorkflow.do_engine_steps`` with the same rounds plus
 pruning and a budget of tasks and wall time, so a runaway loop fails the command
 with a clear error instead of stalling a worker.
+
+**Where the budget is checked.** Counting finished tasks is not enough: one step can
+be long (a join over a 3000-branch split walks every task, so the steps of such a
+split cost O(branches) each and the split O(branches²) in all). While a budget is
+active (``with budget:``) every task SpiffWorkflow's iterators visit (all of its
+tree walks use them) also looks at the clock, so a command stops within a few
+milliseconds of its deadline wherever it is; the workflow object it leaves behind is
+discarded (the command wrote nothing).
 """
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,8 +53,9 @@ from SpiffWorkflow.bpmn.specs.mixins.events.intermediate_event import EventBased
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import SubWorkflowTask
 from SpiffWorkflow.bpmn.specs.mixins.unstructured_join import UnstructuredJoin
+from SpiffWorkflow.bpmn.util.task import BpmnTaskIterator
 from SpiffWorkflow.task import Task
-from SpiffWorkflow.util.task import TaskState
+from SpiffWorkflow.util.task import TaskIterator, TaskState
 
 from engine.errors import ScriptError
 
@@ -195,27 +205,79 @@ def prune(workflow: BpmnWorkflow) -> int:
 PRUNE_AT = 64
 
 
+class BudgetExceeded(ScriptError):
+    """A command ran more engine steps or longer than its budget (``SOPFLOW_COMMAND_MAX_*``)."""
+
+    code = "budget_exceeded"
+
+
+_ACTIVE: contextvars.ContextVar[EngineBudget | None] = contextvars.ContextVar("sopflow_engine_budget",
+                                                                               default=None)
+
+
 class EngineBudget:
+    """Steps (tasks run) and wall time one command may spend in SpiffWorkflow.
+
+    ``spend`` is called per finished task; while active (``with budget:``) the task
+    iterator also calls ``tick`` at every step it takes. Once exceeded, every later check
+    raises the same :class:`BudgetExceeded`, so SpiffWorkflow code that catches and wraps
+    exceptions cannot make the command carry on.
+    """
+
     def __init__(self, max_steps: int, max_seconds: float) -> None:
         self.max_steps = max_steps
         self.deadline = time.monotonic() + max_seconds
         self.max_seconds = max_seconds
         self.steps = 0
+        self.exceeded: BudgetExceeded | None = None
+        self._tokens: list[contextvars.Token[EngineBudget | None]] = []
+
+    def __enter__(self) -> EngineBudget:
+        self._tokens.append(_ACTIVE.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _ACTIVE.reset(self._tokens.pop())
+
+    def _fail(self, error: BudgetExceeded) -> None:
+        self.exceeded = error
+        raise error
 
     def spend(self, task: Task) -> None:
+        if self.exceeded is not None:
+            raise self.exceeded
         self.steps += 1
+        element = task.task_spec.bpmn_id
         if self.steps > self.max_steps:
-            raise ScriptError(
+            self._fail(BudgetExceeded(
                 f"the instance ran {self.max_steps} engine steps in one command without reaching a wait "
-                f"state; it looks like an endless loop (last element '{task.task_spec.bpmn_id}')",
-                element_id=task.task_spec.bpmn_id,
-            )
-        if self.steps % 64 == 0 and time.monotonic() > self.deadline:
-            raise ScriptError(
+                f"state; it looks like an endless loop (last element '{element}')", element_id=element))
+        self.tick(task)
+
+    def tick(self, task: Task | None = None) -> None:
+        if self.exceeded is not None:
+            raise self.exceeded
+        if time.monotonic() > self.deadline:
+            element = getattr(getattr(task, "task_spec", None), "bpmn_id", None)
+            where = f" (last element '{element}')" if element else ""
+            self._fail(BudgetExceeded(
                 f"the instance ran for more than {self.max_seconds:g}s in one command without reaching a "
-                f"wait state (last element '{task.task_spec.bpmn_id}')",
-                element_id=task.task_spec.bpmn_id,
-            )
+                f"wait state{where}; nothing was stored", element_id=element))
+
+
+def _budgeted(step: Callable[[Any], Task]) -> Callable[[Any], Task]:
+    def budgeted_step(iterator: Any) -> Task:
+        budget = _ACTIVE.get()
+        if budget is not None:
+            budget.tick()
+        return step(iterator)
+    return budgeted_step
+
+
+# Every task SpiffWorkflow's iterators visit (matching or not: ``__next__`` skips non-matching
+# tasks inside one call) passes through ``_next``; BpmnTaskIterator overrides it.
+TaskIterator._next = _budgeted(TaskIterator._next)
+BpmnTaskIterator._next = _budgeted(BpmnTaskIterator._next)
 
 
 def run_engine(

@@ -11,6 +11,12 @@
 - Every script, condition and timer/loop expression is compiled in the sandbox at
   deploy time; a failure names the file, element id and line (SpiffWorkflow reports
   neither line numbers nor syntax errors before run time).
+- Multi-instance collections: Camunda writes ``camunda:collection="${approvers}"`` (an
+  expression) or ``"approvers"`` (a variable name); SpiffWorkflow's Camunda parser only
+  understands the name, so ``${name}`` is handed to it as ``name``, and any other
+  expression is refused at deploy with what to write instead.
+- Ad-hoc sub-processes in SpiffWorkflow's dialect read their data objects with the
+  dialect's own class (the stock parser makes ones its serializer cannot store).
 """
 from __future__ import annotations
 
@@ -22,9 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lxml import etree
-from SpiffWorkflow.bpmn.parser.ProcessParser import ProcessParser
+from SpiffWorkflow.bpmn.parser.ProcessParser import AdHocParser, ProcessParser
 from SpiffWorkflow.bpmn.parser.util import full_tag
 from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
+from SpiffWorkflow.bpmn.specs import AdHocSubprocessSpec
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.camunda.parser.CamundaParser import CamundaParser
 from SpiffWorkflow.camunda.parser.task_spec import UserTaskParser as CamundaUserTaskParser
@@ -120,6 +127,41 @@ class _BottomUpSpiffProcessParser(_BottomUpParsing, SpiffProcessParser):
         super().add_tasks()
 
 
+class _AdHocParser(AdHocParser):
+    """Ad-hoc sub-processes that can finish without a ``completionCondition``.
+
+    BPMN: without one, an ad-hoc sub-process completes when its activities are done.
+    SpiffWorkflow 3.2 evaluates the missing condition (``None``) whenever an activity
+    completes and fails, so the sub-process is given the condition ``False`` ("never
+    early"): it then ends when every activity has run.
+    """
+
+    def create_spec(self) -> Any:
+        spec = super().create_spec()
+        if not (spec.completion_condition or "").strip():
+            spec.completion_condition = "False"
+        return spec
+
+
+_ad_hoc_path_complete = AdHocSubprocessSpec.path_complete
+
+
+def _path_complete(self: AdHocSubprocessSpec, workflow: Any, task: Any) -> None:
+    # SpiffWorkflow 3.2 pops "data_objects" from each copy of the sub-process's data, which
+    # only exists when the sub-process declares a data object (KeyError otherwise)
+    workflow.data.setdefault("data_objects", {})
+    _ad_hoc_path_complete(self, workflow, task)
+
+
+AdHocSubprocessSpec.path_complete = _path_complete
+
+
+class _SpiffAdHocParser(_AdHocParser):
+    """In SpiffWorkflow's dialect, with its data-object class (the stock one's cannot be serialized)."""
+
+    parse_data_object = SpiffProcessParser.parse_data_object
+
+
 class _InboxCamundaUserTaskParser(CamundaUserTaskParser):
     """Camunda user-task parser that keeps the inbox attributes the stock one drops."""
 
@@ -139,6 +181,34 @@ class InboxCamundaParser(CamundaParser):
         full_tag("userTask"): (_InboxCamundaUserTaskParser, CamundaUserTask),
         **external.CAMUNDA_PARSERS,
     }
+    AD_HOC_PARSER_CLASS = _AdHocParser
+
+
+_VARIABLE_EXPRESSION = re.compile(r"^\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _camunda_loops(name: str, root: etree._Element) -> None:
+    """Hand SpiffWorkflow multi-instance collections it can read: ``${approvers}`` -> ``approvers``."""
+    for loop in _elements(root, "//bpmn:multiInstanceLoopCharacteristics", namespaces={"bpmn": BPMN_NS}):
+        for attribute, what in (("collection", "the list to run once per item"),
+                                ("elementVariable", "the name each instance sees its item under")):
+            key = f"{{{CAMUNDA_NS}}}{attribute}"
+            raw = loop.get(key)
+            if raw is None:
+                continue
+            value = raw.strip()
+            match = _VARIABLE_EXPRESSION.match(value)
+            if match and attribute == "collection":
+                loop.set(key, match.group(1))
+            elif not _IDENTIFIER.match(value):
+                owner = _owner_id(loop)
+                raise InvalidDefinition(
+                    f"{name}: multi-instance element '{owner}' has camunda:{attribute}=\"{raw}\" ({what}); "
+                    f"sopflow reads it as a process variable name, e.g. camunda:{attribute}=\"approvers\""
+                    + (" or \"${approvers}\"; compute any other list into a variable in an earlier step"
+                       if attribute == "collection" else ""),
+                    file=name, element_id=owner, line=_line(loop))
 
 
 class SopflowSpiffParser(SpiffBpmnParser):
@@ -146,6 +216,7 @@ class SopflowSpiffParser(SpiffBpmnParser):
 
     PROCESS_PARSER_CLASS = _BottomUpSpiffProcessParser
     OVERRIDE_PARSER_CLASSES = {**SpiffBpmnParser.OVERRIDE_PARSER_CLASSES, **external.SPIFF_PARSERS}
+    AD_HOC_PARSER_CLASS = _SpiffAdHocParser
 
 
 @dataclass
@@ -609,6 +680,9 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
                                root.xpath("//@*[namespace-uri()=$ns]", ns=CAMUNDA_NS)
                                for root in bpmn.values()) else "spiff"
     parser = InboxCamundaParser() if dialect == "camunda" else SopflowSpiffParser()
+    if dialect == "camunda":
+        for name, root in bpmn.items():
+            _camunda_loops(name, root)
     locate = _Locator(trees)
     try:
         for name, root in dmn.items():

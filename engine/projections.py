@@ -174,8 +174,9 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
     """Re-sync the instance's task rows; returns the ids of its open tasks.
 
     ``instance.open_task_ids`` (stored with the instance, under its revision) says which
-    rows are open, so nothing is queried unless a task has to be closed. Inserts of new rows
-    go to ``held``: the caller runs them once the instance row exists.
+    rows are open, so nothing is queried unless a task has to be closed. Nothing is written
+    here: the closing UPDATE and the inserts of new rows go to ``held``, which the caller
+    runs once the instance row is written (and so after every expression is evaluated).
     """
     now = clock.now()
     ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
@@ -185,9 +186,9 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
         for task_id, element_id, name in session.execute(
                 select(TaskRow.id, TaskRow.element_id, TaskRow.name).where(TaskRow.id.in_(gone))):
             events.append(Event("task.cancelled", actor, {"element_id": element_id, "name": name}, task_id=task_id))
-        session.execute(update(TaskRow).where(TaskRow.id.in_(gone), TaskRow.state == "open")
-                        .values(state="cancelled", ended_at=now).execution_options(synchronize_session=False))
-        set_offered(session, gone, False)
+        held.append((update(TaskRow).where(TaskRow.id.in_(gone), TaskRow.state == "open")
+                     .values(state="cancelled", ended_at=now), {}))
+        held.append((_SET_OFFERED.values(offered=False), {"b_ids": gone}))
     created: list[dict[str, Any]] = []
     for task_id, task in ready.items():
         if task_id in known:

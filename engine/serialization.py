@@ -33,6 +33,7 @@ from SpiffWorkflow.camunda.serializer.event_definition import MessageEventDefini
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 
 from engine import external
+from engine.errors import InvalidDefinition
 from engine.message_events import CamundaMessage
 from engine.sandbox import script_engine
 
@@ -82,12 +83,22 @@ STATE_FORMAT = f"sopflow-1/spiff-{SERIALIZERS['spiff'].VERSION}"
 
 
 def dump_specs(dialect: str, spec: Any, subprocess_specs: dict[str, Any]) -> str:
+    """The process's specs as JSON; raises InvalidDefinition when an element cannot be stored.
+
+    SpiffWorkflow's serializer has no converter for some parsed classes (its registry
+    is per dialect); such a diagram is refused at deploy instead of failing later.
+    """
     registry = SERIALIZERS[dialect].registry
-    return json.dumps({
-        "dialect": dialect,
-        "spec": registry.convert(spec),
-        "subprocess_specs": {name: registry.convert(s) for name, s in subprocess_specs.items()},
-    })
+    try:
+        return json.dumps({
+            "dialect": dialect,
+            "spec": registry.convert(spec),
+            "subprocess_specs": {name: registry.convert(s) for name, s in subprocess_specs.items()},
+        })
+    except (TypeError, ValueError) as exc:
+        raise InvalidDefinition(
+            f"process '{spec.name}' uses an element sopflow cannot store in the {dialect} dialect ({exc}); "
+            "remove or replace that element", process=spec.name) from None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from uuid import UUID
 from SpiffWorkflow.bpmn.specs.control import BoundaryEventSplit
 from SpiffWorkflow.bpmn.specs.event_definitions.item_aware_event import ErrorEventDefinition
 from SpiffWorkflow.bpmn.util import BpmnEvent
-from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import event, or_, select, update
@@ -43,7 +42,6 @@ from engine.errors import Conflict, InvalidInput, NotFound, StaleInstance
 from engine.external import is_waiting_external
 from engine.ids import time_ordered_id
 from engine.queries import Page, Paging, _page
-from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
 from engine.store.db import rowcount
 from engine.store.models import ExternalTaskRow, IncidentRow, InstanceRecord, InstanceRow
 
@@ -176,7 +174,7 @@ def _incident(session: Session, row: ExternalTaskRow, kind: str, message: str, a
 
 
 def _waiting_task(loaded: unit.Loaded, row: ExternalTaskRow) -> Task:
-    task = loaded.workflow.get_task_from_id(UUID(row.id))
+    task = unit.find_task(loaded.workflow, UUID(row.id))
     if task is None or not is_waiting_external(task):
         raise Conflict(f"external task '{row.name}' no longer waits", task_id=row.id)
     return task
@@ -264,16 +262,15 @@ def complete(session: Session, *, task_id: str, worker_id: str, actor: Actor,
     task = _waiting_task(loaded, row)
     before = {k: task.data.get(k) for k in data}
     task.data.update(data)
-    try:
+    with unit.engine_faults():
         task.complete()
-    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
-        raise unit.spiff_error(exc) from None
-    _apply(session, row, state="completed", ended_at=clock.now(), completed_by=worker_id, lock_expires_at=None)
     loaded.events.append(Event("external_task.completed", actor.name, {
         "element_id": row.element_id, "topic": row.topic, "worker_id": worker_id, "variables": data,
         "changed": {k: {"from": before[k], "to": v} for k, v in data.items() if before[k] != v},
     }, task_id=row.id))
     unit.run(loaded, actor, settings)
+    # the first write, once the engine has run (the write lock is not held while it computes)
+    _apply(session, row, state="completed", ended_at=clock.now(), completed_by=worker_id, lock_expires_at=None)
     unit.persist(session, loaded, actor)
     return loaded.row
 
@@ -329,7 +326,7 @@ def _error_catcher(task: Task, code: str) -> Task | None:
             ancestor = ancestor.parent
         workflow = node.workflow
         parent_id = workflow.parent_task_id
-        node = workflow.top_workflow.get_task_from_id(parent_id) if parent_id is not None else None
+        node = unit.find_task(workflow.top_workflow, parent_id) if parent_id is not None else None
     return None
 
 
@@ -367,17 +364,16 @@ def bpmn_error(session: Session, *, task_id: str, worker_id: str, error_code: An
         return {"caught_by": None, "incident_id": incident.payload["incident_id"]}
     definition = catcher.task_spec.event_definition
     thrown = BpmnEvent(type(definition)(definition.name, code=error_code), payload={**task.data, **data})
-    try:
+    with unit.engine_faults():
         catcher.task_spec.catch(catcher, thrown)
         catcher.task_spec._update(catcher)
-    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
-        raise unit.spiff_error(exc) from None
-    _apply(session, row, state="error", ended_at=clock.now(), completed_by=worker_id, lock_expires_at=None,
-           error_message=f"BPMN error '{error_code}'" + (f": {message}" if message else ""))
     caught_by = catcher.task_spec.bpmn_id
     loaded.events.append(Event("external_task.bpmn_error", actor.name, {**payload, "caught_by": caught_by},
                                task_id=row.id))
     unit.run(loaded, actor, settings)
+    # the first write, once the engine has run (the write lock is not held while it computes)
+    _apply(session, row, state="error", ended_at=clock.now(), completed_by=worker_id, lock_expires_at=None,
+           error_message=f"BPMN error '{error_code}'" + (f": {message}" if message else ""))
     unit.persist(session, loaded, actor)
     return {"caught_by": caught_by, "incident_id": None}
 

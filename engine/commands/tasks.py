@@ -10,7 +10,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
-from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -23,12 +22,13 @@ from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleInstance
 from engine.projections import set_offered
-from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
 from engine.store.db import rowcount
 from engine.store.models import InstanceRecord, InstanceRow, TaskRow
 
 _SELECT_TASK = select(TaskRow.__table__).where(TaskRow.id == bindparam("b_id"))
-_CLOSE_TASK = update(TaskRow).where(TaskRow.id == bindparam("b_id"), TaskRow.state == "open")
+# Closing a task repeats what authorized it: still open, still assigned as when the command read it.
+_CLOSE_TASK = update(TaskRow).where(TaskRow.id == bindparam("b_id"), TaskRow.state == "open",
+                                    TaskRow.assignee.is_not_distinct_from(bindparam("b_assignee")))
 
 
 def get_task_row(session: Session, task_id: str, *, fresh: bool = False) -> TaskRow:
@@ -60,23 +60,25 @@ def may_work_on(row: TaskRow, actor: Actor) -> bool:
 def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) -> TaskRow:
     """Change an open task's assignment, guarded: it must still look as this command saw it.
 
-    The UPDATE's WHERE repeats what was read (state and assignee), so two people claiming
-    at once cannot both win; the loser's retry sees the new assignee. The audit event goes
-    on the instance's chain with a compare-and-set on its head.
+    The UPDATE's WHERE repeats what was read and authorized (state and assignee), so two
+    people claiming at once cannot both win; the loser's retry sees the new assignee. The
+    audit event goes on the instance's chain with a compare-and-set on its head, written
+    first: every task command locks the instance row before the task row (as completing
+    does), so two of them on PostgreSQL queue instead of deadlocking.
     """
     instance = session.get(InstanceRow, row.instance_id)  # one read: the chain head and its sequence
     if instance is None:  # the task row references it; only a concurrent delete could get here
         raise StaleInstance(f"process instance {row.instance_id} is gone", instance_id=row.instance_id)
     seen_seq = instance.audit_seq or 0
-    assignee_was = TaskRow.assignee.is_(None) if row.assignee is None else TaskRow.assignee == row.assignee
+    unit.append_events(session, instance, seen_seq, [event])
     changed = rowcount(session.execute(
-        update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open", assignee_was)
+        update(TaskRow).where(TaskRow.id == row.id, TaskRow.state == "open",
+                              TaskRow.assignee.is_not_distinct_from(row.assignee))
         .values(**values).execution_options(synchronize_session=False)
     ))
     if changed != 1:
         raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
     set_offered(session, [row.id], values["assignee"] is None)  # the inbox's offers follow the assignee
-    unit.append_events(session, instance, seen_seq, [event])
     return get_task_row(session, row.id, fresh=True)
 
 
@@ -157,7 +159,13 @@ def _coerce_form_fields(fields: list[dict[str, Any]], variables: dict[str, Any])
 
 def complete_task(session: Session, *, task_id: str, actor: Actor, variables: dict[str, Any] | None = None,
                   settings: Settings | None = None) -> InstanceRecord:
-    """Complete a READY user task with the submitted variables; returns the instance as stored."""
+    """Complete a READY user task with the submitted variables; returns the instance as stored.
+
+    Who may complete is decided on the task row read in this transaction, and the UPDATE
+    that closes the row repeats it (still open, same assignee): if an assign or claim
+    slipped in between, nothing is stored and the command is retried, then refused
+    (403/409). Raises NotFound, Forbidden, Conflict, InvalidInput, ScriptError.
+    """
     settings = settings or load_settings()
     data = unit.check_variables(variables)
     row: Any = session.connection().execute(_SELECT_TASK, {"b_id": task_id}).first()  # a tasks row, Core
@@ -174,7 +182,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         forms.validate(form, data)
     if meta.get("form_fields"):
         data = _coerce_form_fields(meta["form_fields"], data)
-    task = loaded.workflow.get_task_from_id(UUID(task_id))
+    task = unit.find_task(loaded.workflow, UUID(task_id))
     if task is None or task.state != TaskState.READY or not task.task_spec.manual:
         raise Conflict(f"task '{row.name}' can no longer be completed", task_id=row.id)
     before = {k: task.data.get(k) for k in data}
@@ -183,15 +191,8 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         task.data[variable] = data
     else:
         task.data.update(data)
-    try:
+    with unit.engine_faults():
         task.run()
-    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused) as exc:
-        raise unit.spiff_error(exc) from None
-    closed = session.connection().execute(_CLOSE_TASK, {
-        "b_id": row.id, "state": "completed", "ended_at": clock.now(), "completed_by": actor.name}).rowcount
-    if closed != 1:
-        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
-    set_offered(session, [row.id], False)
     loaded.completed_task = row.id
     loaded.events.append(Event("task.completed", actor.name, {
         "element_id": row.element_id, "name": row.name, "variables": data,
@@ -199,6 +200,12 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     }, task_id=row.id))
     unit.run(loaded, actor, settings)
     unit.persist(session, loaded, actor)
+    closed = session.connection().execute(_CLOSE_TASK, {  # after the instance row: the lock order of task commands
+        "b_id": row.id, "b_assignee": row.assignee, "state": "completed", "ended_at": clock.now(),
+        "completed_by": actor.name}).rowcount
+    if closed != 1:
+        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
+    set_offered(session, [row.id], False)
     return loaded.row
 
 

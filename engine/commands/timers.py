@@ -6,7 +6,6 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
-from SpiffWorkflow.exceptions import SpiffWorkflowException, TaskNotFoundException
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -40,10 +39,8 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
     at = len(loaded.events)
     cycles = {job.id: _cycle(loaded.workflow, job.task_id) for job in due}
     with counting_cycle_firings() as counts:
-        try:
+        with unit.engine_faults():
             loaded.workflow.refresh_timers()
-        except SpiffWorkflowException as exc:
-            raise unit.spiff_error(exc) from None
         unit.run(loaded, actor, settings)
     fired: list[Event] = []
     for job in due:
@@ -60,8 +57,8 @@ def _cycle(workflow: BpmnWorkflow, task_id: str | None) -> dict[str, Any] | None
     if not task_id:
         return None
     try:
-        task = workflow.get_task_from_id(UUID(task_id))
-    except (ValueError, TaskNotFoundException):
+        task = unit.find_task(workflow, UUID(task_id))
+    except ValueError:
         return None
     value = task.internal_data.get("event_value") if task is not None else None
     return dict(value) if isinstance(value, dict) and "next" in value else None

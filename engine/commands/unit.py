@@ -13,13 +13,21 @@ The command families live beside this module: ``deployments``, ``instances``,
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
 from typing import Any
+from uuid import UUID
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
@@ -27,16 +35,19 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock, limits, projections
+from engine import sandbox as sandbox_module
 from engine.actor import Actor
 from engine.audit import Event
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, InvalidInput, NotFound, ScriptError, StaleInstance
-from engine.execution import EngineBudget, run_engine
-from engine.sandbox import ScriptBudgetExceeded, ScriptRefused
+from engine.errors import Conflict, InvalidInput, NotFound, ScriptError, SopflowError, StaleInstance
+from engine.execution import BudgetExceeded, EngineBudget, run_engine
+from engine.sandbox import ScriptBudgetExceeded, ScriptRefused, ScriptResultError
 from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_state, load_state
 from engine.store.db import rowcount
 from engine.store.models import DefinitionRow, InstanceRecord, InstanceRow
+
+log = logging.getLogger("sopflow.engine")
 
 # --------------------------------------------------------------------------- helpers
 
@@ -167,14 +178,94 @@ def load(session: Session, instance_id: str, *, running: bool = True) -> Loaded:
     return Loaded(row, definition, specs, workflow, row.revision, row.audit_seq or 0)
 
 
+def find_task(workflow: BpmnWorkflow, task_id: UUID) -> Task | None:
+    """The workflow's task with this id, in the workflow or any sub-workflow; None if it is gone.
+
+    Not ``BpmnWorkflow.get_task_from_id``: it raises ``TaskNotFoundException`` instead of
+    answering None, and for a task in any sub-workflow but the first it raises from the
+    first one it asks.
+    """
+    for wf in (workflow, *workflow.subprocesses.values()):
+        task = wf.tasks.get(task_id)
+        if task is not None:
+            return task
+    return None
+
+
+def _element_of(exc: BaseException) -> str | None:
+    """The BPMN element a SpiffWorkflow error is about (its task spec, or its task's)."""
+    for source in (getattr(exc, "task_spec", None), getattr(getattr(exc, "task", None), "task_spec", None)):
+        element = getattr(source, "bpmn_id", None)
+        if isinstance(element, str):
+            return element
+    return None
+
+
+def _running_task(tb: TracebackType | None, *, innermost: bool = True) -> Task | None:
+    """The BPMN task SpiffWorkflow was working on when an error escaped.
+
+    Innermost: the task whose spec code raised (a fault in that element); outermost: the
+    task the engine loop was running (where the time went).
+    """
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in (reversed(frames) if innermost else frames):
+        for name in ("my_task", "task"):
+            candidate = frame.f_locals.get(name)
+            if isinstance(candidate, Task) and isinstance(getattr(candidate.task_spec, "bpmn_id", None), str):
+                return candidate
+    return None
+
+
+_MISSING = object()
+_SOPFLOW_DIRS = tuple(str(Path(__file__).resolve().parents[2] / d) + os.sep for d in ("engine", "api"))
+_SANDBOX = str(Path(sandbox_module.__file__).resolve())
+
+
+def _raised_in_our_code(tb: TracebackType | None) -> bool:
+    """Did the exception come from sopflow's own code (not SpiffWorkflow's, a script's or the sandbox's)?
+
+    The innermost frame that is not the standard library decides.
+    """
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    stdlib = os.path.dirname(os.__file__) + os.sep
+    for filename in reversed(frames):
+        if filename.startswith(stdlib) and "site-packages" not in filename:
+            continue
+        return filename.startswith(_SOPFLOW_DIRS) and filename != _SANDBOX
+    return False
+
+
+def _collection_fault(task: Task | None) -> ScriptError | None:
+    """A multi-instance task whose collection is missing or not a collection, said plainly."""
+    spec = getattr(task, "task_spec", None)
+    if task is None or not isinstance(spec, MultiInstanceTask) or spec.data_input is None:
+        return None
+    name = spec.data_input.bpmn_id
+    value = task.data.get(name, _MISSING)
+    if isinstance(value, (list, tuple, dict)):
+        return None
+    what = "not set" if value is _MISSING else f"{json.dumps(value, default=str)[:60]}, not a list"
+    return ScriptError(
+        f"multi-instance element '{spec.bpmn_id}' runs once per item of the variable '{name}', which is {what}; "
+        f"give '{name}' a list (in the start variables or an earlier step)", element_id=spec.bpmn_id,
+        variable=name)
+
+
 def spiff_error(exc: Exception) -> ScriptError:
+    """A SpiffWorkflow (or sandbox) error as a :class:`ScriptError` naming the element and line."""
     if isinstance(exc, ScriptError):
         return exc
-    task_spec = getattr(exc, "task_spec", None)
-    element = getattr(task_spec, "bpmn_id", None) or getattr(getattr(exc, "task", None), "task_spec", None)
-    element = element if isinstance(element, str) else getattr(element, "bpmn_id", None)
+    element = _element_of(exc)
     line = getattr(exc, "line_number", None) or None
     inner = getattr(exc, "exception", None) or exc.__cause__
+    if isinstance(inner, BudgetExceeded):
+        return inner
     if isinstance(inner, ScriptRefused):
         line = inner.line or line
     if isinstance(inner, ScriptBudgetExceeded) or isinstance(exc, ScriptBudgetExceeded):
@@ -182,6 +273,63 @@ def spiff_error(exc: Exception) -> ScriptError:
     else:
         message = f"element '{element}' failed: {exc}" if element else f"the workflow failed: {exc}"
     return ScriptError(message, element_id=element, line=line)
+
+
+def _where(error: BudgetExceeded, tb: TracebackType | None) -> BudgetExceeded:
+    """Name the element the engine was running when the budget ran out, if the error does not yet."""
+    if "element_id" in error.context:
+        return error
+    task = _running_task(tb, innermost=False)
+    if task is None:
+        return error
+    element = task.task_spec.bpmn_id
+    return BudgetExceeded(f"{error.message} (while running element '{element}')", element_id=element)
+
+
+@contextmanager
+def engine_faults(budget: EngineBudget | None = None) -> Iterator[None]:
+    """Run SpiffWorkflow code so that whatever the diagram or its data does is a :class:`ScriptError`.
+
+    - ``budget`` (steps and wall time) is checked inside SpiffWorkflow's own loops while
+      this block runs (:class:`EngineBudget`);
+    - SpiffWorkflow's and the sandbox's errors name the element (and line);
+    - any other exception raised while SpiffWorkflow runs a spec (a ``TypeError`` or
+      ``KeyError`` from its specs on data they did not expect, e.g. a multi-instance
+      collection that is None) is the diagram's fault too: a 422 naming the element the
+      engine was running, logged with its traceback;
+    - an exception raised in sopflow's own code (``engine/``, ``api/``; not the sandbox)
+      is our bug: logged with its traceback and re-raised (a 500 with a request id).
+      Our own domain errors (:class:`SopflowError`) pass through unchanged.
+    The caller's transaction rolls back, so the instance stays as it was.
+    """
+    try:
+        if budget is None:
+            yield
+        else:
+            with budget:
+                yield
+    except SopflowError as exc:
+        if budget is not None and budget.exceeded is not None:
+            raise _where(budget.exceeded, exc.__traceback__) from None
+        raise
+    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused, ScriptResultError) as exc:
+        if budget is not None and budget.exceeded is not None:
+            raise budget.exceeded from None
+        raise (_collection_fault(getattr(exc, "task", None)) or spiff_error(exc)) from None
+    except RecursionError:
+        raise ScriptError("the workflow recursed too deeply (a script or the diagram loops on itself)") from None
+    except Exception as exc:
+        if budget is not None and budget.exceeded is not None:
+            raise budget.exceeded from None
+        if _raised_in_our_code(exc.__traceback__):
+            log.error("sopflow failed while running the engine (a bug, not the diagram's fault)", exc_info=True)
+            raise
+        task = _running_task(exc.__traceback__)
+        element = task.task_spec.bpmn_id if task is not None else None
+        log.warning("SpiffWorkflow raised %s while running element %s", type(exc).__name__, element, exc_info=True)
+        where = f"element '{element}'" if element else "the workflow"
+        raise (_collection_fault(task) or ScriptError(f"{where} failed: {type(exc).__name__}: {exc}",
+                                                      element_id=element)) from None
 
 
 def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
@@ -198,13 +346,12 @@ def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
             activities.append({"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
                                "task_id": str(task.id)})
 
-    try:
-        run_engine(loaded.workflow, budget, record)
-    except (SpiffWorkflowException, ScriptBudgetExceeded, ScriptRefused, ScriptError) as exc:
-        raise spiff_error(exc) from None
-    except RecursionError:
-        check_task_data(loaded.workflow.tasks.values())  # names the element whose data is too deep, if one is
-        raise ScriptError("the workflow recursed too deeply (a script or the diagram loops on itself)") from None
+    with engine_faults(budget):
+        try:
+            run_engine(loaded.workflow, budget, record)
+        except RecursionError:
+            check_task_data(loaded.workflow.tasks.values())  # names the element whose data is too deep, if one is
+            raise
     check_task_data(ran)
     if activities:  # one event per command: they all happened in this transaction, at this instant
         loaded.events.append(Event("activities.completed", actor.name, {"activities": activities}))
@@ -230,12 +377,15 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
              status: str | None = None, end_reason: str | None = None) -> None:
     """Store state, projections and audit in the current transaction (the unit of work's steps 4-6).
 
-    A new instance is one INSERT; an existing one is one ``UPDATE ... WHERE revision = :seen``
-    that also moves its audit-chain head. 0 rows means another command moved it first
-    (:class:`StaleInstance`, retried by the edge), and everything written here rolls back.
-    Projection writes that reference the instance row are held until that row exists.
-    Messages the instance threw that nothing inside it caught are then delivered to the
-    instances waiting for them, in this same transaction (``messages.route_thrown``).
+    Everything is computed first (state, variables, projection rows, expressions on new
+    tasks, the audit chain) and written after, instance row first: on SQLite the write
+    lock is taken at that first write (:meth:`engine.store.db.Database.command`), so it
+    is held for the writes only. A new instance is one INSERT; an existing one is one
+    ``UPDATE ... WHERE revision = :seen`` that also moves its audit-chain head. 0 rows
+    means another command moved it first (:class:`StaleInstance`, retried by the edge),
+    and everything written here rolls back. Messages the instance threw that nothing
+    inside it caught are then delivered to the instances waiting for them, in this same
+    transaction (``messages.route_thrown``).
     """
     from engine.commands import messages  # late: the messages family builds on this module
 
@@ -252,31 +402,34 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
     if new or status != row.status:  # SQLite rewrites an index whose column is SET, changed or not
         values.update(status=status, ended_at=now if ended else None, ended_by=actor.name if ended else None,
                       end_reason=end_reason)
-    held: list[tuple[Any, Any]] = []
-    values["open_task_ids"] = projections.sync_tasks(
-        session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
-        revision=values["revision"], completed=loaded.completed_task, held=held)
-    external = projections.sync_external_tasks(session, row, workflow, loaded.events, actor.name, held=held,
-                                               cancelled=status == "cancelled")
-    if ended:
-        projections.clear(session, row)
-        values["waits"] = 0
-        if status == "completed":
-            loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
-    else:
-        values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name) + external
-    values.update(_chain(session, row, loaded.seen_audit_seq, loaded.events))
+    held: list[tuple[Any, Any]] = []  # projection writes, run once the instance row is written
+    with session.no_autoflush:  # plan: reads and computation only (external-task row updates aside)
+        values["open_task_ids"] = projections.sync_tasks(
+            session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
+            revision=values["revision"], completed=loaded.completed_task, held=held)
+        external = projections.sync_external_tasks(session, row, workflow, loaded.events, actor.name, held=held,
+                                                   cancelled=status == "cancelled")
+        if ended:
+            values["waits"] = 0
+            if status == "completed":
+                loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
+        else:
+            values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name) + external
+        values.update(_chain(session, row, loaded.seen_audit_seq, loaded.events))
+    # write: the instance row first (the revision check; on PostgreSQL its row lock also orders
+    # this command before any other on the instance), then the rows that hang off it
     if new:
         identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",
                                                  "business_key", "started_by", "started_at")}
-        with session.no_autoflush:  # pending job/subscription rows reference this row: flush after it
-            session.connection().execute(_INSERT_INSTANCE, {**identity, **values})
+        session.connection().execute(_INSERT_INSTANCE, {**identity, **values})
     else:
         moved = session.connection().execute(_UPDATE_INSTANCE, {
             "b_id": row.id, "b_revision": loaded.seen_revision, "b_audit_seq": loaded.seen_audit_seq, **values,
         }).rowcount
         if moved != 1:
             raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+    if ended:
+        projections.clear(session, row)
     for statement, params in held:
         session.connection().execute(statement, params)
     for key, value in values.items():  # the caller's record reflects what was stored

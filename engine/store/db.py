@@ -1,14 +1,25 @@
 """Database engines, sessions and the edge's transaction helper.
 
 - SQLite (the embedded default): WAL, ``synchronous=FULL`` (a commit is durable),
-  foreign keys on, and write transactions opened with ``BEGIN IMMEDIATE`` so two
-  writers queue on the busy timeout instead of failing a read-to-write upgrade.
+  foreign keys on, and writes made under ``BEGIN IMMEDIATE`` so two writers queue on
+  the busy timeout instead of failing a read-to-write upgrade.
 - PostgreSQL (``postgresql+psycopg://``): the scale-out path; instances are guarded
   by their ``revision`` column and jobs are claimed with ``FOR UPDATE SKIP LOCKED``.
 
 :meth:`Database.command` is the edge of a unit of work: it opens one transaction,
 runs the command (which only flushes), commits, and retries the whole command a
 bounded number of times when another writer moved the instance first.
+
+**Compute outside the write lock.** A command reads its snapshot, runs the engine and
+only then writes. On SQLite the command's transaction therefore starts as a plain
+(deferred) read transaction; its first write statement ends that read and opens
+``BEGIN IMMEDIATE`` before it runs, so the write lock is held from the first write to
+the commit and never while SpiffWorkflow or a script computes. Whatever the command
+read before is checked by its guarded writes (the instance's ``UPDATE ... WHERE
+revision = :seen``, a task row's ``WHERE state/assignee = :seen``, unique keys); a
+write that finds the world moved raises :class:`StaleInstance` (or hits a unique key)
+and the whole command is retried. On PostgreSQL nothing needs switching: reads take no
+locks (READ COMMITTED), and the row locks of the guarded UPDATEs are the write.
 """
 from __future__ import annotations
 
@@ -29,6 +40,11 @@ from engine.errors import Conflict, StaleInstance
 T = TypeVar("T")
 
 
+# SQL that reads; anything else (INSERT/UPDATE/DELETE/REPLACE, DDL) needs the write lock first.
+_READS = ("SELECT", "PRAGMA", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "EXPLAIN")
+_PHASE = "sopflow_phase"  # on the DBAPI connection's info: "read" while a lazy command has not written yet
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -42,8 +58,22 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        immediate = conn.get_execution_options().get("sopflow_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        mode = conn.get_execution_options().get("sopflow_write", False)
+        conn.info.pop(_PHASE, None)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode is True else "BEGIN")
+        if mode == "lazy":
+            conn.info[_PHASE] = "read"
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before_write(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if conn.info.get(_PHASE) != "read" or statement.lstrip()[:9].upper().startswith(_READS):
+            return
+        # The command has computed and now writes: drop the read snapshot and queue for the
+        # write lock. What it read is re-checked by its guarded writes (module docstring).
+        conn.info[_PHASE] = "write"
+        cursor.execute("COMMIT")
+        cursor.execute("BEGIN IMMEDIATE")
+        stats.incr("write_upgrades")
 
 
 class Database:
@@ -60,6 +90,8 @@ class Database:
             _sqlite_setup(self.engine)
         write_bind = self.engine.execution_options(sopflow_write=True)
         self._write = sessionmaker(bind=write_bind, expire_on_commit=False, autoflush=True)
+        lazy_bind = self.engine.execution_options(sopflow_write="lazy")
+        self._command = sessionmaker(bind=lazy_bind, expire_on_commit=False, autoflush=True)
         self._read = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
         self.retries = 5
 
@@ -73,9 +105,15 @@ class Database:
             session.close()  # ends the transaction; loaded objects stay readable (detached)
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """One write transaction: commit on success, roll back on any error."""
-        session = self._write()
+    def transaction(self, *, lazy: bool = False) -> Iterator[Session]:
+        """One write transaction: commit on success, roll back on any error.
+
+        ``lazy=True`` (what :meth:`command` uses) takes SQLite's write lock only at the
+        first write statement, so reads and computation before it do not block other
+        writers; without it the lock is taken at ``BEGIN`` (``BEGIN IMMEDIATE``), for short
+        transactions that read in order to write (e.g. leasing jobs).
+        """
+        session = (self._command if lazy else self._write)()
         try:
             yield session
             session.commit()
@@ -86,11 +124,17 @@ class Database:
             session.close()
 
     def command(self, fn: Callable[[Session], T], *, retries: int | None = None) -> T:
-        """Run ``fn`` as one unit of work, retrying when another writer got there first."""
+        """Run ``fn`` as one unit of work, retrying when another writer got there first.
+
+        ``fn`` takes the session, reads, computes and flushes; it never commits. Its
+        transaction takes the write lock lazily (:meth:`transaction`), so a stale read is
+        caught by the guarded writes and the whole of ``fn`` runs again, at most
+        ``retries`` more times (:class:`StaleInstance` then reaches the caller, a 409).
+        """
         attempts = (self.retries if retries is None else retries) + 1
         for attempt in range(attempts):
             try:
-                with self.transaction() as session:
+                with self.transaction(lazy=True) as session:
                     result = fn(session)
                 stats.incr("commands")
                 return result
