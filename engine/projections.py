@@ -28,7 +28,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, clock
+from engine import audit, clock, variables
 from engine.audit import Event, canonical
 from engine.errors import ScriptError
 from engine.external import is_waiting_external
@@ -165,6 +165,7 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
         "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
                                  "follow-up date"),
         "created_at": now, "created_revision": revision,
+        "local_variables": variables.as_json(variables.locals_of(task)) or None,
     }
 
 
