@@ -213,3 +213,20 @@ def test_camunda_input_output_parameters_are_local_and_outputs_reach_the_process
         assert task_detail(s, ADMIN, task.id)["data"]["doubled"] == 10
     _complete(db, task.id)
     assert instance(db, row.id).variables == {"amount": 5, "inner": 20, "result": 11}
+
+
+def test_multi_instance_output_collection_reaches_the_process(db, clock):
+    loop = ('<bpmn:multiInstanceLoopCharacteristics><bpmn:loopDataInputRef>regions</bpmn:loopDataInputRef>'
+            '<bpmn:loopDataOutputRef>scores</bpmn:loopDataOutputRef>'
+            '<bpmn:inputDataItem id="region" name="region"/><bpmn:outputDataItem id="score" name="score"/>'
+            "</bpmn:multiInstanceLoopCharacteristics>")
+    b = Bpmn("scores").start().user("rate", "Rate", writes="score")
+    b.nodes[-1] = b.nodes[-1].replace("</bpmn:userTask>", loop + "</bpmn:userTask>")
+    b.end().chain("start", "rate", "end")
+    deploy_xml(db, b.xml())
+    row = db.command(lambda s: start_instance(s, key="scores", actor=ALICE, variables={"regions": REGIONS}))
+    for task in sorted(open_tasks(db, row.id), key=lambda t: t.local_variables["loopCounter"], reverse=True):
+        _complete(db, task.id, {"score": len(task.local_variables["region"])})
+    stored = instance(db, row.id)
+    assert stored.status == "completed"
+    assert stored.variables == {"regions": REGIONS, "scores": [5, 7, 5]}
