@@ -691,6 +691,46 @@ def _input_output(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _call_mappings(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
+    """camunda:in / camunda:out of every call activity (Camunda passes nothing without them)."""
+    found: dict[str, dict[str, Any]] = {}
+    for call in _elements(root, "//bpmn:callActivity", namespaces=_FORM_NS):
+        scope = call.getparent()
+        while scope is not None and etree.QName(scope).localname not in _SCOPES:
+            scope = scope.getparent()
+        if scope is None or not call.get("id"):
+            continue
+        entry: dict[str, Any] = {"in": [], "out": []}
+        for kind in ("in", "out"):
+            for m in _elements(call, f"./bpmn:extensionElements/camunda:{kind}", namespaces=_FORM_NS):
+                if m.get("businessKey") is not None:
+                    continue  # the business key is not a variable
+                if m.get("variables") == "all":
+                    entry[kind].append({"all": True})
+                    continue
+                target, source, expression = m.get("target"), m.get("source"), m.get("sourceExpression")
+                problem = None
+                if not target or not target.isidentifier() or target.startswith("_"):
+                    problem = f"needs a target that is a variable name (got '{target}')"
+                elif expression is not None:
+                    text = expression.strip()
+                    if not (text.startswith("${") and text.endswith("}")):
+                        problem = "has a sourceExpression that is not ${...}"
+                    else:
+                        try:
+                            sandbox.check(text[2:-1], "eval")
+                        except sandbox.ScriptRefused as exc:
+                            problem = f"has an invalid sourceExpression: {exc}"
+                elif not source:
+                    problem = "needs source, sourceExpression or variables=\"all\""
+                if problem:
+                    raise InvalidDefinition(f"{name}: camunda:{kind} of call activity '{call.get('id')}' {problem}",
+                                            file=name, element_id=call.get("id"), line=_line(m))
+                entry[kind].append({"target": target, "source": source, "expression": expression})
+        found[f"{scope.get('id')}/{call.get('id')}"] = entry
+    return found
+
+
 def _texts(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -735,6 +775,8 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
     if dialect == "camunda":
         for name, root in bpmn.items():
             io_all.update(_input_output(name, root))
+            for key, mapping in _call_mappings(name, root).items():
+                io_all.setdefault(key, {"inputs": [], "outputs": []}).update(mapping)
     try:
         for name, root in dmn.items():
             parser.add_dmn_xml(root, filename=name)

@@ -165,7 +165,7 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
         "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
                                  "follow-up date"),
         "created_at": now, "created_revision": revision,
-        "local_variables": variables.as_json(variables.locals_of(task)) or None,
+        "local_variables": variables.as_json(variables.own_scope(task)) or None,
     }
 
 

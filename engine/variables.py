@@ -48,7 +48,9 @@ import re
 from copy import deepcopy
 from typing import Any
 
+from SpiffWorkflow.bpmn.exceptions import WorkflowDataException
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask, MultiInstanceTask
+from SpiffWorkflow.bpmn.specs.mixins.subworkflow_task import CallActivity
 from SpiffWorkflow.bpmn.specs.mixins.unstructured_join import UnstructuredJoin
 from SpiffWorkflow.specs.base import TaskSpec
 from SpiffWorkflow.spiff.specs.spiff_task import SpiffBpmnTask
@@ -62,6 +64,7 @@ PVARS = "_pvars"  # key of the process variables in the top workflow's data
 LOCALS = "_sopflow_locals"  # key of a task's local variables in its internal data
 GIVEN = "_sopflow_given"  # attribute (not stored) on a Task: the view it was given to run with
 CHANGES = "_sopflow_changes"  # attribute (not stored) on a Task: what its completion wrote
+OUTPUTS = "_sopflow_outputs"  # internal data of a call activity: what its called process hands back
 RESERVED = frozenset({"data_objects"})  # SpiffWorkflow's own keys in workflow data
 LOOP_COUNTER = "loopCounter"
 
@@ -195,7 +198,7 @@ def locals_of(task: Task) -> dict[str, Any]:
             scope[LOOP_COUNTER] = task.internal_data.get("iteration", 0)
     inputs = _io(task).get("inputs", ())
     if inputs and is_scoped(task.workflow):
-        context = {**process_variables(task.workflow), **scope}
+        context = {**_outer(task), **scope}
         for param in inputs:
             scope[param["name"]] = context[param["name"]] = evaluate(
                 task, param["value"], context, f"input parameter '{param['name']}'")
@@ -203,16 +206,55 @@ def locals_of(task: Task) -> dict[str, Any]:
     return scope
 
 
+def _is_call(spec: Any) -> bool:
+    """A call activity (its own process instance), not an embedded sub-process: SpiffWorkflow's Camunda
+    dialect builds both with its CallActivity class; the element kind is in the spec's description."""
+    return isinstance(spec, CallActivity) and spec.description == "Call Activity"
+
+
+def _scopes(task: Task) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The scopes above a task: enclosing embedded sub-processes' locals (innermost first), and the
+    variables of its process instance (the top one, or the called process of a call activity)."""
+    chain: list[dict[str, Any]] = []
+    workflow = task.workflow
+    while workflow.parent_task_id is not None:
+        parent = workflow.top_workflow.get_task_from_id(workflow.parent_task_id)
+        if parent is None or _is_call(parent.task_spec):
+            break  # a called process has its own variables (Camunda: a separate process instance)
+        chain.append(locals_of(parent))
+        workflow = parent.workflow
+    if PVARS not in workflow.data:  # a call activity started before scoping existed
+        workflow.data[PVARS] = {}
+    return chain, workflow.data[PVARS]
+
+
+def _outer(task: Task) -> dict[str, Any]:
+    chain, pvars = _scopes(task)
+    merged = dict(pvars)
+    for scope in reversed(chain):
+        merged.update(scope)
+    return merged
+
+
+def own_scope(task: Task) -> dict[str, Any]:
+    """What the task reads beyond the instance's process variables: the called process's variables
+    (inside a call activity), enclosing sub-processes' locals and its own (the inbox shows these)."""
+    chain, pvars = _scopes(task)
+    merged = {} if pvars is task.workflow.top_workflow.data.get(PVARS) else dict(pvars)
+    for scope in reversed(chain):
+        merged.update(scope)
+    merged.update(locals_of(task))
+    return merged
+
+
 def view(task: Task) -> dict[str, Any]:
-    """What the task reads: the process variables overlaid with its locals (not copied)."""
-    pvars = process_variables(task.workflow)
+    """What the task reads: its process's variables, overlaid with each enclosing scope's locals and its own."""
+    merged = _outer(task)
     io_spec = getattr(task.task_spec, "io_specification", None)
     if io_spec is not None and io_spec.data_inputs:  # SpiffWorkflow: the task sees only its inputs
-        base = {v.bpmn_id: pvars[v.bpmn_id] for v in io_spec.data_inputs if v.bpmn_id in pvars}
-    else:
-        base = dict(pvars)
-    base.update(locals_of(task))
-    return base
+        merged = {v.bpmn_id: merged[v.bpmn_id] for v in io_spec.data_inputs if v.bpmn_id in merged}
+    merged.update(locals_of(task))
+    return merged
 
 
 # --------------------------------------------------------------------------- around a task
@@ -229,37 +271,53 @@ def before_run(task: Task) -> None:
         name = spec.data_output.bpmn_id  # the collection its instances filled in: the body's write
         if name in task.data:
             keep[name] = task.data[name]
+    if _is_call(spec):
+        keep.update(task.internal_data.pop(OUTPUTS, None) or {})  # what the called process handed back
     task.data = deepcopy(given)
     task.data.update(keep)
     setattr(task, GIVEN, given)
 
 
 def _commit(task: Task, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Write what the task changed (against ``given``) to the process variables; returns the changes."""
-    pvars = process_variables(task.workflow)
+    """Write what the task changed (against ``given``) to its scopes; returns ``{name: {from, to}}``.
+
+    Camunda's ``setVariable`` rule: a name goes to the innermost scope that already has it
+    (the task's own locals, then each enclosing sub-process), else to the process variables.
+    """
+    chain, pvars = _scopes(task)
     local = local_names(task)
-    scope = locals_of(task)
+    own = locals_of(task)
     changes: dict[str, dict[str, Any]] = {}
+    targets: dict[str, dict[str, Any]] = {}
+
+    def target(name: str) -> dict[str, Any]:
+        return next((scope for scope in chain if name in scope), pvars)
+
     for name, value in task.data.items():
         if name in RESERVED:
             continue
         if name in local:
-            scope[name] = value
+            own[name] = value
             continue
         if name in given and given[name] == value:
             continue
-        if name in pvars and pvars[name] == value:
+        scope = target(name)
+        if name in scope and scope[name] == value:
             continue
-        changes[name] = {"from": pvars.get(name), "to": value}
+        changes[name] = {"from": scope.get(name), "to": value}
+        targets[name] = scope
     outputs = _io(task).get("outputs", ())
     if outputs:
-        context = {**pvars, **{k: c["to"] for k, c in changes.items()}, **task.data}
+        context = {**view(task), **task.data}
         for param in outputs:
-            value = evaluate(task, param["value"], context, f"output parameter '{param['name']}'")
-            if pvars.get(param["name"], object()) != value:
-                changes[param["name"]] = {"from": pvars.get(param["name"]), "to": value}
+            name = param["name"]
+            value = evaluate(task, param["value"], context, f"output parameter '{name}'")
+            scope = target(name)
+            if scope.get(name, object()) != value:
+                changes[name] = {"from": scope.get(name), "to": value}
+                targets[name] = scope
     for name, change in changes.items():
-        pvars[name] = deepcopy(change["to"])
+        targets[name][name] = deepcopy(change["to"])
     return changes
 
 
@@ -277,6 +335,65 @@ _inherit_data = Task._inherit_data
 _on_complete = TaskSpec._on_complete
 _merge_child = MultiInstanceTask.merge_child
 _execute_script = SpiffBpmnTask.execute_script
+_copy_data = CallActivity.copy_data
+_update_data = CallActivity.update_data
+
+
+def _mapped(task: Task, mappings: list[dict[str, Any]], source: dict[str, Any], what: str) -> dict[str, Any]:
+    """Camunda ``camunda:in``/``camunda:out``: ``variables="all"``, ``source``/``target`` or ``sourceExpression``."""
+    out: dict[str, Any] = {}
+    for mapping in mappings:
+        if mapping.get("all"):
+            out.update(source)
+        elif mapping.get("expression") is not None:
+            out[mapping["target"]] = evaluate(task, mapping["expression"], source, f"{what} '{mapping['target']}'")
+        else:
+            out[mapping["target"]] = source.get(mapping["source"])
+    return out
+
+
+def _scoped_copy_data(self: CallActivity, my_task: Task, subworkflow: Any) -> None:
+    """A called process starts with the variables passed in (its own set, Camunda's rule)."""
+    if not is_scoped(my_task.workflow) or not _is_call(self):
+        _copy_data(self, my_task, subworkflow)
+        return
+    source = view(my_task)
+    mapping = _io(my_task)
+    io_spec = subworkflow.spec.io_specification
+    if "in" in mapping:  # Camunda: only what camunda:in passes (nothing without one)
+        passed = _mapped(my_task, mapping["in"], source, "camunda:in")
+    elif io_spec is not None and io_spec.data_inputs:  # SpiffWorkflow: the called process's data inputs
+        passed = {}
+        for var in io_spec.data_inputs:
+            if var.bpmn_id not in source:
+                raise WorkflowDataException("You are missing a required Data Input for a call activity.",
+                                            task=my_task, data_input=var)
+            passed[var.bpmn_id] = source[var.bpmn_id]
+    else:  # SpiffWorkflow without inputs: everything the call activity sees
+        passed = source
+    subworkflow.data[PVARS] = deepcopy(passed)
+
+
+def _scoped_update_data(self: CallActivity, my_task: Task, subworkflow: Any) -> None:
+    """What a called process hands back is written when the call activity completes."""
+    if not is_scoped(my_task.workflow) or not _is_call(self):
+        _update_data(self, my_task, subworkflow)
+        return
+    child = subworkflow.data.get(PVARS, {})
+    mapping = _io(my_task)
+    io_spec = subworkflow.spec.io_specification
+    if "out" in mapping:
+        returned = _mapped(my_task, mapping["out"], child, "camunda:out")
+    elif io_spec is not None and io_spec.data_outputs:
+        returned = {}
+        for var in io_spec.data_outputs:
+            if var.bpmn_id not in child:
+                raise WorkflowDataException("The Data Output was not available in the subprocess output.",
+                                            task=my_task, data_output=var)
+            returned[var.bpmn_id] = child[var.bpmn_id]
+    else:
+        returned = dict(child)
+    my_task.internal_data[OUTPUTS] = deepcopy(returned)
 
 
 def _scoped_inherit_data(self: Task) -> None:
@@ -323,3 +440,5 @@ Task._inherit_data = _scoped_inherit_data
 TaskSpec._on_complete = _scoped_on_complete
 MultiInstanceTask.merge_child = _scoped_merge_child
 SpiffBpmnTask.execute_script = _scoped_execute_script
+CallActivity.copy_data = _scoped_copy_data
+CallActivity.update_data = _scoped_update_data
