@@ -369,10 +369,10 @@ def waiting_external_tasks(workflow: BpmnWorkflow) -> list[Task]:
 
 
 def external_task_scope(task: Task) -> dict[str, Any]:
-    """The variables a worker sees for ``task``: its own data scope (multi-instance item included)."""
-    scope: dict[str, Any] = json.loads(audit.canonical({k: v for k, v in task.data.items()
-                                                        if not k.startswith("_")}))
-    return scope
+    """The variables a worker sees for ``task``: the latest process variables under its own scope
+    (multi-instance item included; engine.variables.view)."""
+    data = variables.view(task) if variables.is_scoped(task.workflow) else task.data
+    return variables.as_json(data)
 
 
 def _extension_properties(task: Task) -> dict[str, Any]:
