@@ -230,3 +230,15 @@ def test_multi_instance_output_collection_reaches_the_process(db, clock):
     stored = instance(db, row.id)
     assert stored.status == "completed"
     assert stored.variables == {"regions": REGIONS, "scores": [5, 7, 5]}
+
+
+def test_the_inbox_row_and_detail_show_each_instance_its_own_item(api):
+    b = _multi_instance(False)
+    assert api.deploy("dora", ("report.bpmn", b.xml())).status_code == 201
+    assert api.start("rita", "report_spiff", variables={"regions": REGIONS, "amount": 100}).status_code == 201
+    rows = api.inbox("max")
+    assert sorted(r["local_variables"]["region"] for r in rows) == sorted(REGIONS)
+    for r in rows:
+        detail = api.get("max", f"/api/tasks/{r['id']}").json()
+        region = r["local_variables"]["region"]
+        assert detail["data"]["region"] == region and region in detail["sop"]
