@@ -73,6 +73,14 @@ _EXPRESSION = re.compile(r"^\s*\$\{(.*)\}\s*$", re.S)
 
 # --------------------------------------------------------------------------- the variables
 
+_IMMUTABLE = (str, int, float, bool, type(None), bytes)
+
+
+def _copy(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy no task can change in place (deep for containers; scalars are shared, they are immutable)."""
+    return {k: v if isinstance(v, _IMMUTABLE) else deepcopy(v) for k, v in data.items()}
+
+
 
 def is_scoped(workflow: Any) -> bool:
     return PVARS in workflow.top_workflow.data
@@ -202,7 +210,8 @@ def locals_of(task: Task) -> dict[str, Any]:
         for param in inputs:
             scope[param["name"]] = context[param["name"]] = evaluate(
                 task, param["value"], context, f"input parameter '{param['name']}'")
-    task.internal_data[LOCALS] = scope
+    if scope:  # most tasks have no locals: store nothing for them
+        task.internal_data[LOCALS] = scope
     return scope
 
 
@@ -273,7 +282,7 @@ def before_run(task: Task) -> None:
             keep[name] = task.data[name]
     if _is_call(spec):
         keep.update(task.internal_data.pop(OUTPUTS, None) or {})  # what the called process handed back
-    task.data = deepcopy(given)
+    task.data = _copy(given)
     task.data.update(keep)
     setattr(task, GIVEN, given)
 
@@ -317,7 +326,7 @@ def _commit(task: Task, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 changes[name] = {"from": scope.get(name), "to": value}
                 targets[name] = scope
     for name, change in changes.items():
-        targets[name][name] = deepcopy(change["to"])
+        targets[name][name] = change["to"] if isinstance(change["to"], _IMMUTABLE) else deepcopy(change["to"])
     return changes
 
 
@@ -398,7 +407,7 @@ def _scoped_update_data(self: CallActivity, my_task: Task, subworkflow: Any) -> 
 
 def _scoped_inherit_data(self: Task) -> None:
     if is_scoped(self.workflow):
-        self.data = deepcopy(view(self))
+        self.data = _copy(view(self))
     else:
         _inherit_data(self)
 
