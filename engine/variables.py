@@ -141,7 +141,18 @@ def _io(task: Task) -> dict[str, Any]:
     return found
 
 
+def _loop_children(spec: Any) -> frozenset[str]:
+    """Names of the specs that are multi-instance/loop instances in this workflow spec (cached on it)."""
+    cached: frozenset[str] | None = getattr(spec, "_sopflow_loop_children", None)
+    if cached is None:
+        cached = frozenset(str(ts.task_spec) for ts in spec.task_specs.values() if isinstance(ts, LoopTask))
+        spec._sopflow_loop_children = cached
+    return cached
+
+
 def _loop_parent(task: Task) -> Any:
+    if task.task_spec.name not in _loop_children(task.workflow.spec):
+        return None  # the common case, without a parent lookup
     parent = task.parent
     if parent is None:
         return None
