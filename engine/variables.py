@@ -3,9 +3,12 @@
 **The model** (Camunda 7's): an instance has ONE set of process variables. A value written by
 any step (task completion, script, business rule, message payload, timer branch, sub-process)
 is what every later step on every path reads; a join never reverts it; the later write in
-commit order wins. Local scopes: a multi-instance instance's element variable and
-``loopCounter`` (and the output item), and ``camunda:inputOutput`` input parameters of an
-activity. Local names never reach the process variables.
+commit order wins. Local scopes: a multi-instance instance's element variable, output item
+and ``loopCounter``; ``camunda:inputOutput`` input parameters of an activity (on an embedded
+sub-process: locals every task inside reads); a call activity's called process, which has
+its own variables (``camunda:in``/``camunda:out``, ``variables="all"``; SpiffWorkflow: the
+called process's data inputs/outputs, else everything). A write goes to the innermost scope
+that already has the name, else to the process variables (Camunda's ``setVariable``).
 
 **What SpiffWorkflow does instead.** Every task holds its own copy of the data, inherited from
 its parent when it becomes ready; a join deep-merges the copies of all arriving branches,
@@ -35,8 +38,7 @@ every instance's data (element variable included) back into the body.
   process variables already, their element variables are local).
 
 Deleting a variable is not a write: a name a task drops from its data keeps its value
-(set it to ``None`` instead). Variables of the SpiffWorkflow call-activity/sub-process are
-the process variables (Camunda's ``variables="all"`` both ways); see docs/notes/pvars.md.
+(set it to ``None`` instead).
 
 All of this is switched on per instance (``_pvars`` present); :func:`ensure` turns it on for
 instances stored before it existed, from their folded task data.
@@ -81,8 +83,8 @@ def _copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, _IMMUTABLE) else deepcopy(v) for k, v in data.items()}
 
 
-
 def is_scoped(workflow: Any) -> bool:
+    """Does this instance keep process variables (every instance does once loaded or started)?"""
     return PVARS in workflow.top_workflow.data
 
 
@@ -135,7 +137,8 @@ def tidy(workflow: Any) -> None:
 
 
 def _io(task: Task) -> dict[str, Any]:
-    """``camunda:inputOutput`` of the task's element (parsed at deploy, attached to the specs)."""
+    """The element's ``camunda:inputOutput`` (``inputs``/``outputs``) and, on a call activity,
+    ``camunda:in``/``camunda:out`` (``in``/``out``): parsed at deploy, attached to the specs."""
     table: dict[str, Any] = getattr(task.workflow.spec, "sopflow_io", None) or {}
     found: dict[str, Any] = table.get(f"{task.workflow.spec.name}/{getattr(task.task_spec, 'bpmn_id', None)}") or {}
     return found
