@@ -6,15 +6,15 @@ deserializing the instance. ``process_definitions.start_form``: the none start e
 form, which start variables follow (GET /api/process-definitions/{key}/start-form).
 
 Revision ID: 7c4e2a9b1d3f
-Revises: 8c3e5a1f2b7d
-Create Date: 2026-11-30 12:10:00
+Revises: 4d7a1c9e2b60
+Create Date: 2026-11-30 12:30:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '7c4e2a9b1d3f'
-down_revision = '8c3e5a1f2b7d'
+down_revision = '4d7a1c9e2b60'
 branch_labels = None
 depends_on = None
 
