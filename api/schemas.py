@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -87,6 +87,8 @@ class TaskRead(BaseModel):
     claimed_at: datetime | None
     ended_at: datetime | None
     completed_by: str | None
+    local_variables: dict[str, Any] | None = Field(
+        None, description="the task's own scope: its multi-instance item and loopCounter, its input parameters")
     sla: str | None = Field(None, description="on_time, at_risk or breached (open tasks with a due date)")
 
 
@@ -97,11 +99,23 @@ class FormRead(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class StartFormRead(BaseModel):
+    definition_id: str
+    key: str
+    version: int
+    element_id: str | None = Field(None, description="the start event that declares the form")
+    form_key: str | None = None
+    form: FormRead | None = Field(None, description="the form the start variables must fill (null: none)")
+    accepts: Literal["form", "any"] = Field(
+        description="`form`: start variables are exactly the form's fields; `any`: the start event declares no form")
+
+
 class TaskDetail(TaskRead):
     sop: str | None = Field(None, description="the SOP text of this step, rendered with the instance's data")
     documentation: str | None = Field(None, description="the SOP text as written in the diagram")
     form: FormRead | None = None
-    data: dict[str, Any] = Field(default_factory=dict, description="the instance data the form shows")
+    data: dict[str, Any] = Field(default_factory=dict, description=(
+        "what the task shows: the form's `shows`, else every process variable, read through the task's own scope"))
 
 
 class InstanceRead(BaseModel):

@@ -57,6 +57,7 @@ from SpiffWorkflow.bpmn.util.task import BpmnTaskIterator
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskIterator, TaskState
 
+from engine import variables
 from engine.errors import ScriptError
 
 _SPLITS = (BoundaryEventSplit, StartEventSplit)
@@ -285,7 +286,14 @@ def run_engine(
     budget: EngineBudget,
     on_completed: Callable[[Task], None] | None = None,
 ) -> None:
-    """Run every non-manual READY task until all tokens wait or the instance ends."""
+    """Run every non-manual READY task until all tokens wait or the instance ends.
+
+    Process variables (:mod:`engine.variables`): each task is given a fresh copy of the
+    process variables (plus its locals) right before it runs, and its completion writes what
+    it changed back; ``on_completed`` sees the task with those changes still to be taken
+    (:func:`engine.variables.take_changes`).
+    """
+    variables.ensure(workflow)
 
     def did_complete(task: Task) -> None:
         budget.spend(task)
@@ -293,10 +301,11 @@ def run_engine(
             on_completed(task)
 
     while True:
-        more = workflow._do_engine_steps(None, did_complete)
+        more = workflow._do_engine_steps(variables.before_run, did_complete)
         if len(workflow.tasks) > PRUNE_AT:
             prune(workflow)
         if not more:
             break
     workflow.refresh_timers()
     prune(workflow)  # what is stored stays small, whatever the threshold
+    variables.tidy(workflow)

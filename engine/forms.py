@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import date
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,51 @@ def form_for(form_key: str | None, form_fields: list[dict[str, Any]] | None) -> 
             "generated": True}
 
 
+def form_fields(form: dict[str, Any] | None) -> list[str]:
+    """The names a form submits: its schema's properties."""
+    if not form:
+        return []
+    return list((form.get("schema") or {}).get("properties") or {})
+
+
+def check_submission(what: str, form: dict[str, Any] | None, form_fields: list[dict[str, Any]] | None,
+                     writes: list[str] | None, variables: dict[str, Any], *, form_key: str | None = None
+                     ) -> dict[str, Any]:
+    """What a step may write, then the form's own checks; returns the values to store (coerced)."""
+    check_writes(what, form, writes, variables, form_key=form_key)
+    if form and not form.get("generated"):
+        validate(form, variables)
+    return coerce_fields(form_fields, variables) if form_fields else variables
+
+
+def check_writes(what: str, form: dict[str, Any] | None, writes: list[str] | None, variables: dict[str, Any],
+                 *, form_key: str | None = None) -> None:
+    """Refuse names a task (or start event) may not write; InvalidInput (422) names each of them.
+
+    The rule: a step with a form accepts exactly its form's fields; a step without one
+    accepts none; the model may allow more with the property ``writes`` (names, or ``*``).
+    ``what`` names the step in the message, e.g. "task 'Approve'".
+    """
+    if not variables or (writes and "*" in writes):
+        return
+    allowed = set(form_fields(form)) | set(writes or ())
+    unknown = sorted(set(variables) - allowed)
+    if not unknown:
+        return
+    listed = ", ".join(f"'{n}'" for n in unknown)
+    if form:
+        accepts = ", ".join(sorted(allowed)) or "nothing"
+        message = f"{what}: the form has no field {listed}; it accepts {accepts}"
+        reason = "is not a field of this form"
+    else:
+        unresolved = f" (its form key '{form_key}' names no form in the forms folder)" if form_key else ""
+        also = f" other than {', '.join(sorted(allowed))}" if allowed else ""
+        message = (f"{what} has no form{unresolved}, so it accepts no variables{also}; {listed} given. "
+                   "A designer can allow names with the property writes (names separated by commas, or *)")
+        reason = "this step accepts no such variable"
+    raise InvalidInput(message, field=unknown[0], errors={n: reason for n in unknown})
+
+
 def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
     """Raise InvalidInput naming every bad field (422 at the edge)."""
     if not form:
@@ -88,6 +135,43 @@ def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
     if errors:
         raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
                            field=next(iter(errors)), errors=errors)
+
+def coerce_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> dict[str, Any]:
+    """Camunda generated-form fields: required and type checks, with the common coercions."""
+    errors: dict[str, str] = {}
+    out = dict(variables)
+    for f in fields:
+        fid, ftype = f["id"], (f.get("type") or "string")
+        value = variables.get(fid)
+        if value is None or value == "":
+            if f.get("required"):
+                errors[fid] = "is required"
+            continue
+        try:
+            if ftype == "long":
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                out[fid] = int(value)
+            elif ftype == "boolean":
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif ftype == "date":
+                out[fid] = date.fromisoformat(str(value)[:10]) if not isinstance(value, date) else value
+            elif ftype == "enum":
+                options = {o["id"] for o in f.get("options", [])}
+                if options and value not in options:
+                    errors[fid] = f"must be one of {sorted(options)}"
+            elif ftype in ("decimal", "double"):
+                out[fid] = Decimal(str(value)) if ftype == "decimal" else float(value)
+            elif not isinstance(value, str):
+                raise ValueError
+        except (ValueError, TypeError, InvalidOperation):
+            errors[fid] = f"must be a {ftype}"
+    if errors:
+        first = next(iter(errors))
+        raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
+                           field=first, errors=errors)
+    return out
 
 
 def render_sop(text: str | None, variables: dict[str, Any], element_id: str | None = None) -> str | None:

@@ -233,6 +233,8 @@ class UserTaskMeta:
     due_date: str | None = None
     follow_up_date: str | None = None
     priority: str | None = None
+    # names a completion may set beyond its form's fields (property ``writes``; ["*"]: any)
+    writes: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -258,6 +260,10 @@ class ParsedProcess:
     user_tasks: dict[str, UserTaskMeta]  # keyed by "<process or subprocess spec name>/<element id>"
     message_names: list[str]
     start_messages: list[str]
+    # the none start event's form: {"element_id", "form_key", "form_fields"}, or None
+    start_form: dict[str, Any] | None = None
+    # camunda:inputOutput per element, keyed like user_tasks: {"inputs": [...], "outputs": [...]}
+    io: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -627,6 +633,9 @@ def _user_task_meta(task_spec: Any, dialect: str) -> UserTaskMeta:
     meta.due_date = get("dueDate")
     meta.follow_up_date = get("followUpDate")
     meta.priority = get("priority")
+    writes = ext.get("writes") if dialect == "camunda" else props.get("writes")
+    if writes is not None:
+        meta.writes = ["*"] if str(writes).strip() == "*" else _split_list(str(writes))
     if not (meta.assignee or meta.candidate_users or meta.candidate_groups) and meta.lane:
         meta.candidate_groups = [meta.lane]
     return meta
@@ -649,6 +658,158 @@ def _message_definitions(ed: Any) -> list[Any]:
 
 def _is_dmn(root: etree._Element) -> bool:
     return etree.QName(root).namespace in DMN_NAMESPACES
+
+
+def _check_writes(meta: UserTaskMeta, locate: _Locator) -> None:
+    for name in meta.writes or ():
+        if name != "*" and (not name.isidentifier() or name.startswith("_")):
+            file_name, line = locate.find(meta.element_id)
+            raise InvalidDefinition(
+                f"user task '{meta.element_id}': property writes names '{name}', which is not a variable name "
+                "(list names separated by commas, or write *)",
+                file=file_name, element_id=meta.element_id, line=line,
+            )
+
+
+_FORM_NS = {"bpmn": BPMN_NS, "camunda": CAMUNDA_NS, "spiffworkflow": SPIFF_NS}
+
+
+def _camunda_form_fields(node: etree._Element) -> list[dict[str, Any]]:
+    """``camunda:formData`` fields in the shape user-task metadata uses (SpiffWorkflow's form model)."""
+    fields = []
+    for f in _elements(node, "./bpmn:extensionElements/camunda:formData/camunda:formField", namespaces=_FORM_NS):
+        fields.append({
+            "id": f.get("id"), "type": f.get("type"), "label": f.get("label"), "default": f.get("defaultValue"),
+            "required": bool(_elements(f, "./camunda:validation/camunda:constraint[@name='required']",
+                                       namespaces=_FORM_NS)),
+            "options": [{"id": v.get("id"), "name": v.get("name")}
+                        for v in _elements(f, "./camunda:value", namespaces=_FORM_NS)],
+        })
+    return fields
+
+
+def _start_form(process: etree._Element, dialect: str) -> dict[str, Any] | None:
+    """The form of the process's none start event (Camunda formKey/formData, Spiff formKey property)."""
+    for start in _elements(process, "./bpmn:startEvent", namespaces=_FORM_NS):
+        if any(etree.QName(c).localname.endswith("EventDefinition") for c in start if isinstance(c.tag, str)):
+            continue  # a message/timer/signal start: its data comes with the event
+        if dialect == "camunda":
+            form_key = start.get(f"{{{CAMUNDA_NS}}}formKey")
+            fields = _camunda_form_fields(start)
+        else:
+            props = {p.get("name"): p.get("value") for p in _elements(
+                start, "./bpmn:extensionElements/spiffworkflow:properties/spiffworkflow:property",
+                namespaces=_FORM_NS)}
+            form_key = props.get("formKey") or (props.get("formJsonSchemaFilename") or "").removesuffix(
+                "-schema.json").removesuffix(".json") or None
+            fields = []
+        if form_key or fields:
+            return {"element_id": start.get("id"), "form_key": form_key, "form_fields": fields}
+    return None
+
+
+_SCOPES = ("process", "subProcess", "transaction", "adHocSubProcess")
+
+
+def _parameter_value(param: etree._Element) -> Any:
+    """A camunda:inputParameter/outputParameter value: text, camunda:list or camunda:map (no scripts)."""
+    children = [c for c in param if isinstance(c.tag, str)]
+    if not children:
+        return param.text if param.text is not None else None
+    kind = etree.QName(children[0]).localname
+    if kind == "list":
+        return [_parameter_value(v) for v in children[0] if isinstance(v.tag, str)]
+    if kind == "map":
+        return {e.get("key"): _parameter_value(e) for e in children[0] if isinstance(e.tag, str)}
+    if kind == "value":
+        return children[0].text
+    raise ValueError(f"camunda:{kind} is not supported here; write the value as text or ${{expression}}")
+
+
+def _input_output(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
+    """camunda:inputOutput of every element, keyed "<process or sub-process id>/<element id>"."""
+    found: dict[str, dict[str, Any]] = {}
+    for io in _elements(root, "//bpmn:extensionElements/camunda:inputOutput", namespaces=_FORM_NS):
+        extension = io.getparent()
+        element = extension.getparent() if extension is not None else None
+        if element is None or not element.get("id"):
+            continue
+        scope = element.getparent()
+        while scope is not None and etree.QName(scope).localname not in _SCOPES:
+            scope = scope.getparent()
+        if scope is None:
+            continue
+        entry: dict[str, Any] = {"inputs": [], "outputs": []}
+        for kind, tag in (("inputs", "inputParameter"), ("outputs", "outputParameter")):
+            for param in _elements(io, f"./camunda:{tag}", namespaces=_FORM_NS):
+                pname = param.get("name") or ""
+                if not pname.isidentifier() or pname.startswith("_"):
+                    raise InvalidDefinition(
+                        f"{name}: element '{element.get('id')}' has a camunda:{tag} named '{pname}', which is not "
+                        "a variable name", file=name, element_id=element.get("id"), line=_line(param))
+                try:
+                    value = _parameter_value(param)
+                    for text in _texts(value):
+                        expression = text.strip()
+                        if expression.startswith("${") and expression.endswith("}"):
+                            sandbox.check(expression[2:-1], "eval")
+                except (ValueError, sandbox.ScriptRefused) as exc:
+                    raise InvalidDefinition(
+                        f"{name}: camunda:{tag} '{pname}' of element '{element.get('id')}' is invalid: {exc}",
+                        file=name, element_id=element.get("id"), line=_line(param)) from None
+                entry[kind].append({"name": pname, "value": value})
+        found[f"{scope.get('id')}/{element.get('id')}"] = entry
+    return found
+
+
+def _call_mappings(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
+    """camunda:in / camunda:out of every call activity (Camunda passes nothing without them)."""
+    found: dict[str, dict[str, Any]] = {}
+    for call in _elements(root, "//bpmn:callActivity", namespaces=_FORM_NS):
+        scope = call.getparent()
+        while scope is not None and etree.QName(scope).localname not in _SCOPES:
+            scope = scope.getparent()
+        if scope is None or not call.get("id"):
+            continue
+        entry: dict[str, Any] = {"in": [], "out": []}
+        for kind in ("in", "out"):
+            for m in _elements(call, f"./bpmn:extensionElements/camunda:{kind}", namespaces=_FORM_NS):
+                if m.get("businessKey") is not None:
+                    continue  # the business key is not a variable
+                if m.get("variables") == "all":
+                    entry[kind].append({"all": True})
+                    continue
+                target, source, expression = m.get("target"), m.get("source"), m.get("sourceExpression")
+                problem = None
+                if not target or not target.isidentifier() or target.startswith("_"):
+                    problem = f"needs a target that is a variable name (got '{target}')"
+                elif expression is not None:
+                    text = expression.strip()
+                    if not (text.startswith("${") and text.endswith("}")):
+                        problem = "has a sourceExpression that is not ${...}"
+                    else:
+                        try:
+                            sandbox.check(text[2:-1], "eval")
+                        except sandbox.ScriptRefused as exc:
+                            problem = f"has an invalid sourceExpression: {exc}"
+                elif not source:
+                    problem = "needs source, sourceExpression or variables=\"all\""
+                if problem:
+                    raise InvalidDefinition(f"{name}: camunda:{kind} of call activity '{call.get('id')}' {problem}",
+                                            file=name, element_id=call.get("id"), line=_line(m))
+                entry[kind].append({"target": target, "source": source, "expression": expression})
+        found[f"{scope.get('id')}/{call.get('id')}"] = entry
+    return found
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _texts(v)]
+    return []
 
 
 def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
@@ -684,6 +845,12 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
         for name, root in bpmn.items():
             _camunda_loops(name, root)
     locate = _Locator(trees)
+    io_all: dict[str, dict[str, Any]] = {}
+    if dialect == "camunda":
+        for name, root in bpmn.items():
+            io_all.update(_input_output(name, root))
+            for key, mapping in _call_mappings(name, root).items():
+                io_all.setdefault(key, {"inputs": [], "outputs": []}).update(mapping)
     try:
         for name, root in dmn.items():
             parser.add_dmn_xml(root, filename=name)
@@ -712,6 +879,7 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
                 user_tasks.update(_collect_user_tasks(sub, dialect))
             for meta in user_tasks.values():
                 _check_task_dates(meta, locate)
+                _check_writes(meta, locate)
             messages = sorted({
                 ts.event_definition.name
                 for s in [spec, *subprocess_specs.values()] for ts in s.task_specs.values()
@@ -722,8 +890,12 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
                 d.name for ts in spec.task_specs.values() if type(ts).__name__ == "StartEvent"
                 for d in _message_definitions(getattr(ts, "event_definition", None))
             })
+            process_node = _elements(bpmn[process_files[pid]], "/bpmn:definitions/bpmn:process[@id=$id]",
+                                     id=pid, namespaces={"bpmn": BPMN_NS})[0]
+            scopes = {pid, *subprocess_specs}
+            io = {k: v for k, v in io_all.items() if k.split("/", 1)[0] in scopes}
             processes.append(ParsedProcess(pid, spec.description or pid, process_files[pid], spec, subprocess_specs,
-                                           user_tasks, messages, starts))
+                                           user_tasks, messages, starts, _start_form(process_node, dialect), io))
     except ValidationException as exc:
         file_name, line = locate.find(exc.id or None, exc.file_name or None)
         raise InvalidDefinition(

@@ -28,7 +28,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, clock
+from engine import audit, clock, variables
 from engine.audit import Event, canonical
 from engine.errors import ScriptError
 from engine.external import is_waiting_external
@@ -165,6 +165,7 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
         "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
                                  "follow-up date"),
         "created_at": now, "created_revision": revision,
+        "local_variables": variables.as_json(variables.own_scope(task)) or None,
     }
 
 
@@ -369,10 +370,10 @@ def waiting_external_tasks(workflow: BpmnWorkflow) -> list[Task]:
 
 
 def external_task_scope(task: Task) -> dict[str, Any]:
-    """The variables a worker sees for ``task``: its own data scope (multi-instance item included)."""
-    scope: dict[str, Any] = json.loads(audit.canonical({k: v for k, v in task.data.items()
-                                                        if not k.startswith("_")}))
-    return scope
+    """The variables a worker sees for ``task``: the latest process variables under its own scope
+    (multi-instance item included; engine.variables.view)."""
+    data = variables.view(task) if variables.is_scoped(task.workflow) else task.data
+    return variables.as_json(data)
 
 
 def _extension_properties(task: Task) -> dict[str, Any]:

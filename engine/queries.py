@@ -681,23 +681,29 @@ def timeline(session: Session, actor: Actor, instance_id: str) -> dict[str, Any]
 
 
 def task_detail(session: Session, actor: Actor, task_id: str) -> dict[str, Any]:
-    """A task with what its performer needs: the SOP text rendered, the form, the data it shows."""
+    """A task with what its performer needs: the SOP text rendered, the form, the data it shows.
+
+    The task reads its own scope over the process variables (Camunda's rule): its
+    multi-instance item, loop counter and input parameters (``tasks.local_variables``,
+    fixed when it opened) over the instance's current process variables. ``data`` is the
+    form's ``shows`` list from that scope, or, without ``shows`` (or without a form), all of
+    it minus internal names (``_...``), so an approver sees what they approve.
+    """
     from engine import forms
 
     task = visible_task(session, actor, task_id)
     meta = (session.scalar(select(DefinitionRow.user_tasks).where(DefinitionRow.id == task.definition_id))
             or {}).get(task.meta_key) or {}
-    variables = session.scalar(select(InstanceRow.variables).where(InstanceRow.id == task.instance_id)) or {}
+    process = session.scalar(select(InstanceRow.variables).where(InstanceRow.id == task.instance_id)) or {}
+    scope = {**process, **(task.local_variables or {})}
+    scope = {k: v for k, v in scope.items() if not k.startswith("_")}
     form = forms.form_for(task.form_key, meta.get("form_fields"))
-    if form is None:
-        shown = dict(variables)
-    else:
-        names = form.get("shows") or list(form["schema"].get("properties", {}))
-        shown = {k: variables[k] for k in names if k in variables}
+    shows = form.get("shows") if form else None
+    shown = {k: scope[k] for k in shows if k in scope} if shows else dict(scope)
     return {
         "task": task,
         "documentation": meta.get("documentation"),
-        "sop": forms.render_sop(meta.get("documentation"), variables, task.element_id),
+        "sop": forms.render_sop(meta.get("documentation"), scope, task.element_id),
         "form": None if form is None else {"title": form.get("title"), "schema": form["schema"],
                                            "ui": form.get("ui")},
         "data": shown,

@@ -82,11 +82,13 @@ SERIALIZERS = {
 STATE_FORMAT = f"sopflow-1/spiff-{SERIALIZERS['spiff'].VERSION}"
 
 
-def dump_specs(dialect: str, spec: Any, subprocess_specs: dict[str, Any]) -> str:
-    """The process's specs as JSON; raises InvalidDefinition when an element cannot be stored.
+def dump_specs(dialect: str, spec: Any, subprocess_specs: dict[str, Any],
+              io: dict[str, Any] | None = None) -> str:
+    """The definition's specs as stored; raises InvalidDefinition when an element cannot be stored.
 
-    SpiffWorkflow's serializer has no converter for some parsed classes (its registry
-    is per dialect); such a diagram is refused at deploy instead of failing later.
+    ``io`` is its camunda:inputOutput (see engine.variables). SpiffWorkflow's serializer has
+    no converter for some parsed classes (its registry is per dialect); such a diagram is
+    refused at deploy instead of failing later.
     """
     registry = SERIALIZERS[dialect].registry
     try:
@@ -94,6 +96,7 @@ def dump_specs(dialect: str, spec: Any, subprocess_specs: dict[str, Any]) -> str
             "dialect": dialect,
             "spec": registry.convert(spec),
             "subprocess_specs": {name: registry.convert(s) for name, s in subprocess_specs.items()},
+            **({"io": io} if io else {}),
         })
     except (TypeError, ValueError) as exc:
         raise InvalidDefinition(
@@ -111,8 +114,12 @@ class Specs:
 def load_specs(text: str) -> Specs:
     dct = json.loads(text)
     registry = SERIALIZERS[dct["dialect"]].registry
-    return Specs(dct["dialect"], registry.restore(dct["spec"]),
-                 {n: registry.restore(s) for n, s in dct["subprocess_specs"].items()})
+    specs = Specs(dct["dialect"], registry.restore(dct["spec"]),
+                  {n: registry.restore(s) for n, s in dct["subprocess_specs"].items()})
+    if dct.get("io"):  # local-variable declarations, read by engine.variables through each spec
+        for spec in [specs.spec, *specs.subprocess_specs.values()]:
+            spec.sopflow_io = dct["io"]
+    return specs
 
 
 class SpecCache:

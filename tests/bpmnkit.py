@@ -39,7 +39,10 @@ class Bpmn:
 
     def user(self, id: str, name: str | None = None, documentation: str | None = None,
              props: dict[str, str] | None = None, camunda: dict[str, str] | None = None,
-             form_fields: str = "") -> Bpmn:
+             form_fields: str = "", writes: str | None = None, extra: str = "") -> Bpmn:
+        """A user task; ``writes`` is the property naming what a completion may set (names or *)."""
+        if writes is not None and self.dialect == "spiff":
+            props = {**(props or {}), "writes": writes}
         attrs = "".join(f" camunda:{k}={quoteattr(v)}" for k, v in (camunda or {}).items())
         inner = f"<bpmn:documentation>{escape(documentation)}</bpmn:documentation>" if documentation else ""
         ext = ""
@@ -49,6 +52,9 @@ class Bpmn:
             ) + "</spiffworkflow:properties>"
         if form_fields:
             ext += f"<camunda:formData>{form_fields}</camunda:formData>"
+        if writes is not None and self.dialect == "camunda":
+            ext += f'<camunda:properties><camunda:property name="writes" value={quoteattr(writes)}/></camunda:properties>'
+        ext += extra
         if ext:
             inner += f"<bpmn:extensionElements>{ext}</bpmn:extensionElements>"
         return self._add(f'<bpmn:userTask id="{id}" name={quoteattr(name or id)}{attrs}>{inner}</bpmn:userTask>')
@@ -135,19 +141,20 @@ def straight_scripts(n: int = 5, process_id: str = "straight") -> Bpmn:
     return b.chain(*ids, "end")
 
 
-def approval_chain(n: int = 3, process_id: str = "approval") -> Bpmn:
+def approval_chain(n: int = 3, process_id: str = "approval", writes: str | None = None) -> Bpmn:
     b = Bpmn(process_id).start()
     ids = ["start"]
     for i in range(n):
-        b.user(f"u{i}", f"Approve {i}", props={"candidateGroups": "staff"})
+        b.user(f"u{i}", f"Approve {i}", props={"candidateGroups": "staff"}, writes=writes)
         ids.append(f"u{i}")
     b.end()
     return b.chain(*ids, "end")
 
 
-def user_loop(process_id: str = "loop") -> Bpmn:
+def user_loop(process_id: str = "loop", writes: str | None = None) -> Bpmn:
     """init -> Work (user) -> count += 1 -> back to Work while count < limit."""
-    b = (Bpmn(process_id).start().script("init", "count = 0").user("work", "Work", props={"candidateGroups": "staff"})
+    b = (Bpmn(process_id).start().script("init", "count = 0")
+         .user("work", "Work", props={"candidateGroups": "staff"}, writes=writes)
          .script("inc", "count += 1").xor("more", default="f_done").end())
     b.chain("start", "init", "work", "inc", "more")
     b.flow("more", "work", condition="count < limit")

@@ -10,7 +10,7 @@ from tests.bpmnkit import Bpmn
 
 REVIEW = (Bpmn("expense", name="Expense claim").start()
           .user("review", "Review the expense claim", documentation="Check the receipt of {{ employee }} for {{ amount }} EUR.",
-                props={"candidateGroups": "managers", "dueDate": "PT24H", "priority": "70"})
+                props={"candidateGroups": "managers", "dueDate": "PT24H", "priority": "70"}, writes="approved")
           .user("pay", "Pay the claim", props={"candidateGroups": "finance"}).end()
           .chain("start", "review", "pay", "end"))
 

@@ -14,8 +14,8 @@ from tests.helpers import ALICE, BOB, deploy_xml, instance, open_tasks
 
 
 def _parallel() -> bytes:
-    b = (Bpmn("par").start().parallel("split").user("a", props={"candidateGroups": "staff"})
-         .user("b", props={"candidateGroups": "staff"}).parallel("join")
+    b = (Bpmn("par").start().parallel("split").user("a", props={"candidateGroups": "staff"}, writes="from_a")
+         .user("b", props={"candidateGroups": "staff"}, writes="from_b").parallel("join")
          .user("c", props={"candidateGroups": "staff"}).end())
     b.chain("start", "split").flow("split", "a").flow("split", "b").flow("a", "join").flow("b", "join")
     return b.chain("join", "c", "end").xml()

@@ -152,7 +152,7 @@ def test_structural_errors_name_the_problem():
 
 
 def test_call_activity_across_files_in_one_deployment(db, clock):
-    child = Bpmn("child").start().user("inner", "Inner step", props={"candidateGroups": "staff"}).end()
+    child = Bpmn("child").start().user("inner", "Inner step", props={"candidateGroups": "staff"}, writes="y").end()
     child.chain("start", "inner", "end")
     parent = Bpmn("parent").start().call("sub", "child").script("after", "done = True").end()
     parent.chain("start", "sub", "after", "end")

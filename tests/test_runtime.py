@@ -77,7 +77,7 @@ def test_straight_through_scripts_complete_and_store_variables(db, clock):
 
 
 def test_user_tasks_flow_through_the_inbox_projection(db, clock):
-    deploy_xml(db, approval_chain(3).xml())
+    deploy_xml(db, approval_chain(3, writes="*").xml())
     row = db.command(lambda s: start_instance(s, key="approval", actor=ALICE, variables={"amount": 10}))
     seen = []
     for _ in range(3):
@@ -212,7 +212,7 @@ def test_message_correlation_by_business_key(db, clock):
 
 
 def test_failing_script_rolls_back_and_names_element_and_line(db, clock):
-    b = (Bpmn("boom").start().user("fill", props={"candidateGroups": "staff"})
+    b = (Bpmn("boom").start().user("fill", props={"candidateGroups": "staff"}, writes="total, count")
          .script("calc", "a = 1\nb = total / count\n").end())
     b.chain("start", "fill", "calc", "end")
     deploy_xml(db, b.xml())
@@ -271,7 +271,7 @@ def test_bad_variables_are_refused(db, clock):
 
 
 def test_audit_chain_verifies_and_detects_tampering(db, clock):
-    deploy_xml(db, approval_chain(2).xml())
+    deploy_xml(db, approval_chain(2, writes="amount").xml())
     row = db.command(lambda s: start_instance(s, key="approval", actor=ALICE))
     [task] = open_tasks(db, row.id)
     db.command(lambda s: complete_task(s, task_id=task.id, actor=ALICE, variables={"amount": 100}))
@@ -301,7 +301,7 @@ def test_audit_verify_detects_a_deleted_tail_event(db, clock):
 
 
 def test_user_loop_step_stays_correct_over_many_iterations(db, clock):
-    deploy_xml(db, user_loop().xml())
+    deploy_xml(db, user_loop(writes="last").xml())
     row = db.command(lambda s: start_instance(s, key="loop", actor=ALICE, variables={"limit": 60}))
     for i in range(60):
         [task] = open_tasks(db, row.id)

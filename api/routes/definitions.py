@@ -7,9 +7,10 @@ from fastapi import APIRouter, File, Path, Query, Response, UploadFile, status
 from sqlalchemy import select
 
 from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
-from api.schemas import DefinitionRead, DeploymentCreated, DeploymentRead, Page
+from api.schemas import DefinitionRead, DeploymentCreated, DeploymentRead, Page, StartFormRead
 from api.views import page_body
 from engine.commands import deploy, latest_definition
+from engine.commands.instances import get_start_form
 from engine.errors import InvalidDefinition, NotFound
 from engine.loading import UploadedFile
 from engine.queries import list_definitions, list_deployments
@@ -61,6 +62,14 @@ def get_latest_definition(db: DbDep, actor: ActorDep, key: str) -> DefinitionRow
     require(actor, "designer", "employee")
     with db.read() as s:
         return latest_definition(s, key)
+
+
+@router.get("/process-definitions/{key}/start-form", response_model=StartFormRead)
+def get_latest_start_form(db: DbDep, actor: ActorDep, key: str) -> dict:
+    """The start event's form of the latest version: what start variables a client must send."""
+    require(actor, "designer", "employee")
+    with db.read() as s:
+        return get_start_form(s, key=key)
 
 
 @router.get("/process-definitions/{key}/versions/{version}", response_model=DefinitionRead)

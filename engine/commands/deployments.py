@@ -57,10 +57,11 @@ def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: s
     deployment_id = str(uuid.uuid4())
     results, new_rows = [], []
     for process in bundle.processes:
-        spec_text = dump_specs(bundle.dialect, process.spec, process.subprocess_specs)
+        spec_text = dump_specs(bundle.dialect, process.spec, process.subprocess_specs, process.io)
         user_tasks = {k: m.to_dict() for k, m in process.user_tasks.items()}
         content_hash = hashlib.sha256(
-            (spec_text + audit.canonical(user_tasks) + audit.canonical(process.message_names)).encode()).hexdigest()
+            (spec_text + audit.canonical(user_tasks) + audit.canonical(process.message_names)
+             + audit.canonical(process.start_form)).encode()).hexdigest()
         latest = session.scalars(select(DefinitionRow).where(DefinitionRow.key == process.key)
                                  .order_by(DefinitionRow.version.desc()).limit(1)).first()
         if latest is not None and latest.content_hash == content_hash:
@@ -70,6 +71,7 @@ def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: s
             id=str(uuid.uuid4()), key=process.key, version=(latest.version if latest else 0) + 1, name=process.name,
             deployment_id=deployment_id, resource_name=process.resource_name, spec=spec_text,
             user_tasks=user_tasks, message_names=process.message_names, start_messages=process.start_messages,
+            start_form=process.start_form,
             content_hash=content_hash, created_at=now,
         )
         new_rows.append(row)

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from engine import audit, clock, projections
+from engine import variables as pvars
 from engine.actor import Actor
 from engine.audit import Event
 from engine.commands import unit
@@ -260,13 +261,13 @@ def complete(session: Session, *, task_id: str, worker_id: str, actor: Actor,
     _require_lock(row, worker_id)
     loaded = unit.load(session, row.instance_id)
     task = _waiting_task(loaded, row)
-    before = {k: task.data.get(k) for k in data}
+    pvars.before_run(task)  # the latest process variables; its completion writes what changed
     task.data.update(data)
     with unit.engine_faults():
         task.complete()
     loaded.events.append(Event("external_task.completed", actor.name, {
         "element_id": row.element_id, "topic": row.topic, "worker_id": worker_id, "variables": data,
-        "changed": {k: {"from": before[k], "to": v} for k, v in data.items() if before[k] != v},
+        "changed": pvars.take_changes(task),
     }, task_id=row.id))
     unit.run(loaded, actor, settings)
     # the first write, once the engine has run (the write lock is not held while it computes)

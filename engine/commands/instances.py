@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from engine import clock
+from engine import clock, forms, variables
 from engine.actor import Actor
 from engine.audit import Event
 from engine.commands import unit
@@ -54,8 +53,48 @@ def _definition_for_start(session: Session, key: str, version: int | None) -> De
 def start_instance(session: Session, *, key: str, actor: Actor, variables: dict[str, Any] | None = None,
                    business_key: str | None = None, version: int | None = None,
                    settings: Settings | None = None) -> InstanceRecord:
-    return start(session, _definition_for_start(session, key, version), actor=actor,
-                  data=unit.check_variables(variables), business_key=business_key, settings=settings or load_settings())
+    """Start an instance of the latest (or given) version of ``key`` with start variables.
+
+    Start variables follow the start event's form when it has one (Camunda ``formData`` or a
+    form key naming a form sopflow has): exactly its fields, validated and coerced like a
+    task's (InvalidInput, 422, naming the fields). A start event without a form accepts any
+    variables, as Camunda's REST start does.
+    """
+    definition = _definition_for_start(session, key, version)
+    data = check_start_variables(definition, unit.check_variables(variables))
+    return start(session, definition, actor=actor, data=data, business_key=business_key,
+                 settings=settings or load_settings())
+
+
+def start_form(definition: DefinitionInfo) -> dict[str, Any] | None:
+    """The start event's form (title, JSON schema, UI hints), or None when it declares none sopflow knows."""
+    declared = definition.start_form
+    if not declared:
+        return None
+    return forms.form_for(declared.get("form_key"), declared.get("form_fields"))
+
+
+def check_start_variables(definition: DefinitionInfo, data: dict[str, Any]) -> dict[str, Any]:
+    form = start_form(definition)
+    if form is None:
+        return data
+    declared = definition.start_form or {}
+    return forms.check_submission(f"the start of process '{definition.key}'", form, declared.get("form_fields"),
+                                  None, data, form_key=declared.get("form_key"))
+
+
+def get_start_form(session: Session, *, key: str, version: int | None = None) -> dict[str, Any]:
+    """What a client needs to start ``key``: its start form, or that it takes any variables."""
+    definition = _definition_for_start(session, key, version)
+    form = start_form(definition)
+    declared = definition.start_form or {}
+    return {
+        "definition_id": definition.id, "key": definition.key, "version": definition.version,
+        "element_id": declared.get("element_id"), "form_key": declared.get("form_key"),
+        "form": None if form is None else {"title": form.get("title"), "schema": form["schema"],
+                                           "ui": form.get("ui")},
+        "accepts": "form" if form is not None else "any",
+    }
 
 
 def start(session: Session, definition: DefinitionInfo, *, actor: Actor, data: dict[str, Any],
@@ -73,8 +112,7 @@ def begin(*, definition: DefinitionInfo, specs: Specs, actor: Actor, data: dict[
     if business_key is not None and (not isinstance(business_key, str) or len(business_key) > 200):
         raise InvalidInput("business_key must be a string of at most 200 characters", field="business_key")
     workflow = new_workflow(specs)
-    for task in workflow.get_tasks(state=TaskState.READY):
-        task.data.update(data)
+    variables.init(workflow, data)  # the instance's one set of process variables
     row = InstanceRecord(
         id=time_ordered_id(), definition_id=definition.id, definition_key=definition.key,
         definition_version=definition.version, business_key=business_key, started_by=actor.name,

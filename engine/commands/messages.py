@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import projections
+from engine import variables as pvars
 from engine.actor import Actor
 from engine.audit import Event, canonical
 from engine.commands import unit
@@ -221,7 +222,7 @@ def _deliver(loaded: unit.Loaded, name: str, payload: Any, correlations: dict[st
                     f"message '{name}' carries a value that is not an object, and element "
                     f"'{task.task_spec.bpmn_id}' names no variable to put it in (add a messageVariable)",
                     element_id=task.task_spec.bpmn_id)
-            task.data.update(payload)
+            pvars.write(loaded.workflow, payload)  # a process-variable write (engine.variables)
     loaded.events.append(Event("message.correlated", actor.name, {
         "message": name, "variables": unit.json_safe(payload) if isinstance(payload, dict) else payload,
         "sender": sender}))

@@ -5,8 +5,6 @@ Guards SpiffWorkflow lacks: a user task is only ever run when it is READY and ma
 """
 from __future__ import annotations
 
-from datetime import date
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +13,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from engine import clock, forms
+from engine import variables as pvars
 from engine.actor import Actor
 from engine.audit import Event
 from engine.commands import unit
@@ -119,44 +118,6 @@ def assign_task(session: Session, *, task_id: str, assignee: str | None, actor: 
     return _change_task(session, row, event, assignee=assignee, claimed_at=clock.now() if assignee else None)
 
 
-def _coerce_form_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> dict[str, Any]:
-    """Camunda generated-form fields: required and type checks, with the common coercions."""
-    errors: dict[str, str] = {}
-    out = dict(variables)
-    for f in fields:
-        fid, ftype = f["id"], (f.get("type") or "string")
-        value = variables.get(fid)
-        if value is None or value == "":
-            if f.get("required"):
-                errors[fid] = "is required"
-            continue
-        try:
-            if ftype == "long":
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError
-                out[fid] = int(value)
-            elif ftype == "boolean":
-                if not isinstance(value, bool):
-                    raise ValueError
-            elif ftype == "date":
-                out[fid] = date.fromisoformat(str(value)[:10]) if not isinstance(value, date) else value
-            elif ftype == "enum":
-                options = {o["id"] for o in f.get("options", [])}
-                if options and value not in options:
-                    errors[fid] = f"must be one of {sorted(options)}"
-            elif ftype in ("decimal", "double"):
-                out[fid] = Decimal(str(value)) if ftype == "decimal" else float(value)
-            elif not isinstance(value, str):
-                raise ValueError
-        except (ValueError, TypeError, InvalidOperation):
-            errors[fid] = f"must be a {ftype}"
-    if errors:
-        first = next(iter(errors))
-        raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
-                           field=first, errors=errors)
-    return out
-
-
 def complete_task(session: Session, *, task_id: str, actor: Actor, variables: dict[str, Any] | None = None,
                   settings: Settings | None = None) -> InstanceRecord:
     """Complete a READY user task with the submitted variables; returns the instance as stored.
@@ -164,7 +125,14 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     Who may complete is decided on the task row read in this transaction, and the UPDATE
     that closes the row repeats it (still open, same assignee): if an assign or claim
     slipped in between, nothing is stored and the command is retried, then refused
-    (403/409). Raises NotFound, Forbidden, Conflict, InvalidInput, ScriptError.
+    (403/409).
+
+    What a task may write (Camunda's form-field rule, made strict): exactly its form's
+    fields, or, without a form, nothing; the model's ``writes`` property allows more names
+    (or ``*``). Anything else is InvalidInput (422) naming the fields. The task runs on the
+    latest process variables plus its own locals, and what it changed is written back
+    (:mod:`engine.variables`); the ``task.completed`` audit event records each change's
+    before and after. Raises NotFound, Forbidden, Conflict, InvalidInput, ScriptError.
     """
     settings = settings or load_settings()
     data = unit.check_variables(variables)
@@ -178,14 +146,12 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     loaded = unit.load(session, row.instance_id)
     meta = loaded.definition.user_tasks.get(row.meta_key) or {}
     form = forms.form_for(row.form_key, meta.get("form_fields"))
-    if form and not form.get("generated"):
-        forms.validate(form, data)
-    if meta.get("form_fields"):
-        data = _coerce_form_fields(meta["form_fields"], data)
+    data = forms.check_submission(f"task '{row.name}'", form, meta.get("form_fields"), meta.get("writes"), data,
+                                  form_key=row.form_key)
     task = unit.find_task(loaded.workflow, UUID(task_id))
     if task is None or task.state != TaskState.READY or not task.task_spec.manual:
         raise Conflict(f"task '{row.name}' can no longer be completed", task_id=row.id)
-    before = {k: task.data.get(k) for k in data}
+    pvars.before_run(task)  # the latest process variables (another path may have written since)
     variable = getattr(task.task_spec, "variable", None)  # Spiff UserTask's variableName
     if variable:
         task.data[variable] = data
@@ -196,7 +162,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     loaded.completed_task = row.id
     loaded.events.append(Event("task.completed", actor.name, {
         "element_id": row.element_id, "name": row.name, "variables": data,
-        "changed": {k: {"from": before[k], "to": v} for k, v in data.items() if before[k] != v},
+        "changed": pvars.take_changes(task),  # {name: {from, to}}: what this completion wrote
     }, task_id=row.id))
     unit.run(loaded, actor, settings)
     unit.persist(session, loaded, actor)

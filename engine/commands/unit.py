@@ -34,7 +34,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, clock, limits, projections
+from engine import audit, clock, limits, projections, variables
 from engine import sandbox as sandbox_module
 from engine.actor import Actor
 from engine.audit import Event
@@ -86,16 +86,13 @@ def json_safe(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def instance_variables(workflow: BpmnWorkflow) -> dict[str, Any]:
-    """The instance's current data: the workflow's when done, else its tasks' data folded oldest to newest."""
-    if workflow.is_completed() and workflow.success:  # a cancelled workflow's data is its tasks'
-        return json_safe(workflow.data)
-    merged: dict[str, Any] = {}
-    definite = TaskState.DEFINITE_MASK | TaskState.FINISHED_MASK
-    # the pruned tree is small: fold every definite task's data, newest last
-    for task in sorted((t for t in workflow.tasks.values() if t.has_state(definite)),
-                       key=lambda t: t.last_state_change):
-        merged.update(task.data)
-    return json_safe(merged)
+    """The instance's process variables, JSON-safe, without internal names (``_...``).
+
+    One set per instance (:mod:`engine.variables`), whatever its state: running, completed
+    or cancelled (a cancelled instance keeps the variables it had).
+    """
+    variables.ensure(workflow)
+    return variables.as_json(variables.process_variables(workflow))
 
 
 @dataclass(frozen=True)
@@ -106,6 +103,7 @@ class DefinitionInfo:
     key: str
     version: int
     user_tasks: dict[str, Any]
+    start_form: dict[str, Any] | None = None  # {"element_id", "form_key", "form_fields"} (engine.loading)
 
 
 _DEFINITIONS: dict[str, DefinitionInfo] = {}
@@ -114,7 +112,7 @@ _DEFINITIONS: dict[str, DefinitionInfo] = {}
 def definition_info(row: DefinitionRow) -> DefinitionInfo:
     info = _DEFINITIONS.get(row.id)
     if info is None:
-        info = _DEFINITIONS[row.id] = DefinitionInfo(row.id, row.key, row.version, dict(row.user_tasks))
+        info = _DEFINITIONS[row.id] = DefinitionInfo(row.id, row.key, row.version, dict(row.user_tasks), row.start_form)
     return info
 
 
@@ -175,6 +173,7 @@ def load(session: Session, instance_id: str, *, running: bool = True) -> Loaded:
     definition = get_definition(session, row.definition_id)
     specs = specs_for(session, definition)
     workflow = load_state(row.state or "", specs)  # a stored instance always has its state
+    variables.ensure(workflow)  # instances stored before process variables had their own place
     return Loaded(row, definition, specs, workflow, row.revision, row.audit_seq or 0)
 
 
@@ -342,9 +341,13 @@ def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
     def record(task: Task) -> None:
         ran.append(task)
         spec = task.task_spec
+        changes = variables.take_changes(task)
         if getattr(spec, "bpmn_id", None) and task.state != TaskState.STARTED:  # STARTED: an external task waits
-            activities.append({"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
-                               "task_id": str(task.id)})
+            activity = {"element_id": spec.bpmn_id, "name": spec.bpmn_name, "type": type(spec).__name__,
+                        "task_id": str(task.id)}
+            if changes:  # which step wrote which value: the trail says who won at a join
+                activity["changed"] = changes
+            activities.append(activity)
 
     with engine_faults(budget):
         try:

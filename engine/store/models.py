@@ -97,6 +97,8 @@ class DefinitionRow(Base):
     user_tasks: Mapped[dict[str, Any]] = mapped_column(JSON)
     message_names: Mapped[list[str]] = mapped_column(JSON)
     start_messages: Mapped[list[str]] = mapped_column(JSON, default=list)  # caught by a top-level start event
+    # the none start event's form ({"element_id", "form_key", "form_fields"}); None: start takes any variables
+    start_form: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     content_hash: Mapped[str] = mapped_column(String(64))  # parsed spec + metadata: unchanged => same version
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -194,6 +196,8 @@ class TaskRow(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_by: Mapped[str | None] = mapped_column(String(100))
+    # the task's own scope when it opened: multi-instance item, loopCounter, input parameters
+    local_variables: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class TaskCandidateRow(Base):
