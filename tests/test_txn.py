@@ -129,8 +129,8 @@ def test_the_step_budget_holds_inside_one_wide_split(db, clock):
 
 def test_a_stale_snapshot_is_retried_not_lost(db, clock, monkeypatch):
     """Two completions in a parallel split, the second computed on the revision the first replaces."""
-    b = (Bpmn("par").start().parallel("split").user("a", props={"candidateGroups": "staff"})
-         .user("b", props={"candidateGroups": "staff"}).parallel("join").user("c").end())
+    b = (Bpmn("par").start().parallel("split").user("a", props={"candidateGroups": "staff"}, writes="from_a")
+         .user("b", props={"candidateGroups": "staff"}, writes="from_b").parallel("join").user("c").end())
     b.chain("start", "split").flow("split", "a").flow("split", "b").flow("a", "join").flow("b", "join")
     deploy_xml(db, b.chain("join", "c", "end").xml())
     row = db.command(lambda s: start_instance(s, key="par", actor=ALICE))
