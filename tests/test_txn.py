@@ -109,7 +109,9 @@ def test_a_wide_split_over_budget_blocks_no_one_and_writes_nothing(db, clock):
     elapsed = time.monotonic() - t0
     assert isinstance(box.get("error"), BudgetExceeded), box
     assert "more than 2s" in str(box["error"])
-    assert elapsed < 6, f"the budget of 2 s stopped the command only after {elapsed:.1f}s"
+    # unbounded, this start ran 53 s; the margin covers a loaded CI machine (work between checks,
+    # such as predicting the 3000 children, and the rollback also take time)
+    assert elapsed < 12, f"the budget of 2 s stopped the command only after {elapsed:.1f}s"
     assert waited < 1.0, f"a write on another instance waited {waited:.2f}s"
     after = snapshot(db)
     assert after["counts"]["process_instances"] == before["counts"]["process_instances"]  # nothing of "wide"
