@@ -78,3 +78,21 @@ def test_find_problem_judges_types_and_names():
     assert limits.find_problem(b"x") is not None
     assert limits.find_problem({1: 1, 2: 2}) is None
     assert limits.find_problem({1: 1, "2": 2}) is not None
+
+
+def test_an_employee_cannot_probe_hidden_instances_with_an_instance_of_their_own(api):
+    """The oracle: paul starts his own waiting instance with a guessed value and sends the
+    message with that value as a correlation key; the answer must not depend on whether
+    rita's (hidden) instance holds the same value."""
+    b = Bpmn("payroll").start().message_catch("wait", "ping").user("u1", "U", props={"assignee": "max"}).end()
+    assert api.deploy("dora", ("payroll.bpmn", b.chain("start", "wait", "u1", "end").xml())).status_code == 201
+    hidden = api.start("rita", "payroll", variables={"salary": 90000}).json()["id"]
+    answers = {}
+    for guess in (90000, 12345):  # the hidden value, and one nobody else holds
+        own = api.start("paul", "payroll", variables={"salary": guess}).json()["id"]
+        r = api.post("paul", "/api/messages", json={"name": "ping", "correlation_keys": {"salary": guess}})
+        answers[guess] = (r.status_code, r.json())
+        assert r.status_code == 200 and r.json() == {"instance_ids": [own]}, r.text
+    assert answers[90000][0] == answers[12345][0]
+    detail = api.get("rita", f"/api/process-instances/{hidden}").json()
+    assert detail["revision"] == 1 and detail["open_tasks"] == []  # still waiting, untouched
