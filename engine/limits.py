@@ -11,7 +11,11 @@ hash-chained audit trail, so it must be JSON-shaped data that every store can ho
 - a container never contains itself, and one value holds at most :data:`MAX_NODES`
   values in all (a list that repeats one shared list a thousand times is a thousand
   copies once stored);
-- numbers are finite (NaN and infinities are not JSON).
+- numbers are finite (NaN and infinities are not JSON);
+- values are of a type the engine stores (bytes, complex numbers, ranges and frozensets,
+  which a script can make, are not), names in an object are all text or all of one
+  scalar type (JSON names are text: ``{1: "a", "1": "b"}`` would collide), and the items
+  of a set are of one type (a set is stored sorted).
 
 :func:`find_problem` walks a value with an explicit stack (no recursion, whatever the
 depth) and stops at the first problem, so its cost is bounded by :data:`MAX_NODES`.
@@ -50,6 +54,11 @@ def valid_text(text: str) -> bool:
 
 
 NOT_UNICODE = "is not valid Unicode text (it holds a lone surrogate such as \\ud800)"
+
+# Values a script can leave that neither SpiffWorkflow's serializer nor the audit trail can store.
+_UNSTORABLE = (bytes, bytearray, memoryview, complex, range, frozenset)
+# Types a name (dict key) may have: JSON turns them into text.
+_KEY_TYPES = (str, int, float, bool, type(None))
 
 # A node's place: (parent's place, its container's id, the key in it), None at the root.
 _Place = tuple[Any, int, Any] | None
@@ -94,12 +103,16 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
         if kind is str:
             if not item.isascii() and not valid_text(item):
                 return DataProblem(_path(root, place), NOT_UNICODE)
-        elif kind is dict or kind is list or kind is tuple or isinstance(item, (dict, list, tuple)):
+        elif kind is dict or kind is list or kind is tuple or isinstance(item, (dict, list, tuple, set)):
             here = id(item)
             if _inside(place, here):
                 return DataProblem(_path(root, place), "contains itself")
             if depth >= max_depth:
                 return DataProblem(_path(root, place), f"is nested deeper than {max_depth} levels")
+            if isinstance(item, (dict, set)):
+                mixed = _mixed_types(item, dict_keys=isinstance(item, dict))
+                if mixed is not None:
+                    return DataProblem(_path(root, place), mixed)
             if isinstance(item, dict):
                 for key, child in item.items():
                     if isinstance(key, str) and not key.isascii() and not valid_text(key):
@@ -112,6 +125,22 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
                 return DataProblem(_path(root, place), NOT_UNICODE)
         elif isinstance(item, float) and not math.isfinite(item):
             return DataProblem(_path(root, place), "is not a finite number")
+        elif isinstance(item, _UNSTORABLE):
+            return DataProblem(_path(root, place), f"holds a value of type {type(item).__name__}, which a process "
+                                                   "cannot store (use text, numbers, lists or objects)")
+    return None
+
+
+def _mixed_types(container: dict[Any, Any] | set[Any], *, dict_keys: bool) -> str | None:
+    """Why the names of a dict (or the items of a set) cannot be stored, or None."""
+    types = {type(key) for key in container}
+    if dict_keys:
+        odd = next((t for t in types if t not in _KEY_TYPES), None)
+        if odd is not None:
+            return f"has a name of type {odd.__name__}; names must be text"
+    if len(types) > 1:
+        what = "names" if dict_keys else "items"
+        return f"mixes {what} of different types ({', '.join(sorted(t.__name__ for t in types))}); use text"
     return None
 
 

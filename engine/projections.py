@@ -28,7 +28,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, clock, variables
+from engine import audit, clock, limits, variables
 from engine.audit import Event, canonical
 from engine.errors import ScriptError
 from engine.external import is_waiting_external
@@ -136,13 +136,40 @@ def _names(value: Any) -> list[str]:
     return [p.strip() for p in str(value).split(",") if p.strip()]
 
 
+# The longest user name (users.name) and group/candidate name (task_candidates.name) stored.
+ASSIGNEE_MAX, CANDIDATE_MAX = 100, 200
+
+
+def _checked_names(names: list[str], task: Task, what: str, limit: int) -> list[str]:
+    """``names`` when each is valid Unicode text of at most ``limit`` characters, else a
+    ScriptError naming the user task (a computed name is stored and indexed as it is)."""
+    for name in names:
+        if len(name) > limit or not limits.valid_text(name):
+            why = (f"is longer than {limit} characters" if len(name) > limit
+                   else "is not valid Unicode text (it holds a lone surrogate)")
+            raise ScriptError(f"user task '{task.task_spec.bpmn_id}': the {what} {name[:60]!r} {why}",
+                              element_id=task.task_spec.bpmn_id)
+    return names
+
+
 def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: datetime,
                  revision: int) -> dict[str, Any]:
-    """The ``tasks`` row (column values) for a user task that became READY now."""
+    """The ``tasks`` row (column values) for a user task that became READY now.
+
+    Raises ScriptError (422 naming the user task) when a computed value cannot be stored:
+    a priority outside 32 bits, a date more than 100 years away, an assignee or candidate
+    name that is not valid Unicode or longer than its column.
+    """
     initiator = instance.started_by
     assignee = _resolve(task, meta.assignee, initiator, "assignee")
-    users = [n for raw in meta.candidate_users for n in _names(_resolve(task, raw, initiator, "candidate users"))]
-    groups = [n for raw in meta.candidate_groups for n in _names(_resolve(task, raw, initiator, "candidate groups"))]
+    if assignee not in (None, ""):
+        _checked_names([str(assignee)], task, "assignee", ASSIGNEE_MAX)
+    users = _checked_names([n for raw in meta.candidate_users
+                            for n in _names(_resolve(task, raw, initiator, "candidate users"))],
+                           task, "candidate user", CANDIDATE_MAX)
+    groups = _checked_names([n for raw in meta.candidate_groups
+                             for n in _names(_resolve(task, raw, initiator, "candidate groups"))],
+                            task, "candidate group", CANDIDATE_MAX)
     priority_raw = _resolve(task, meta.priority, initiator, "priority")
     try:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50

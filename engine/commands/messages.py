@@ -7,8 +7,8 @@ Two ways in, one set of rules (docs/notes/messages.md):
   ``process_instances.variables`` (never by loading workflows), narrowed by
   ``business_key``, ``correlation_keys`` (process variables that must equal the given
   values) and the model's correlation properties. Who may send: ``integration`` and
-  ``admin`` reach any instance; anyone else only instances they may see, and a message
-  that would reach one they may not see is treated exactly as one that matched nothing.
+  ``admin`` reach any instance; for anyone else only the instances they may see take part
+  in matching (the others are as if they did not wait), so no answer depends on them.
 - :func:`route_thrown` delivers the messages an instance threw that nothing inside it
   caught (intermediate throw or end events; SpiffWorkflow leaves them in
   ``workflow.get_events()``), in the same transaction as the command that threw them, so
@@ -93,10 +93,10 @@ def correlate_message(session: Session, *, name: str, actor: Actor, business_key
     of the process whose start event catches ``name`` is started with the business key and
     ``variables`` (several: :class:`Conflict` unless ``all_matches``); none: :class:`NotFound`.
 
-    Authorization: see :func:`may_correlate_anywhere`. Anyone else reaches only instances
-    they may see (``GET /api/process-instances``); when a message would also reach one they
-    may not, it is handled exactly as a message that matched nothing, so the answer never
-    tells whether an instance matched. Starting a process by message needs the same roles
+    Authorization: see :func:`may_correlate_anywhere`. For anyone else only the instances
+    they may see (``GET /api/process-instances``) take part in matching: an instance they may
+    not see is neither reached nor counted, so no answer (200, 404, 409) depends on it and
+    none tells whether such an instance matched. Starting a process by message needs the same roles
     (:class:`Forbidden` otherwise): people start processes through the start endpoint,
     which applies the start form.
 
@@ -110,8 +110,12 @@ def correlate_message(session: Session, *, name: str, actor: Actor, business_key
             **unit.check_variables(correlation_keys, "correlation_keys")}
     keys = unit.json_safe(keys)
     matched = _find_waiting(session, name, business_key=business_key, keys=keys, context=data)
-    if matched and not may_correlate_anywhere(actor) and not _all_visible(session, actor, matched):
-        matched = []  # refused: answered exactly as "nothing matched", and nothing changes
+    if matched and not may_correlate_anywhere(actor):
+        # Only the instances the sender may see take part: the answer (and what is delivered)
+        # must not depend on instances they cannot see. Refusing a message that would also
+        # reach a hidden instance was an oracle: an employee starting their own instance
+        # with a guessed value learnt from 200 vs 404 whether a hidden instance held it.
+        matched = _visible(session, actor, matched)
     if not matched:
         return _start_by_message(session, name=name, actor=actor, business_key=business_key, data=data,
                                  all_matches=all_matches, settings=settings)
@@ -183,10 +187,10 @@ def _correlations_for(loaded: unit.Loaded, name: str, context: dict[str, Any]) -
     return event_correlations(projections.message_definition(waiting[0], name), context) if waiting else {}
 
 
-def _all_visible(session: Session, actor: Actor, instance_ids: list[str]) -> bool:
-    visible = session.scalar(select(func.count()).select_from(InstanceRow)
-                             .where(InstanceRow.id.in_(instance_ids), instance_scope(actor)))
-    return visible == len(instance_ids)
+def _visible(session: Session, actor: Actor, instance_ids: list[str]) -> list[str]:
+    """The ids among ``instance_ids`` that ``actor`` may see (``GET /api/process-instances``'s rule)."""
+    return sorted(session.scalars(select(InstanceRow.id)
+                                  .where(InstanceRow.id.in_(instance_ids), instance_scope(actor))))
 
 
 def _deliver(loaded: unit.Loaded, name: str, payload: Any, correlations: dict[str, Any], actor: Actor,
