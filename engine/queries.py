@@ -625,10 +625,14 @@ def _audit_query(f: AuditFilter) -> Select[Any]:
         query = query.where(AuditEventRow.chain == f.instance_id)  # an instance's chain is its id
     if f.definition_key:
         query = query.where(AuditEventRow.definition_key == f.definition_key)
-    if f.since:
-        query = query.where(AuditEventRow.occurred_at >= _aware(f.since, "from"))
-    if f.until:
-        query = query.where(AuditEventRow.occurred_at < _aware(f.until, "to"))
+    since = _aware(f.since, "from") if f.since else None
+    until = _aware(f.until, "to") if f.until else None
+    if since and until and since > until:  # an empty window by mistake, not "no events"
+        raise InvalidInput("from is later than to", field="from")
+    if since:
+        query = query.where(AuditEventRow.occurred_at >= since)
+    if until:
+        query = query.where(AuditEventRow.occurred_at < until)
     return query.order_by(AuditEventRow.seq)
 
 

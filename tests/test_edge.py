@@ -118,6 +118,13 @@ def test_export_with_a_naive_time_is_refused_before_any_byte(api):
     assert r.status_code == 422 and "time zone" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/api/audit", "/api/audit/export"])
+def test_an_audit_window_that_ends_before_it_starts_is_a_422(api, path):
+    r = api.get("audrey", path, params={"format": "jsonl", "from": "2026-02-01T00:00:00Z",
+                                        "to": "2026-01-01T00:00:00Z"})
+    assert r.status_code == 422 and "later than" in r.json()["detail"]
+
+
 def test_export_streams_every_matching_event_across_batches(api, monkeypatch):
     from api.routes import audit as audit_routes
 
