@@ -44,6 +44,7 @@ def serve_app() -> FastAPI:
     The timer worker is not run here: the serving supervisor runs it once (``api.cli``),
     unless ``SOPFLOW_SERVE_RUN_WORKER=1`` says this process should.
     """
+    observability.configure_logging()  # a spawned process: set up its own (JSON) logging
     return create_app(run_worker=os.environ.get(SERVE_WORKER_ENV) == "1")
 
 

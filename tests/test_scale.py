@@ -69,7 +69,7 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def _call(url: str, token: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,  # noqa: S310
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (a local test server)
         return json.loads(response.read())
