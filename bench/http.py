@@ -3,7 +3,8 @@
 `.venv/bin/python bench/http.py [--workers 1,2] [--clients 1,10,50] [--seconds 10] [--database-url URL]`
 
 For each ``--workers`` value (default: 1 and the number of cores, in the same run, for the
-ratio) a fresh SQLite database (or ``--database-url``, emptied by nobody: use a fresh one) is
+ratio) a fresh SQLite database (or, with ``--database-url`` of a PostgreSQL server, a fresh
+database created there for each server and dropped after) is
 migrated, the shipped processes deployed and the demo organisation created; then
 ``sopflow serve --workers W`` is started and driven by closed-loop clients (1, 10, 50), each
 running instances of ``processes/procurement_approval.bpmn`` back to back, then by an open
@@ -131,7 +132,8 @@ def _cpu_seconds(pids: list[int]) -> float:
 @contextmanager
 def server(workers: int, database_url: str | None) -> Iterator[tuple[int, dict[str, str], list[int]]]:
     data = Path(tempfile.mkdtemp(prefix="sopflow-bench-"))
-    env = {**os.environ, "SOPFLOW_DATA_DIR": str(data), "SOPFLOW_DATABASE_URL": database_url or ""}
+    fresh = _fresh_pg(database_url) if database_url else None
+    env = {**os.environ, "SOPFLOW_DATA_DIR": str(data), "SOPFLOW_DATABASE_URL": fresh or ""}
     _cli(env, "db", "upgrade")
     _cli(env, "deploy", "processes/")
     tokens = dict(re.findall(r"^\s+(\w+)\s+(sop_\S+)$", _cli(env, "users", "demo"), re.M))
@@ -157,6 +159,24 @@ def server(workers: int, database_url: str | None) -> Iterator[tuple[int, dict[s
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
+        if fresh and database_url:
+            _admin(database_url, f"DROP DATABASE IF EXISTS {fresh.rsplit('/', 1)[1]}")
+
+
+def _admin(url: str, sql: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(sql))
+    engine.dispose()
+
+
+def _fresh_pg(url: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``url`` (which must be reachable)."""
+    name = f"sopflow_bench_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    _admin(url, f"CREATE DATABASE {name}")
+    return f"{url.rsplit('/', 1)[0]}/{name}"
 
 
 def _pct(values: list[float], q: float) -> float:
