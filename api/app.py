@@ -1,6 +1,7 @@
 """The FastAPI application factory: settings, database, routes, errors, observability, worker."""
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from api.routes import audit, definitions, engine_rest, external_tasks, identity
 from engine import clock, migrate
 from engine.config import Settings
 from engine.config import load as load_settings
+from engine.identity import TokenCache
 from engine.store.db import Database
 from engine.store.models import TaskRow
 from engine.worker import run_forever
@@ -31,6 +33,19 @@ as the password, as Camunda clients send it). Errors are `application/problem+js
 inbox counts exactly up to 1000 and then answers `total: 1000, total_capped: true` ("1000+");
 `/api/tasks/count` likewise answers `{"count": 1000, "capped": true}`.
 """
+
+
+SERVE_WORKER_ENV = "SOPFLOW_SERVE_RUN_WORKER"
+
+
+def serve_app() -> FastAPI:
+    """The app factory ``sopflow serve --workers N`` hands uvicorn (one call per worker process).
+
+    The timer worker is not run here: the serving supervisor runs it once (``api.cli``),
+    unless ``SOPFLOW_SERVE_RUN_WORKER=1`` says this process should.
+    """
+    observability.configure_logging()  # a spawned process: set up its own (JSON) logging
+    return create_app(run_worker=os.environ.get(SERVE_WORKER_ENV) == "1")
 
 
 def create_app(*, settings: Settings | None = None, db: Database | None = None, run_worker: bool = True) -> FastAPI:
@@ -55,6 +70,7 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
                   default_response_class=problems.SafeJSONResponse)
     app.state.db = database
     app.state.settings = settings
+    app.state.token_cache = TokenCache(settings.token_cache_seconds)
     problems.install(app)
     app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
     observability.install(app)  # outermost: every answer, refusals and 500s included, is counted and logged

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -80,16 +82,64 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket the HTTP worker processes share, with TCP_NODELAY for every connection.
+
+    uvicorn's own (``Config.bind_socket``) is made without ``IPPROTO_TCP``, so asyncio does
+    not set TCP_NODELAY on its connections, and a keep-alive client then waits for a delayed
+    ACK (~40 ms) on every response written in two parts. Linux passes TCP_NODELAY on from
+    the listening socket to the connections it accepts.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"sopflow serve: cannot listen on {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import SERVE_WORKER_ENV, create_app
     from api.observability import configure_logging
 
     configure_logging()
-    print(f"sopflow serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
-    uvicorn.run(create_app(run_worker=not args.no_worker), host=args.host, port=args.port,
-                log_level="warning", access_log=False)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise SystemExit("sopflow serve: --workers must be at least 1")
+    print(f"sopflow serving on http://{args.host}:{args.port} with {workers} worker process(es)"
+          " (API docs at /docs)", flush=True)
+    if workers == 1:
+        uvicorn.run(create_app(run_worker=not args.no_worker), host=args.host, port=args.port,
+                    log_level="warning", access_log=False)
+        return 0
+    # Several processes: uvicorn's supervisor spawns them from an import string; the timer
+    # worker runs once, as a thread of this supervisor process, never in the HTTP workers.
+    from uvicorn.supervisors import Multiprocess
+
+    from engine.worker import run_forever
+
+    os.environ[SERVE_WORKER_ENV] = "0"
+    stop = threading.Event()
+    timer_worker = None
+    if not args.no_worker:
+        timer_worker = threading.Thread(target=run_forever, kwargs={"db": _db(), "stop": stop},
+                                        name="sopflow-worker", daemon=True)
+        timer_worker.start()
+    try:
+        config = uvicorn.Config("api.app:serve_app", factory=True, workers=workers, host=args.host,
+                                port=args.port, log_level="warning", access_log=False)
+        Multiprocess(config, sockets=[_listen(args.host, args.port)]).run()
+    finally:
+        stop.set()
+        if timer_worker is not None:
+            timer_worker.join(timeout=5)
     return 0
 
 
@@ -158,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the HTTP API (and, by default, the worker)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--no-worker", action="store_true", help="do not run the timer worker in this process")
+    sv.add_argument("--workers", type=int, default=None,
+                    help="HTTP worker processes (default: the number of cores); the timer worker runs once")
+    sv.add_argument("--no-worker", action="store_true", help="do not run the timer worker")
     sv.set_defaults(fn=cmd_serve)
     return parser
 

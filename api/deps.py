@@ -12,7 +12,7 @@ from api.problems import Unauthorized
 from engine.actor import Actor
 from engine.config import Settings
 from engine.errors import Forbidden
-from engine.identity import authenticate
+from engine.identity import TokenCache
 from engine.queries import Paging
 from engine.store.db import Database
 
@@ -26,6 +26,14 @@ def get_db(request: Request) -> Database:
 DbDep = Annotated[Database, Depends(get_db)]
 
 
+def token_cache(request: Request) -> TokenCache:
+    """This process's token cache (``engine.identity.TokenCache``); cleared after identity changes."""
+    return request.app.state.token_cache
+
+
+TokenCacheDep = Annotated[TokenCache, Depends(token_cache)]
+
+
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -37,8 +45,7 @@ def current_actor(request: Request, db: DbDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Actor:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
-    with db.read() as session:
-        actor = authenticate(session, credentials.credentials)
+    actor = token_cache(request).actor(credentials.credentials, db.read)
     if actor is None:
         raise Unauthorized("the API token is unknown or revoked")
     request.state.user = actor.name

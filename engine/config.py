@@ -37,6 +37,9 @@ class Settings:
     command_max_steps: int = field(default_factory=lambda: _int("SOPFLOW_COMMAND_MAX_STEPS", 50_000))
     command_max_seconds: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_COMMAND_MAX_SECONDS", "30")))
     command_retries: int = field(default_factory=lambda: _int("SOPFLOW_COMMAND_RETRIES", 5))
+    # how long a server process trusts a token it has checked (revocation elsewhere takes effect within it)
+    token_cache_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("SOPFLOW_TOKEN_CACHE_SECONDS", "5")))
     # External-task long polls wait at most this long (ms); a longer asyncResponseTimeout is shortened.
     max_long_poll_ms: int = field(default_factory=lambda: _int("SOPFLOW_MAX_LONG_POLL_MS", 60_000))
 

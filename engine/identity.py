@@ -11,6 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
@@ -120,16 +124,67 @@ def revoke_tokens(session: Session, *, name: str, actor: Actor) -> int:
 
 
 def authenticate(session: Session, token: str) -> Actor | None:
+    """The actor an API token belongs to, or None when it is malformed, unknown or revoked (one read)."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
+    return _authenticate_hash(session, hash_token(token))
+
+
+def _authenticate_hash(session: Session, token_hash: str) -> Actor | None:
     row = session.execute(
         select(UserRow.id, UserRow.name, UserRow.role)
         .join(ApiTokenRow, ApiTokenRow.user_id == UserRow.id)
-        .where(ApiTokenRow.token_hash == hash_token(token), ApiTokenRow.revoked_at.is_(None))
+        .where(ApiTokenRow.token_hash == token_hash, ApiTokenRow.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
     return Actor(row.name, frozenset(_groups_of(session, row.id)), frozenset({row.role}))
+
+
+class TokenCache:
+    """Who a token belongs to, remembered for ``ttl`` seconds per process.
+
+    Keyed by the token's SHA-256 (the raw token is never kept). A hit costs no database
+    read; a miss runs :func:`authenticate` and remembers a found actor (never a refusal,
+    so a token issued elsewhere works at once). Revoking tokens or changing a user's
+    groups empties this process's cache at once (:meth:`clear`, called by the edge after
+    the command commits); another server process keeps answering from its cache until
+    the entry is ``ttl`` seconds old, so **a revocation or group change takes effect
+    everywhere within ``ttl`` seconds** (``SOPFLOW_TOKEN_CACHE_SECONDS``, default 5; 0
+    turns caching off). Ages use the monotonic clock, not :mod:`engine.clock`: this is a
+    cache lifetime, not business time.
+    """
+
+    def __init__(self, ttl: float, *, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Actor]] = {}
+        self._lock = threading.Lock()
+
+    def actor(self, token: str, read: Callable[[], AbstractContextManager[Session]]) -> Actor | None:
+        """The actor of ``token`` (None: unknown or revoked); ``read`` opens a session on a miss."""
+        if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        key = hash_token(token)
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        with read() as session:
+            actor = _authenticate_hash(session, key)
+        if actor is not None and self.ttl > 0:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()  # a bound, not an LRU: a refill costs one read per token
+                self._entries[key] = (now, actor)
+        else:
+            self._entries.pop(key, None)
+        return actor
+
+    def clear(self) -> None:
+        """Forget every token (after a revocation or a group change in this process)."""
+        with self._lock:
+            self._entries.clear()
 
 
 def list_users(session: Session) -> list[UserView]:

@@ -25,12 +25,11 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import DbDep, SettingsDep, require
+from api.deps import DbDep, SettingsDep, require, token_cache
 from api.routes.external_tasks import MAX_ASYNC_RESPONSE_MS, long_poll, require_worker
 from engine.actor import Actor
 from engine.commands import external_tasks as ext
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptError, SopflowError
-from engine.identity import authenticate
 from engine.queries import Paging
 from engine.store.db import Database
 from engine.store.models import ExternalTaskRow, IncidentRow
@@ -76,8 +75,7 @@ def _actor(request: Request, db: Database) -> Actor:
     else:
         raise _Unauthorized("send an API token as 'Authorization: Bearer <token>' or HTTP Basic "
                             "with your user name and the token as the password")
-    with db.read() as session:
-        actor = authenticate(session, token)
+    actor = token_cache(request).actor(token, db.read)
     if actor is None or (user is not None and user != actor.name):
         raise _Unauthorized("the API token is unknown or revoked, or does not belong to that user")
     request.state.user = actor.name

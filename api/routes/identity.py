@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.deps import ActorDep, DbDep, require
+from api.deps import ActorDep, DbDep, TokenCacheDep, require
 from api.schemas import GroupRead, GroupsUpdate, Me, Page, TokenRead, TokensRevoked, UserCreate, UserRead
 from engine import identity
 
@@ -36,9 +36,11 @@ def add_user(db: DbDep, actor: ActorDep, body: UserCreate) -> dict:
 
 
 @router.put("/users/{name}/groups", response_model=UserRead)
-def set_groups(db: DbDep, actor: ActorDep, name: str, body: GroupsUpdate) -> dict:
+def set_groups(db: DbDep, actor: ActorDep, cache: TokenCacheDep, name: str, body: GroupsUpdate) -> dict:
     require(actor)
-    return _user(db.command(lambda s: identity.set_groups(s, name=name, groups=body.groups, actor=actor)))
+    view = db.command(lambda s: identity.set_groups(s, name=name, groups=body.groups, actor=actor))
+    cache.clear()  # this process at once; the others within the cache's lifetime
+    return _user(view)
 
 
 @router.post("/users/{name}/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenRead)
@@ -48,9 +50,11 @@ def new_token(db: DbDep, actor: ActorDep, name: str) -> TokenRead:
 
 
 @router.delete("/users/{name}/tokens", response_model=TokensRevoked)
-def revoke_tokens(db: DbDep, actor: ActorDep, name: str) -> TokensRevoked:
+def revoke_tokens(db: DbDep, actor: ActorDep, cache: TokenCacheDep, name: str) -> TokensRevoked:
     require(actor)
-    return TokensRevoked(revoked=db.command(lambda s: identity.revoke_tokens(s, name=name, actor=actor)))
+    revoked = db.command(lambda s: identity.revoke_tokens(s, name=name, actor=actor))
+    cache.clear()  # this process at once; the others within the cache's lifetime
+    return TokensRevoked(revoked=revoked)
 
 
 @router.get("/groups", response_model=Page[GroupRead])

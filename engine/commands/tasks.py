@@ -43,6 +43,23 @@ def is_candidate(row: TaskRow, actor: Actor) -> bool:
     return actor.name in row.candidate_users or bool(actor.groups & set(row.candidate_groups))
 
 
+def check_reach(row: Any, actor: Actor) -> None:
+    """Refuse (403) a task outside the actor's reach, before anything else about it is told.
+
+    The same rule as the inbox's single-task check (``engine.queries.may_act_on``), on the
+    row the command has already read, so authorizing costs no second query: admins; the
+    assignee; whoever completed it; a named candidate (user or group); anyone when nobody
+    is named and the task is unassigned. ``row`` is a TaskRow or a Core row of ``tasks``.
+    """
+    if actor.is_admin or actor.name in (row.assignee, row.completed_by):
+        return
+    named = bool(row.candidate_users or row.candidate_groups)
+    if is_candidate(row, actor) if named else row.assignee is None:
+        return
+    raise Forbidden("this task is not yours: it is assigned to someone else or not offered to your groups",
+                    task_id=row.id)
+
+
 def _require_open(row: TaskRow) -> None:
     if row.state != "open":
         raise Conflict(f"task '{row.name}' is already {row.state}", task_id=row.id, state=row.state)
@@ -82,7 +99,9 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
 
 
 def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
+    """Claim an open task for ``actor`` (idempotent for its assignee). Raises NotFound, Forbidden, Conflict."""
     row = get_task_row(session, task_id)
+    check_reach(row, actor)
     _require_open(row)
     if row.assignee == actor.name:
         return row
@@ -96,7 +115,9 @@ def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
 
 
 def unclaim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
+    """Release a claimed task (its assignee or an admin). Raises NotFound, Forbidden, Conflict."""
     row = get_task_row(session, task_id)
+    check_reach(row, actor)
     _require_open(row)
     if not row.assignee:
         return row
@@ -139,6 +160,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     row: Any = session.connection().execute(_SELECT_TASK, {"b_id": task_id}).first()  # a tasks row, Core
     if row is None:
         raise NotFound(f"task {task_id} not found", task_id=task_id)
+    check_reach(row, actor)
     _require_open(row)
     if not may_work_on(row, actor):
         whose = f"claimed by {row.assignee}" if row.assignee else "not in your groups"

@@ -23,7 +23,10 @@ locks (READ COMMITTED), and the row locks of the guarded UPDATEs are the write.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +48,59 @@ _READS = ("SELECT", "PRAGMA", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEA
 _PHASE = "sopflow_phase"  # on the DBAPI connection's info: "read" while a lazy command has not written yet
 
 
-def _sqlite_setup(engine: Engine) -> None:
+class WriteQueue:
+    """A fair wait for SQLite's write lock: writers queue on a lock instead of polling it.
+
+    SQLite's busy handler sleeps and retries (1, 2, 5 ... 100 ms steps), so under load a
+    waiter wakes late or loses to a newcomer, which gave a multi-second p99. Before
+    ``BEGIN IMMEDIATE`` a writer takes a per-process ``threading.Lock`` (threads of one
+    server process) and then ``flock`` on ``<database>.writelock`` (the server's processes):
+    both block in the kernel and wake the waiter when the holder lets go, with no sleep.
+    The lock is let go right after the transaction's COMMIT or ROLLBACK. Writers that do
+    not queue (another program on the same file) still meet the busy timeout, so this is
+    an optimisation of waiting, never a condition of correctness.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+        self._held = threading.local()
+
+    def acquire(self) -> None:
+        if getattr(self._held, "on", False):
+            return
+        self._local.acquire()
+        try:
+            if self._fd is None or self._pid != os.getpid():
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._local.release()
+            raise
+        self._held.on = True
+
+    def release(self) -> None:
+        if not getattr(self._held, "on", False):
+            return
+        self._held.on = False
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._local.release()
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL, or None for an in-memory database."""
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    path = path.split("?", 1)[0]
+    return None if not path or path == ":memory:" else path
+
+
+def _sqlite_setup(engine: Engine, queue: WriteQueue | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
@@ -60,6 +115,8 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sopflow_write", False)
         conn.info.pop(_PHASE, None)
+        if mode is True and queue is not None:
+            queue.acquire()
         conn.exec_driver_sql("BEGIN IMMEDIATE" if mode is True else "BEGIN")
         if mode == "lazy":
             conn.info[_PHASE] = "read"
@@ -72,6 +129,8 @@ def _sqlite_setup(engine: Engine) -> None:
         # write lock. What it read is re-checked by its guarded writes (module docstring).
         conn.info[_PHASE] = "write"
         cursor.execute("COMMIT")
+        if queue is not None:
+            queue.acquire()
         cursor.execute("BEGIN IMMEDIATE")
         stats.incr("write_upgrades")
 
@@ -86,8 +145,11 @@ class Database:
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine = create_engine(url, **kwargs)
+        self.write_queue: WriteQueue | None = None
         if self.is_sqlite:
-            _sqlite_setup(self.engine)
+            path = _sqlite_file(url)
+            self.write_queue = WriteQueue(path + ".writelock") if path else None
+            _sqlite_setup(self.engine, self.write_queue)
         write_bind = self.engine.execution_options(sopflow_write=True)
         self._write = sessionmaker(bind=write_bind, expire_on_commit=False, autoflush=True)
         lazy_bind = self.engine.execution_options(sopflow_write="lazy")
@@ -122,6 +184,8 @@ class Database:
             raise
         finally:
             session.close()
+            if self.write_queue is not None:
+                self.write_queue.release()  # after COMMIT/ROLLBACK: the next writer's turn
 
     def command(self, fn: Callable[[Session], T], *, retries: int | None = None) -> T:
         """Run ``fn`` as one unit of work, retrying when another writer got there first.
