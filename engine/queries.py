@@ -712,15 +712,3 @@ def task_detail(session: Session, actor: Actor, task_id: str) -> dict[str, Any]:
                                            "ui": form.get("ui")},
         "data": shown,
     }
-
-
-def may_act_on(session: Session, actor: Actor, task_id: str) -> bool:
-    """May ``actor`` issue commands on this task (the engine then applies the task's own rules)?"""
-    if actor.is_admin:
-        return True
-    related = or_(task_scope(actor), _candidate_of(actor))
-    return session.scalar(select(TaskRow.id).where(TaskRow.id == task_id, related)) is not None
-
-
-def task_exists(session: Session, task_id: str) -> bool:
-    return session.scalar(select(TaskRow.id).where(TaskRow.id == task_id)) is not None

@@ -46,7 +46,7 @@ def is_candidate(row: TaskRow, actor: Actor) -> bool:
 def check_reach(row: Any, actor: Actor) -> None:
     """Refuse (403) a task outside the actor's reach, before anything else about it is told.
 
-    The same rule as the inbox's single-task check (``engine.queries.may_act_on``), on the
+    The inbox's visibility rule (``engine.queries.task_scope``) plus named candidates, on the
     row the command has already read, so authorizing costs no second query: admins; the
     assignee; whoever completed it; a named candidate (user or group); anyone when nobody
     is named and the task is unassigned. ``row`` is a TaskRow or a Core row of ``tasks``.
