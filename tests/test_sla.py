@@ -10,7 +10,7 @@ from engine import worker
 from engine.commands import start_instance
 from engine.commands.sla import fire_sla_job
 from engine.config import Settings
-from engine.store.models import IncidentRow, JobRow, OutboxRow, TaskCandidateRow, TaskRow
+from engine.store.models import IncidentRow, OutboxRow, TaskCandidateRow, TaskRow
 from engine.worker import acquire, run_once
 from tests.bpmnkit import Bpmn
 from tests.helpers import ALICE, audit_actions, deploy_xml, instance, jobs, open_tasks
@@ -144,7 +144,7 @@ def test_admin_clock_is_404_when_off(api):
 
 def test_the_clock_offset_is_shared_through_the_database(clocked, clock):
     """A second process (here: a second offset clock over the same database) sees the move."""
-    from engine.clock import OffsetClock, FrozenClock
+    from engine.clock import FrozenClock, OffsetClock
     from engine.commands.clock_control import read_offset
 
     api, db = clocked, clocked.db
