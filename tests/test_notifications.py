@@ -22,6 +22,8 @@ from engine.worker import run_once
 from tests.bpmnkit import Bpmn
 from tests.helpers import ALICE, deploy_xml
 
+SECRET = "webhook-test-key"  # noqa: S105 - a test fixture, not a credential
+
 
 def _port() -> int:
     with socket.socket() as s:
@@ -111,7 +113,7 @@ def test_email_in_the_users_language_through_smtp(db, clock, smtp_server):
 
 def test_webhook_is_signed_retried_with_backoff_and_each_delivery_recorded(db, clock, receiver):
     url, state = receiver
-    settings = Settings(smtp_host="", webhook_url=url, webhook_secret="s3cret")
+    settings = Settings(smtp_host="", webhook_url=url, webhook_secret=SECRET)
     _breach(db, clock, settings)  # two events (at risk, breach) -> two webhook rows; first two posts fail
     with db.read() as s:
         rows = s.scalars(select(OutboxRow).where(OutboxRow.channel == "webhook")).all()
@@ -125,7 +127,7 @@ def test_webhook_is_signed_retried_with_backoff_and_each_delivery_recorded(db, c
     assert sorted(r.state for r in rows) == ["delivered", "delivered"]
     assert [(d.ok, d.status_code) for d in deliveries] == [(False, 503), (False, 503), (True, 200), (True, 200)]
     for body, signature in zip(state["bodies"], state["signatures"], strict=True):
-        assert signature == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert signature == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     events = sorted(json.loads(b)["event"] for b in state["bodies"][2:])
     assert events == ["task.at_risk", "task.breached"]
     assert json.loads(state["bodies"][-1])["data"]["task"]["name"] == "Answer the complaint"
@@ -134,7 +136,7 @@ def test_webhook_is_signed_retried_with_backoff_and_each_delivery_recorded(db, c
 def test_a_webhook_that_never_recovers_fails_after_the_last_attempt(db, clock, receiver):
     url, state = receiver
     state["failures"] = 10**6
-    settings = Settings(smtp_host="", webhook_url=url, webhook_secret="s3cret")
+    settings = Settings(smtp_host="", webhook_url=url, webhook_secret=SECRET)
     _breach(db, clock, settings)
     for _ in range(MAX_ATTEMPTS + 2):
         clock.advance(hours=2)
