@@ -70,9 +70,10 @@ def worker_id() -> str:
 @dataclass
 class WorkerResult:
     acquired: int = 0
-    fired: int = 0
+    fired: int = 0  # BPMN timer jobs fired
+    sla: int = 0  # SLA jobs (at risk, breach, reminder) that had an effect
     failed: int = 0
-    delivered: int = 0
+    delivered: int = 0  # notification delivery attempts (e-mail, webhooks)
 
 
 def _acquire(db: Database, *, owner: str, limit: int, lease: timedelta) -> list[tuple[str, str, str]]:
@@ -135,15 +136,14 @@ def _open_incident(session: Session, job: JobRow, error: str) -> None:
                                        "message": error[:500]}, task_id=job.task_id)])
 
 
-def _fire(db: Database, instance_id: str, job_ids: list[str], kinds: dict[str, str], settings: Settings) -> int:
+def _fire(db: Database, instance_id: str, job_ids: list[str], kinds: dict[str, str],
+          settings: Settings) -> tuple[int, int]:
+    """Fire one instance's leased jobs: ``(timers fired, SLA jobs with an effect)``."""
     timers = [j for j in job_ids if kinds[j] not in SLA_JOB_KINDS]
-    fired = 0
-    if timers:
-        fired += db.command(partial(fire_timers, instance_id=instance_id, job_ids=timers))
-    for job_id in job_ids:
-        if kinds[job_id] in SLA_JOB_KINDS:
-            fired += int(db.command(partial(fire_sla_job, job_id=job_id, settings=settings)))
-    return fired
+    fired = db.command(partial(fire_timers, instance_id=instance_id, job_ids=timers)) if timers else 0
+    sla = sum(int(db.command(partial(fire_sla_job, job_id=job_id, settings=settings)))
+              for job_id in job_ids if kinds[job_id] in SLA_JOB_KINDS)
+    return fired, sla
 
 
 def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_attempts: int = 3,
@@ -161,9 +161,11 @@ def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_att
         result.acquired += len(job_ids)
         stats.incr("jobs", len(job_ids))
         try:
-            fired = _fire(db, instance_id, job_ids, kinds, settings)
+            fired, sla = _fire(db, instance_id, job_ids, kinds, settings)
             result.fired += fired
+            result.sla += sla
             stats.incr("timers_fired", fired)
+            stats.incr("sla_jobs_fired", sla)
         except SopflowError as exc:
             result.failed += len(job_ids)
             stats.incr("job_failures", len(job_ids))

@@ -172,7 +172,7 @@ def test_an_sla_job_fires_once_even_when_its_lease_expired_mid_run(db, clock):
     leased = acquire(db, owner="slow", lease=timedelta(seconds=30))  # the slow worker holds both jobs ...
     assert len(leased[instance_id]) == 2
     clock.advance(minutes=1)  # ... past its lease; another worker takes them and fires them
-    assert run_once(db, owner="fast", settings=SETTINGS).fired == 2
+    assert run_once(db, owner="fast", settings=SETTINGS).sla == 2
     for job_id in leased[instance_id]:  # the slow worker finally runs its copies: nothing happens
         assert db.command(lambda s, j=job_id: fire_sla_job(s, job_id=j, settings=SETTINGS)) is False
     actions = audit_actions(db, instance_id)
@@ -205,7 +205,7 @@ def test_a_completed_tasks_sla_jobs_do_nothing(db, clock):
     [task] = open_tasks(db, instance_id)
     db.command(lambda s: complete_task(s, task_id=task.id, actor=ALICE))
     clock.advance(hours=11)
-    assert run_once(db, settings=SETTINGS).fired == 0
+    assert run_once(db, settings=SETTINGS).sla == 0
     assert _inapp(db, "alice") == [] and "task.breached" not in audit_actions(db, instance_id)
 
 
