@@ -6,14 +6,14 @@ hold notifications written with the event that caused them; users get a ``locale
 ``email``. See docs/notes/sla.md.
 
 Revision ID: b7e2d9c41a05
-Revises: 4d7a1c9e2b60
+Revises: 7c4e2a9b1d3f
 Create Date: 2026-11-30 12:40:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = 'b7e2d9c41a05'
-down_revision = '4d7a1c9e2b60'
+down_revision = '7c4e2a9b1d3f'
 branch_labels = None
 depends_on = None
 
