@@ -12,9 +12,10 @@ becomes ``failed`` with an incident (kind ``failed_job``), retryable through
 ``POST /api/incidents/{id}/retry``. Each round also delivers due notifications (outbox).
 
 Wake-up: :func:`run_forever` sleeps until the next job is due (read from the ``jobs``
-table; at most ``interval`` seconds, so other processes' new jobs are seen), and :func:`wake`
-(called after a command of this process schedules work, or after the admin clock moved)
-interrupts the sleep at once.
+table; at most ``interval`` seconds), and :func:`wake` (called after a command of this
+process schedules work, or after the admin clock moved) interrupts the sleep at once. On
+PostgreSQL a commit that scheduled jobs also sends ``NOTIFY sopflow_jobs``, and each worker
+process ``LISTEN``s (:func:`listen`), so other processes' new jobs wake it too.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
-from sqlalchemy import case, event, func, or_, select, update
+from sqlalchemy import case, event, func, make_url, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from engine import clock, notifications, stats
@@ -57,10 +58,41 @@ def wake() -> None:
 
 
 
+JOBS_CHANNEL = "sopflow_jobs"  # PostgreSQL NOTIFY channel: a commit scheduled jobs
+
+
+@event.listens_for(Session, "before_commit")
+def _notify_other_processes(session: Session) -> None:
+    """On PostgreSQL, ``NOTIFY`` in the committing transaction (delivered at commit, dropped on rollback)."""
+    if session.info.get(NEW_JOBS) and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+
+
 @event.listens_for(Session, "after_commit")
 def _wake_after_commit(session: Session) -> None:
     if session.info.pop(NEW_JOBS, False):
         wake()
+
+
+def listen(url: str, stop: threading.Event) -> None:
+    """PostgreSQL: wake this process's worker when another process commits new jobs (``LISTEN``).
+
+    Runs until ``stop`` is set, on its own autocommit connection; reconnects after a second
+    when the connection fails (meanwhile the worker's capped sleep still finds new jobs).
+    """
+    import psycopg
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    while not stop.is_set():
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                while not stop.is_set():
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        wake()
+        except psycopg.Error:
+            log.warning("LISTEN connection failed; retrying in 1 s")
+            stop.wait(1.0)
 
 
 def worker_id() -> str:
@@ -202,6 +234,8 @@ def run_forever(db: Database, *, stop: threading.Event, interval: float = 1.0,
     (Setting ``stop`` should be followed by :func:`wake` to end a sleep at once.)
     """
     owner = worker_id()
+    if not db.is_sqlite:
+        threading.Thread(target=listen, args=(db.url, stop), name="sopflow-listen", daemon=True).start()
     while not stop.is_set():
         _WAKE.clear()
         try:

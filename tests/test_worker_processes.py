@@ -77,3 +77,39 @@ def test_a_killed_workers_jobs_fire_once_by_the_others_after_the_lease(db, clock
         statuses = Counter(s.scalars(select(InstanceRow.status)))
     assert len(fired) == n and set(fired.values()) == {1}  # every timer fired, none twice
     assert statuses == {"completed": n}
+
+
+def test_postgresql_commits_that_schedule_jobs_wake_other_processes(db, clock):
+    """A command that schedules a timer sends NOTIFY; a worker's LISTEN thread wakes it."""
+    if db.is_sqlite:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    import threading
+
+    import psycopg
+    from sqlalchemy import make_url
+
+    from engine import worker
+
+    conninfo = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    b = Bpmn("wait").start().timer_catch("pause", '"PT1H"').end()
+    deploy_xml(db, b.chain("start", "pause", "end").xml())
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"LISTEN {worker.JOBS_CHANNEL}")
+        db.command(lambda s: start_instance(s, key="wait", actor=ALICE))
+        assert [n.channel for n in conn.notifies(timeout=5, stop_after=1)] == [worker.JOBS_CHANNEL]
+
+    stop = threading.Event()
+    listener = threading.Thread(target=worker.listen, args=(db.url, stop), daemon=True)
+    listener.start()
+    try:
+        woke = False
+        with psycopg.connect(conninfo, autocommit=True) as conn:  # another "process" (no SQLAlchemy session)
+            deadline = time.monotonic() + 10
+            while not woke and time.monotonic() < deadline:  # until the listener is connected
+                worker._WAKE.clear()
+                conn.execute(f"NOTIFY {worker.JOBS_CHANNEL}")
+                woke = worker._WAKE.wait(0.5)
+        assert woke
+    finally:
+        stop.set()
+        listener.join(timeout=5)
