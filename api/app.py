@@ -13,14 +13,25 @@ from sqlalchemy import func, select
 from api import observability, problems
 from api.deps import ActorDep, DbDep, require
 from api.edge import RequestGuard
-from api.routes import audit, definitions, engine_rest, external_tasks, identity, instances, tasks
-from engine import clock, migrate
+from api.routes import (
+    admin,
+    audit,
+    definitions,
+    engine_rest,
+    external_tasks,
+    identity,
+    instances,
+    notifications,
+    sla,
+    tasks,
+)
+from engine import clock, migrate, worker
+from engine.commands import clock_control
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.identity import TokenCache
 from engine.store.db import Database
 from engine.store.models import TaskRow
-from engine.worker import run_forever
 
 DESCRIPTION = """
 sopflow runs standard operating procedures as BPMN 2.0 processes.
@@ -55,16 +66,25 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     stop = threading.Event()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = None
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        previous_clock = None
+        if settings.clock_control:  # the admin clock: this process's clock plus the shared offset
+            previous_clock = clock.current()
+            app.state.controlled_clock = clock_control.install(database)
+        thread = None
         if run_worker:
-            worker = threading.Thread(target=run_forever, kwargs={"db": database, "stop": stop},
+            thread = threading.Thread(target=worker.run_forever,
+                                      kwargs={"db": database, "stop": stop, "settings": settings},
                                       name="sopflow-worker", daemon=True)
-            worker.start()
+            thread.start()
         yield
         stop.set()
-        if worker is not None:
-            worker.join(timeout=5)
+        worker.wake()
+        if thread is not None:
+            thread.join(timeout=5)
+        if previous_clock is not None:
+            clock.use(previous_clock)
+            app.state.controlled_clock = None
 
     app = FastAPI(title="sopflow", version="0.1.0", lifespan=lifespan, description=DESCRIPTION,
                   default_response_class=problems.SafeJSONResponse)
@@ -74,7 +94,8 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     problems.install(app)
     app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
     observability.install(app)  # outermost: every answer, refusals and 500s included, is counted and logged
-    for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest):
+    for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest, admin, notifications,
+                   sla):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

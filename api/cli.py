@@ -68,9 +68,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.config import load as load_settings
     from engine.worker import run_forever, run_once
 
     db = _db()
+    if load_settings().clock_control:  # agree with the API's admin clock (the shared offset)
+        from engine.commands import clock_control
+
+        clock_control.install(db)
     if args.once:
         print(json.dumps(run_once(db).__dict__))
         return 0

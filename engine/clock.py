@@ -10,7 +10,10 @@ and our jobs table agree on what time it is. All instants are timezone-aware UTC
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from SpiffWorkflow.bpmn.specs.event_definitions import timer as _spiff_timer
@@ -45,6 +48,39 @@ class FrozenClock(Clock):
         with self._lock:
             self._now += delta if delta is not None else timedelta(**kwargs)
             return self._now
+
+
+class OffsetClock(Clock):
+    """``base`` moved by an offset that every process reads from one shared place (the admin clock).
+
+    ``read_offset`` fetches the stored offset (engine.commands.clock_control reads the
+    ``runtime_settings`` row); it is asked at most every ``ttl`` seconds, so another process's
+    move is seen within ``ttl``. :meth:`remember` updates the cache at once after this process
+    moved the clock itself. A failing read keeps the last offset known.
+    """
+
+    def __init__(self, base: Clock, read_offset: Callable[[], timedelta], *, ttl: float = 0.5) -> None:
+        self.base = base
+        self._read = read_offset
+        self._ttl = ttl
+        self._offset = timedelta(0)
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def offset(self) -> timedelta:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self._ttl:
+                with contextlib.suppress(Exception):  # the clock must answer; the next read retries
+                    self._offset = self._read()
+                self._read_at = time.monotonic()
+            return self._offset
+
+    def remember(self, offset: timedelta) -> None:
+        with self._lock:
+            self._offset, self._read_at = offset, time.monotonic()
+
+    def now(self) -> datetime:
+        return self.base.now() + self.offset()
 
 
 _current: Clock = SystemClock()

@@ -43,6 +43,18 @@ class Settings:
     # External-task long polls wait at most this long (ms); a longer asyncResponseTimeout is shortened.
     max_long_poll_ms: int = field(default_factory=lambda: _int("SOPFLOW_MAX_LONG_POLL_MS", 60_000))
 
+    # SLA (engine.sla, docs/notes/sla.md): a task is at risk once this share of its allowed time passed.
+    sla_at_risk_fraction: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_SLA_AT_RISK_FRACTION",
+                                                                                     "0.75")))
+    # The admin clock (POST /api/admin/clock): off unless SOPFLOW_CLOCK_CONTROL=1.
+    clock_control: bool = field(default_factory=lambda: os.environ.get("SOPFLOW_CLOCK_CONTROL") == "1")
+    # Notifications (engine.notifications): SMTP for e-mail, one webhook URL + HMAC secret.
+    smtp_host: str = field(default_factory=lambda: os.environ.get("SOPFLOW_SMTP_HOST", ""))
+    smtp_port: int = field(default_factory=lambda: _int("SOPFLOW_SMTP_PORT", 25))
+    smtp_from: str = field(default_factory=lambda: os.environ.get("SOPFLOW_SMTP_FROM", "sopflow@localhost"))
+    webhook_url: str = field(default_factory=lambda: os.environ.get("SOPFLOW_WEBHOOK_URL", ""))
+    webhook_secret: str = field(default_factory=lambda: os.environ.get("SOPFLOW_WEBHOOK_SECRET", ""))
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

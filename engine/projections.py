@@ -28,7 +28,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, clock, limits, variables
+from engine import audit, clock, limits, sla, variables
 from engine.audit import Event, canonical
 from engine.errors import ScriptError
 from engine.external import is_waiting_external
@@ -46,7 +46,8 @@ from engine.store.models import (
     TaskRow,
 )
 
-# A task is "at risk" once this share of the time between its creation and its due date has passed.
+# A task is "at risk" once this share of the time between its creation and its due date has passed
+# (the default of SOPFLOW_SLA_AT_RISK_FRACTION; a task's atRiskFraction property overrides it: engine.sla).
 AT_RISK_FRACTION = 0.75
 # Sane bounds for what a diagram computes (engine.limits has the data bounds): a priority is
 # a 32-bit integer (Camunda's), and due and follow-up dates lie within 100 years of the task's
@@ -57,6 +58,8 @@ DATE_HORIZON = timedelta(days=36525)
 
 _INSERT_TASKS = insert(TaskRow)
 _INSERT_CANDIDATES = insert(TaskCandidateRow)
+_INSERT_JOBS = insert(JobRow)
+NEW_JOBS = "sopflow_new_jobs"  # session.info flag: the worker wakes after this commit (engine.worker)
 _EMPTY_TASK_ROW: dict[str, Any] = {c.name: None for c in TaskRow.__table__.columns}  # one executemany shape
 
 
@@ -153,12 +156,14 @@ def _checked_names(names: list[str], task: Task, what: str, limit: int) -> list[
 
 
 def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: datetime,
-                 revision: int) -> dict[str, Any]:
+                 revision: int, *, at_risk_fraction: float = AT_RISK_FRACTION) -> dict[str, Any]:
     """The ``tasks`` row (column values) for a user task that became READY now.
 
     Raises ScriptError (422 naming the user task) when a computed value cannot be stored:
     a priority outside 32 bits, a date more than 100 years away, an assignee or candidate
-    name that is not valid Unicode or longer than its column.
+    name that is not valid Unicode or longer than its column. Its SLA fields (``due_at`` from
+    ``dueDate`` or a ``businessDue`` property, ``at_risk_at``, ``sla_state``) follow
+    :func:`engine.sla.due_and_at_risk`.
     """
     initiator = instance.started_by
     assignee = _resolve(task, meta.assignee, initiator, "assignee")
@@ -179,7 +184,9 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise ScriptError(f"user task '{meta.element_id}': priority {str(priority)[:40]} is outside "
                           f"{PRIORITY_MIN}..{PRIORITY_MAX} (a 32-bit integer)", element_id=meta.element_id)
-    due_at = _instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date")
+    due_at, at_risk_at = sla.due_and_at_risk(
+        sla.task_properties(task), _instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date"),
+        now, at_risk_fraction, meta.element_id)
     return {
         **_EMPTY_TASK_ROW,
         "id": str(task.id), "instance_id": instance.id, "definition_id": instance.definition_id,
@@ -188,7 +195,7 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
         "assignee": str(assignee) if assignee not in (None, "") else None,
         "candidate_users": sorted(set(users)), "candidate_groups": sorted(set(groups)),
         "form_key": meta.form_key, "priority": priority, "due_at": due_at,
-        "at_risk_at": now + (due_at - now) * AT_RISK_FRACTION if due_at is not None else None,
+        "at_risk_at": at_risk_at, "sla_state": "on_time" if due_at is not None else None,
         "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
                                  "follow-up date"),
         "created_at": now, "created_revision": revision,
@@ -198,8 +205,10 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
 
 def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow, user_tasks: dict[str, Any],
                events: list[Event], actor: str | None, *, revision: int, completed: str | None = None,
-               held: list[tuple[Any, Any]]) -> list[str]:
+               held: list[tuple[Any, Any]], at_risk_fraction: float = AT_RISK_FRACTION) -> list[str]:
     """Re-sync the instance's task rows; returns the ids of its open tasks.
+
+    A new task with a due date also gets its SLA jobs (engine.sla.job_rows), held likewise.
 
     ``instance.open_task_ids`` (stored with the instance, under its revision) says which
     rows are open, so nothing is queried unless a task has to be closed. Nothing is written
@@ -218,14 +227,17 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
                      .values(state="cancelled", ended_at=now), {}))
         held.append((_SET_OFFERED.values(offered=False), {"b_ids": gone}))
     created: list[dict[str, Any]] = []
+    sla_jobs: list[dict[str, Any]] = []
     for task_id, task in ready.items():
         if task_id in known:
             continue
         meta_dict = user_tasks.get(meta_key(task))
         meta = UserTaskMeta.from_dict(meta_dict) if meta_dict else UserTaskMeta(
             element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
-        row = new_task_row(task, meta, instance, now, revision)
+        row = new_task_row(task, meta, instance, now, revision, at_risk_fraction=at_risk_fraction)
         created.append(row)
+        if row["due_at"] is not None:
+            sla_jobs.extend(sla.job_rows(row, sla.task_properties(task), now))
         events.append(Event("task.created", actor, {
             "element_id": row["element_id"], "name": row["name"], "assignee": row["assignee"],
             "candidate_users": row["candidate_users"], "candidate_groups": row["candidate_groups"],
@@ -234,6 +246,9 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
     if created:
         held.append((_INSERT_TASKS, created))
         held.append((_INSERT_CANDIDATES, [offer for r in created for offer in offers(r)]))
+    if sla_jobs:
+        held.append((_INSERT_JOBS, sla_jobs))
+        session.info[NEW_JOBS] = True
     return sorted(ready)
 
 
@@ -326,19 +341,22 @@ def _sync_jobs(session: Session, instance: InstanceRecord, waiting: list[Task], 
         due = _timer_due(task)
         if due is not None:
             desired[f"timer:{instance.id}:{task.id}"] = (due, task)
-    existing = {} if not instance.waits else {
-        j.dedup_key: j for j in session.scalars(select(JobRow).where(JobRow.instance_id == instance.id))}
+    existing = {} if not instance.waits else {  # timer jobs only: SLA jobs follow their task (engine.sla)
+        j.dedup_key: j for j in session.scalars(select(JobRow).where(JobRow.instance_id == instance.id,
+                                                                      JobRow.kind == "timer"))}
     for key, job in existing.items():
         if key not in desired:
             session.delete(job)
         elif job.due_at != desired[key][0]:
             job.due_at, job.attempts, job.last_error, job.state = desired[key][0], 0, None, "pending"
+            session.info[NEW_JOBS] = True
             job.lock_owner = job.lock_expires_at = None
             events.append(Event("timer.scheduled", actor, {"element_id": job.element_id, "due_at": job.due_at},
                                 task_id=job.task_id))
     for key, (due, task) in desired.items():
         if key in existing:
             continue
+        session.info[NEW_JOBS] = True
         session.add(JobRow(id=time_ordered_id(), dedup_key=key, kind="timer", instance_id=instance.id,
                            task_id=str(task.id), element_id=task.task_spec.bpmn_id, due_at=due,
                            state="pending", attempts=0, created_at=now))

@@ -1,13 +1,21 @@
-"""The job worker: acquires due timer jobs and fires them, one instance per transaction.
+"""The job worker: acquires due jobs and fires them, each as an engine command, exactly once.
 
 Acquisition runs in its own short transaction: due, pending jobs whose lease is free
 are selected in ``(due_at, id)`` order with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; on
-SQLite the write lock serialises acquirers) and leased to this worker. Each instance's
-due jobs are then fired in one unit of work. A crashed worker's lease expires and the
-jobs are picked up again; the instance ``revision`` check and SpiffWorkflow's own timer
-state mean a timer never fires twice into an instance. A failure is recorded on the
-job (``attempts``, ``last_error``) with exponential backoff; after ``max_attempts`` the
-job becomes an incident (``state='failed'``) and is left for an operator.
+SQLite the write lock serialises acquirers) and leased to this worker. Timer jobs of one
+instance are fired in one unit of work (engine.commands.timers); each SLA job (``sla_*``)
+in its own (engine.commands.sla). A crashed worker's lease expires and the jobs are picked
+up again; the instance ``revision`` check, SpiffWorkflow's own timer state and the SLA
+command's delete-as-claim mean a job never fires twice. A failure is recorded on the job
+(``attempts``, ``last_error``) with exponential backoff; after ``max_attempts`` the job
+becomes ``failed`` with an incident (kind ``failed_job``), retryable through
+``POST /api/incidents/{id}/retry``. Each round also delivers due notifications (outbox).
+
+Wake-up: :func:`run_forever` sleeps until the next job is due (read from the ``jobs``
+table; at most ``interval`` seconds), and :func:`wake` (called after a command of this
+process schedules work, or after the admin clock moved) interrupts the sleep at once. On
+PostgreSQL a commit that scheduled jobs also sends ``NOTIFY sopflow_jobs``, and each worker
+process ``LISTEN``s (:func:`listen`), so other processes' new jobs wake it too.
 """
 from __future__ import annotations
 
@@ -20,15 +28,71 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, event, func, make_url, or_, select, text, update
+from sqlalchemy.orm import Session
 
-from engine import clock, stats
+from engine import clock, notifications, stats
+from engine.audit import Event
+from engine.commands import unit
+from engine.commands.sla import fire_sla_job
 from engine.commands.timers import fire_timers
+from engine.config import Settings
+from engine.config import load as load_settings
 from engine.errors import SopflowError
+from engine.ids import time_ordered_id
+from engine.projections import NEW_JOBS  # set by a command that scheduled jobs
+from engine.sla import SLA_JOB_KINDS
 from engine.store.db import Database
-from engine.store.models import JobRow
+from engine.store.models import IncidentRow, InstanceRow, JobRow, OutboxRow
 
 log = logging.getLogger("sopflow.worker")
+
+_WAKE = threading.Event()
+MIN_SLEEP = 0.005
+
+
+def wake() -> None:
+    """Interrupt this process's worker sleep (new or earlier work, or the clock moved)."""
+    _WAKE.set()
+
+
+
+
+JOBS_CHANNEL = "sopflow_jobs"  # PostgreSQL NOTIFY channel: a commit scheduled jobs
+
+
+@event.listens_for(Session, "before_commit")
+def _notify_other_processes(session: Session) -> None:
+    """On PostgreSQL, ``NOTIFY`` in the committing transaction (delivered at commit, dropped on rollback)."""
+    if session.info.get(NEW_JOBS) and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+
+
+@event.listens_for(Session, "after_commit")
+def _wake_after_commit(session: Session) -> None:
+    if session.info.pop(NEW_JOBS, False):
+        wake()
+
+
+def listen(url: str, stop: threading.Event) -> None:
+    """PostgreSQL: wake this process's worker when another process commits new jobs (``LISTEN``).
+
+    Runs until ``stop`` is set, on its own autocommit connection; reconnects after a second
+    when the connection fails (meanwhile the worker's capped sleep still finds new jobs).
+    """
+    import psycopg
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    while not stop.is_set():
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                while not stop.is_set():
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        wake()
+        except psycopg.Error:
+            log.warning("LISTEN connection failed; retrying in 1 s")
+            stop.wait(1.0)
 
 
 def worker_id() -> str:
@@ -38,31 +102,37 @@ def worker_id() -> str:
 @dataclass
 class WorkerResult:
     acquired: int = 0
-    fired: int = 0
+    fired: int = 0  # BPMN timer jobs fired
+    sla: int = 0  # SLA jobs (at risk, breach, reminder) that had an effect
     failed: int = 0
+    delivered: int = 0  # notification delivery attempts (e-mail, webhooks)
 
 
-def acquire(db: Database, *, owner: str, limit: int = 50, lease: timedelta = timedelta(minutes=5)) -> dict[str, list[str]]:
-    """Lease due jobs to ``owner``; returns job ids grouped by instance."""
+def _acquire(db: Database, *, owner: str, limit: int, lease: timedelta) -> list[tuple[str, str, str]]:
     now = clock.now()
     with db.transaction() as session:
         query = (
-            select(JobRow.id, JobRow.instance_id)
+            select(JobRow.id, JobRow.instance_id, JobRow.kind)
             .where(JobRow.state == "pending", JobRow.due_at <= now,
                    or_(JobRow.lock_expires_at.is_(None), JobRow.lock_expires_at < now))
             .order_by(JobRow.due_at, JobRow.id).limit(limit)
         )
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True, of=JobRow)
-        rows = session.execute(query).all()
+        rows = [(r.id, r.instance_id, r.kind) for r in session.execute(query)]
         if rows:
             session.execute(
-                update(JobRow).where(JobRow.id.in_([r.id for r in rows]))
+                update(JobRow).where(JobRow.id.in_([r[0] for r in rows]))
                 .values(lock_owner=owner, lock_expires_at=now + lease)
                 .execution_options(synchronize_session=False)
             )
+    return rows
+
+
+def acquire(db: Database, *, owner: str, limit: int = 50, lease: timedelta = timedelta(minutes=5)) -> dict[str, list[str]]:
+    """Lease due jobs to ``owner``; returns job ids grouped by instance."""
     grouped: dict[str, list[str]] = {}
-    for job_id, instance_id in rows:
+    for job_id, instance_id, _kind in _acquire(db, owner=owner, limit=limit, lease=lease):
         grouped.setdefault(instance_id, []).append(job_id)
     return grouped
 
@@ -77,41 +147,107 @@ def _record_failure(db: Database, job_ids: list[str], error: str, max_attempts: 
             if job.attempts >= max_attempts:
                 job.state = "failed"
                 job.lock_expires_at = None
+                _open_incident(session, job, error)
             else:
                 job.lock_expires_at = now + timedelta(seconds=min(3600, 10 * 2 ** (job.attempts - 1)))
 
 
-def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_attempts: int = 3) -> WorkerResult:
-    """Acquire and fire what is due now (tests call this after moving the clock)."""
+def _open_incident(session: Session, job: JobRow, error: str) -> None:
+    """An incident (``failed_job``) for a job out of attempts, audited on its instance's chain."""
+    instance = session.get(InstanceRow, job.instance_id)
+    incident_id = time_ordered_id()
+    session.add(IncidentRow(id=incident_id, kind="failed_job", instance_id=job.instance_id,
+                            definition_key=instance.definition_key if instance else None, element_id=job.element_id,
+                            job_id=job.id, message=f"{job.kind} job failed {job.attempts} times: {error}"[:4000],
+                            created_at=clock.now()))
+    if instance is not None:
+        session.flush()
+        unit.append_events(session, instance, instance.audit_seq or 0, [Event(
+            "incident.created", None, {"incident_id": incident_id, "kind": "failed_job", "job_id": job.id,
+                                       "job_kind": job.kind, "element_id": job.element_id,
+                                       "message": error[:500]}, task_id=job.task_id)])
+
+
+def _fire(db: Database, instance_id: str, job_ids: list[str], kinds: dict[str, str],
+          settings: Settings) -> tuple[int, int]:
+    """Fire one instance's leased jobs: ``(timers fired, SLA jobs with an effect)``."""
+    timers = [j for j in job_ids if kinds[j] not in SLA_JOB_KINDS]
+    fired = db.command(partial(fire_timers, instance_id=instance_id, job_ids=timers)) if timers else 0
+    sla = sum(int(db.command(partial(fire_sla_job, job_id=job_id, settings=settings)))
+              for job_id in job_ids if kinds[job_id] in SLA_JOB_KINDS)
+    return fired, sla
+
+
+def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_attempts: int = 3,
+             settings: Settings | None = None, lease: timedelta = timedelta(minutes=5)) -> WorkerResult:
+    """Acquire and fire what is due now, then deliver due notifications (tests call this after moving the clock)."""
     owner = owner or worker_id()
+    settings = settings or load_settings()
     result = WorkerResult()
-    for instance_id, job_ids in acquire(db, owner=owner, limit=limit).items():
+    rows = _acquire(db, owner=owner, limit=limit, lease=lease)
+    kinds = {job_id: kind for job_id, _i, kind in rows}
+    grouped: dict[str, list[str]] = {}
+    for job_id, instance_id, _kind in rows:
+        grouped.setdefault(instance_id, []).append(job_id)
+    for instance_id, job_ids in grouped.items():
         result.acquired += len(job_ids)
         stats.incr("jobs", len(job_ids))
         try:
-            fired = db.command(partial(fire_timers, instance_id=instance_id, job_ids=job_ids))
+            fired, sla = _fire(db, instance_id, job_ids, kinds, settings)
             result.fired += fired
+            result.sla += sla
             stats.incr("timers_fired", fired)
+            stats.incr("sla_jobs_fired", sla)
         except SopflowError as exc:
             result.failed += len(job_ids)
             stats.incr("job_failures", len(job_ids))
-            log.warning("timer jobs failed", extra={"instance_id": instance_id, "error": str(exc)})
+            log.warning("jobs failed", extra={"instance_id": instance_id, "error": str(exc)})
             _record_failure(db, job_ids, str(exc), max_attempts)
         except Exception as exc:  # noqa: BLE001 - a worker must survive any one job
             result.failed += len(job_ids)
             stats.incr("job_failures", len(job_ids))
-            log.exception("timer jobs crashed", extra={"instance_id": instance_id})
+            log.exception("jobs crashed", extra={"instance_id": instance_id})
             _record_failure(db, job_ids, f"{type(exc).__name__}: {exc}", max_attempts)
+    try:
+        result.delivered = notifications.deliver_due(db, settings)
+    except Exception:  # noqa: BLE001 - delivery problems must not stop timers
+        log.exception("notification delivery failed")
     return result
 
 
-def run_forever(db: Database, *, stop: threading.Event, interval: float = 1.0) -> None:
+def seconds_until_next(db: Database, cap: float) -> float:
+    """Seconds until the earliest pending job (or its lease's or backoff's end) or notification is due, at most ``cap``."""
+    ready_at = case((JobRow.lock_expires_at > JobRow.due_at, JobRow.lock_expires_at), else_=JobRow.due_at)
+    with db.read() as session:
+        job = session.scalar(select(func.min(ready_at)).where(JobRow.state == "pending"))
+        note = session.scalar(select(func.min(OutboxRow.next_attempt_at)).where(OutboxRow.state == "pending"))
+    now = clock.now()
+    waits = [(t - now).total_seconds() for t in (job, note) if t is not None]
+    return max(0.0, min([cap, *waits]))
+
+
+def run_forever(db: Database, *, stop: threading.Event, interval: float = 1.0,
+                settings: Settings | None = None) -> None:
+    """Run the worker until ``stop`` is set: fire what is due, then sleep until the next due time or a :func:`wake`.
+
+    ``interval`` caps each sleep, so jobs written by other processes are seen within it.
+    (Setting ``stop`` should be followed by :func:`wake` to end a sleep at once.)
+    """
     owner = worker_id()
+    if not db.is_sqlite:
+        threading.Thread(target=listen, args=(db.url, stop), name="sopflow-listen", daemon=True).start()
     while not stop.is_set():
+        _WAKE.clear()
         try:
-            result = run_once(db, owner=owner)
+            result = run_once(db, owner=owner, settings=settings)
         except Exception:  # noqa: BLE001
             log.exception("worker iteration failed")
             result = WorkerResult()
-        if result.acquired == 0:
-            stop.wait(interval)
+        if result.acquired or result.delivered:
+            continue
+        try:
+            pause = seconds_until_next(db, interval)
+        except Exception:  # noqa: BLE001
+            pause = interval
+        if not stop.is_set():
+            _WAKE.wait(max(pause, MIN_SLEEP))

@@ -7,6 +7,8 @@
 - ``timers``: fire an instance's due timers
 - ``external_tasks``: fetch-and-lock, complete, fail, BPMN error, extend lock; retries and incidents
   (imported as a module: ``from engine.commands import external_tasks``)
+- ``sla``: fire SLA jobs (at risk, breach, reminder; escalation) and the SLA reports
+- ``clock_control``: the admin clock (``SOPFLOW_CLOCK_CONTROL=1``)
 """
 from engine.actor import SYSTEM, Actor
 from engine.commands.deployments import DeployResult, deploy

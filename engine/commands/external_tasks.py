@@ -427,7 +427,10 @@ def set_retries(session: Session, *, task_id: str, retries: Any, actor: Actor,
 
 
 def retry_incident(session: Session, *, incident_id: str, retries: Any, actor: Actor) -> IncidentRow:
-    """Resolve an open external-task incident by giving the task ``retries`` (>= 1) again."""
+    """Resolve an open external-task incident by giving the task ``retries`` (>= 1) again.
+
+    A failed job's incident (``job_id`` set) is retried by :func:`engine.commands.sla.retry_job`.
+    """
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
         raise InvalidInput("retries must be 1 or more to retry an incident", field="retries")
     incident = session.get(IncidentRow, incident_id)
@@ -436,6 +439,11 @@ def retry_incident(session: Session, *, incident_id: str, retries: Any, actor: A
     if incident.resolved_at is not None:
         raise Conflict(f"incident {incident_id} is already resolved ({incident.resolution})",
                        incident_id=incident_id)
+    if incident.external_task_id is None and incident.job_id is not None:  # a job out of attempts
+        from engine.commands import sla  # late: sla builds on the worker's modules
+
+        sla.retry_job(session, incident=incident, actor=actor)
+        return incident
     if incident.external_task_id is None:
         raise Conflict(f"incident {incident_id} ({incident.kind}) is not an external task's; it cannot be "
                        "retried here", incident_id=incident_id)

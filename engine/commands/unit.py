@@ -409,7 +409,8 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
     with session.no_autoflush:  # plan: reads and computation only (external-task row updates aside)
         values["open_task_ids"] = projections.sync_tasks(
             session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
-            revision=values["revision"], completed=loaded.completed_task, held=held)
+            revision=values["revision"], completed=loaded.completed_task, held=held,
+            at_risk_fraction=(loaded.settings or load_settings()).sla_at_risk_fraction)
         external = projections.sync_external_tasks(session, row, workflow, loaded.events, actor.name, held=held,
                                                    cancelled=status == "cancelled")
         if ended:

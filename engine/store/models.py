@@ -190,6 +190,8 @@ class TaskRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=50)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     at_risk_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # 75% of the time to due_at spent
+    # what the SLA jobs announced (engine.commands.sla): on_time | at_risk | breached; NULL without a due date
+    sla_state: Mapped[str | None] = mapped_column(String(20))
     follow_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_revision: Mapped[int] = mapped_column(Integer, default=0)  # instance revision that opened it
@@ -231,7 +233,7 @@ class JobRow(Base):
     __table_args__ = (Index("ix_jobs_due", "state", "due_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(30))  # timer
+    kind: Mapped[str] = mapped_column(String(30))  # timer | sla_at_risk | sla_breach | sla_reminder
     instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"), index=True)
     task_id: Mapped[str | None] = mapped_column(String(36))
     element_id: Mapped[str | None] = mapped_column(String(200))
@@ -299,6 +301,8 @@ class UserRow(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     display_name: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))  # designer | employee | auditor | admin
+    locale: Mapped[str | None] = mapped_column(String(20))  # en | zh-Hans (notifications); NULL: en
+    email: Mapped[str | None] = mapped_column(String(320))  # where e-mail notifications go
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -385,3 +389,58 @@ class IncidentRow(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(100))
     resolution: Mapped[str | None] = mapped_column(String(40))
+
+
+class RuntimeSettingRow(Base):
+    """Settings every process must agree on at run time (e.g. the admin clock's offset)."""
+
+    __tablename__ = "runtime_settings"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class OutboxRow(Base):
+    """A notification, written in the same transaction as the event that caused it.
+
+    ``channel`` ``inapp`` rows are the user's in-app notifications (delivered when committed;
+    ``read_at`` marks them read); ``email`` and ``webhook`` rows are delivered by the worker
+    (``state`` pending -> delivered | failed, ``next_attempt_at`` doubles as the delivery lease
+    and the backoff), each attempt recorded in ``outbox_deliveries``.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_recipient", "channel", "recipient", "created_at"),
+        Index("ix_outbox_pending", "state", "next_attempt_at"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(20))  # inapp | email | webhook
+    recipient: Mapped[str] = mapped_column(String(400))  # user name | e-mail address | URL
+    event: Mapped[str] = mapped_column(String(60))  # task.at_risk | task.breached | task.reminder | ...
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OutboxDeliveryRow(Base):
+    """One delivery attempt of an outbox row (e-mail or webhook): when, and how it went."""
+
+    __tablename__ = "outbox_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    outbox_id: Mapped[str] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,194 @@
+"""Timer benchmark: N timers due within a window, fired by the worker; prints figures, asserts nothing.
+
+    .venv/bin/python bench/timers.py                              # 10,000 timers in 10 s, SQLite, embedded worker
+    .venv/bin/python bench/timers.py --postgres --workers 1 2 4   # a throwaway PostgreSQL cluster, worker processes
+    .venv/bin/python bench/timers.py --database-url postgresql+psycopg://... --workers 2   # an EMPTY database
+
+Seeding: ``--timers`` instances of a process whose intermediate timer has a ``timeDate``
+from a start variable are started through ``start_instance`` (real state, real jobs), their
+due instants spread evenly over ``--window`` seconds starting one hour ahead. Then the
+clock is moved with the admin clock's shared offset (``runtime_settings``, exactly what
+``POST /api/admin/clock`` writes) so the window starts one second from now, and the workers
+run in real time: on SQLite one embedded worker thread (``run_forever``, as ``sopflow
+serve`` runs it); on PostgreSQL ``--workers`` separate ``sopflow worker`` processes
+(``SOPFLOW_CLOCK_CONTROL=1``: they read the same offset). Each run waits until every timer
+fired (or ``--timeout``).
+
+Figures, from the ``timer.fired`` audit events: lateness = the event's time minus the
+timer's due time (p50, p99, max), throughput = timers / (last firing - first due), and
+duplicates (a timer fired twice would show as two events; the instance revision check
+should make that impossible).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import delete, func, select, text  # noqa: E402
+
+from engine import clock, migrate  # noqa: E402
+from engine.commands import SYSTEM, deploy, start_instance  # noqa: E402
+from engine.commands.clock_control import OFFSET_KEY, install  # noqa: E402
+from engine.config import Settings  # noqa: E402
+from engine.loading import UploadedFile  # noqa: E402
+from engine.store.db import Database  # noqa: E402
+from engine.store.models import AuditEventRow, JobRow, RuntimeSettingRow  # noqa: E402
+from engine.worker import run_forever, wake  # noqa: E402
+
+SPIFF = "http://spiffworkflow.org/bpmn/schema/1.0/core"
+BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
+PROCESS = f"""<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="{BPMN}" xmlns:spiffworkflow="{SPIFF}" id="d" targetNamespace="http://sopflow/bench">
+<bpmn:process id="tick" isExecutable="true">
+  <bpmn:startEvent id="start"/>
+  <bpmn:intermediateCatchEvent id="wait"><bpmn:timerEventDefinition><bpmn:timeDate>due</bpmn:timeDate>
+  </bpmn:timerEventDefinition></bpmn:intermediateCatchEvent>
+  <bpmn:endEvent id="end"/>
+  <bpmn:sequenceFlow id="f1" sourceRef="start" targetRef="wait"/>
+  <bpmn:sequenceFlow id="f2" sourceRef="wait" targetRef="end"/>
+</bpmn:process></bpmn:definitions>""".encode()
+
+
+def seed(db: Database, n: int, window: float) -> datetime:
+    """Start ``n`` instances whose timers fall due over ``window`` seconds from one hour ahead; returns the start."""
+    start = (clock.now() + timedelta(hours=1)).replace(microsecond=0)
+    db.command(lambda s: deploy(s, files=[UploadedFile("tick.bpmn", PROCESS)], actor=SYSTEM))
+    began = time.perf_counter()
+    for i in range(n):
+        due = (start + timedelta(seconds=window * i / n)).isoformat()
+        db.command(lambda s, d=due: start_instance(s, key="tick", actor=SYSTEM, variables={"due": d}))
+        if (i + 1) % 2000 == 0:
+            print(f"  seeded {i + 1}/{n} ({(i + 1) / (time.perf_counter() - began):.0f} starts/s)", flush=True)
+    return start
+
+
+def move_clock_to(db: Database, target: datetime) -> None:
+    offset = (target - clock.SystemClock().now()).total_seconds()
+    with db.transaction() as s:
+        s.execute(delete(RuntimeSettingRow).where(RuntimeSettingRow.key == OFFSET_KEY))
+        s.add(RuntimeSettingRow(key=OFFSET_KEY, value=offset, updated_at=target, updated_by="bench"))
+
+
+def figures(db: Database, n: int, window_start: datetime) -> dict[str, object]:
+    with db.read() as s:
+        rows = s.execute(select(AuditEventRow.occurred_at, AuditEventRow.payload, AuditEventRow.instance_id)
+                         .where(AuditEventRow.action == "timer.fired")).all()
+    late = []
+    per_instance: dict[str | None, int] = {}
+    last = window_start
+    for occurred, payload, instance_id in rows:
+        due = datetime.fromisoformat(json.loads(payload)["due_at"])
+        due = due if due.tzinfo else due.replace(tzinfo=UTC)
+        late.append((occurred - due).total_seconds())
+        per_instance[instance_id] = per_instance.get(instance_id, 0) + 1
+        last = max(last, occurred)
+    late.sort()
+    q = statistics.quantiles(late, n=100, method="inclusive") if len(late) > 1 else late * 99
+    span = (last - window_start).total_seconds()
+    return {"fired": len(rows), "expected": n, "duplicates": sum(c - 1 for c in per_instance.values() if c > 1),
+            "lateness_p50_s": round(q[49], 3), "lateness_p99_s": round(q[98], 3), "lateness_max_s": round(late[-1], 3),
+            "timers_per_s": round(len(rows) / span, 1) if span > 0 else None}
+
+
+def wait_for(db: Database, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.read() as s:
+            left = s.scalar(select(func.count()).select_from(JobRow)) or 0
+        if left == 0:
+            return
+        time.sleep(0.25)
+    print(f"  timed out with {left} of {n} timers left", flush=True)
+
+
+def run_embedded(url: str, n: int, window: float, timeout: float) -> dict[str, object]:
+    db = Database(url)
+    start = seed(db, n, window)
+    install(db)
+    move_clock_to(db, start - timedelta(seconds=1))
+    stop = threading.Event()
+    thread = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "settings": Settings()},
+                              daemon=True)
+    thread.start()
+    wake()
+    wait_for(db, n, timeout)
+    stop.set()
+    wake()
+    thread.join(timeout=10)
+    return figures(db, n, start)
+
+
+def run_processes(url: str, n: int, window: float, workers: int, timeout: float,
+                  startup: float = 10.0) -> dict[str, object]:
+    db = Database(url)
+    start = seed(db, n, window)
+    env = {**os.environ, "SOPFLOW_DATABASE_URL": url, "SOPFLOW_CLOCK_CONTROL": "1"}
+    root = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], cwd=root, env=env,  # noqa: S603
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    try:
+        time.sleep(startup)  # let the processes import and go to sleep with nothing due
+        move_clock_to(db, start - timedelta(seconds=3))  # seen within the offset cache (0.5 s) + one sleep (1 s)
+        wait_for(db, n, timeout)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+    install(db)
+    return figures(db, n, start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timers", type=int, default=10_000)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds over which the timers fall due")
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL cluster")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1], help="worker processes (PostgreSQL)")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+    if not args.database_url and not args.postgres:
+        path = Path(tempfile.mkdtemp(prefix="sopflow-bench-")) / "timers.db"
+        url = f"sqlite:///{path}"
+        migrate.upgrade(url)
+        print(f"SQLite, embedded worker, {args.timers} timers due within {args.window} s", flush=True)
+        print(json.dumps(run_embedded(url, args.timers, args.window, args.timeout)), flush=True)
+        return
+    cluster = None
+    if args.postgres:
+        from tests.conftest import PgCluster
+
+        cluster = PgCluster()
+    try:
+        for workers in args.workers:
+            if cluster is not None:
+                name = f"bench_{workers}_{int(time.time())}"
+                cluster.execute(f"CREATE DATABASE {name}")
+                url = cluster.url(name)
+            else:
+                url = args.database_url
+            migrate.upgrade(url)
+            with Database(url).transaction() as s:
+                s.execute(text("SELECT 1"))
+            print(f"PostgreSQL, {workers} worker process(es), {args.timers} timers due within {args.window} s",
+                  flush=True)
+            print(json.dumps(run_processes(url, args.timers, args.window, workers, args.timeout)), flush=True)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Business calendars: working hours, weekends and holidays, so "2 business days" means that.
+
+A calendar has a time zone, opening and closing times, working weekdays and holidays.
+``default`` is Monday-Friday 09:00-18:00 in ``SOPFLOW_CALENDAR_TZ`` (UTC when unset), with
+holidays from ``SOPFLOW_CALENDAR_HOLIDAYS`` (a file, one ISO date per line, ``#`` comments).
+More calendars come from ``SOPFLOW_CALENDARS``, a JSON file::
+
+    {"cn": {"timezone": "Asia/Shanghai", "open": "09:00", "close": "18:00",
+            "workdays": [1, 2, 3, 4, 5], "holidays": ["2026-10-01"], "holidays_file": "cn.txt"}}
+
+(``workdays`` are ISO weekdays, Monday = 1.) Business durations (:meth:`BusinessCalendar.add`)
+read an ISO 8601 duration in working time: each day (``D``; a week ``W`` is five) is one
+working day, keeping the time of day, and hours/minutes/seconds are working hours. Years and
+months have no business meaning and are refused. Plain ISO durations elsewhere stay calendar time.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
+
+from engine.errors import InvalidInput
+
+MAX_DAYS = 366 * 20  # no business duration walks further than this (a misconfigured calendar cannot spin)
+
+
+@dataclass(frozen=True)
+class BusinessCalendar:
+    """Working time: ``open``..``close`` local time on ``workdays`` (ISO weekdays) that are not ``holidays``."""
+
+    name: str = "default"
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    open: time = time(9, 0)
+    close: time = time(18, 0)
+    workdays: frozenset[int] = frozenset({1, 2, 3, 4, 5})
+    holidays: frozenset[date] = frozenset()
+
+    def is_working_day(self, day: date) -> bool:
+        return day.isoweekday() in self.workdays and day not in self.holidays
+
+    def _at(self, day: date, at: time) -> datetime:
+        return datetime.combine(day, at, tzinfo=self.zone)
+
+    def next_open(self, instant: datetime) -> datetime:
+        """``instant`` if it lies in working time, else the next opening (UTC in, local-aware out)."""
+        local = instant.astimezone(self.zone)
+        day = local.date()
+        for _ in range(MAX_DAYS):
+            if self.is_working_day(day):
+                start, end = self._at(day, self.open), self._at(day, self.close)
+                if local < start:
+                    return start
+                if local < end:
+                    return local
+            day += timedelta(days=1)
+            local = self._at(day, time(0, 0))
+        raise InvalidInput(f"calendar '{self.name}' has no working time within {MAX_DAYS} days")
+
+    def add_working_time(self, start: datetime, amount: timedelta) -> datetime:
+        """``start`` moved by ``amount`` of working time (UTC result)."""
+        at = self.next_open(start)
+        left = amount
+        for _ in range(MAX_DAYS):
+            end = self._at(at.astimezone(self.zone).date(), self.close)
+            if at + left <= end:
+                return (at + left).astimezone(UTC)
+            left -= end - at
+            at = self.next_open(end)  # closing time is outside working time: the next opening
+        raise InvalidInput(f"calendar '{self.name}' cannot fit {amount} of working time")
+
+    def add_working_days(self, start: datetime, days: int) -> datetime:
+        """``start`` (moved to the next opening if outside working time) plus ``days`` working days, same time of day."""
+        at = self.next_open(start)
+        day, clock_time = at.date(), at.timetz().replace(tzinfo=None)
+        for _ in range(days):
+            day += timedelta(days=1)
+            steps = 0
+            while not self.is_working_day(day):
+                day += timedelta(days=1)
+                steps += 1
+                if steps > MAX_DAYS:
+                    raise InvalidInput(f"calendar '{self.name}' has no working day within {MAX_DAYS} days")
+        return datetime.combine(day, clock_time, tzinfo=self.zone).astimezone(UTC)
+
+    def add(self, start: datetime, duration: str) -> datetime:
+        """``start`` plus the ISO 8601 ``duration`` read in business time (see the module docstring)."""
+        try:
+            parts = TimerEventDefinition.parse_iso_duration(duration.strip())
+        except Exception:  # noqa: BLE001 - SpiffWorkflow raises a bare Exception
+            raise InvalidInput(f"'{duration[:60]}' is not an ISO 8601 duration like P2D or PT4H",
+                               field="businessDue") from None
+        if parts.get("years") or parts.get("months"):
+            raise InvalidInput(f"'{duration[:60]}': a business duration counts days, weeks and hours, "
+                               "not years or months", field="businessDue")
+        days = parts.get("days", 0) + 5 * parts.get("weeks", 0)
+        if days != int(days):
+            raise InvalidInput(f"'{duration[:60]}': business days must be whole", field="businessDue")
+        at = self.add_working_days(start, int(days)) if days else start
+        hours = timedelta(hours=parts.get("hours", 0), minutes=parts.get("minutes", 0),
+                          seconds=parts.get("seconds", 0))
+        return self.add_working_time(at, hours) if hours or not days else at
+
+    def working_time_between(self, start: datetime, end: datetime) -> timedelta:
+        """Working time from ``start`` to ``end`` (0 when ``end`` is not later)."""
+        total = timedelta(0)
+        at = self.next_open(start)
+        for _ in range(MAX_DAYS):
+            if at >= end:
+                return total
+            close = self._at(at.astimezone(self.zone).date(), self.close)
+            total += min(close, end) - at
+            at = self.next_open(close)
+        return total
+
+
+def _clock_time(text: str, what: str) -> time:
+    try:
+        return time.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"calendar {what} '{text}' is not a time like 09:00") from None
+
+
+def _read_holiday_file(path: str) -> set[date]:
+    found: set[date] = set()
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text:
+            found.add(date.fromisoformat(text))
+    return found
+
+
+def _build(name: str, spec: dict[str, Any]) -> BusinessCalendar:
+    try:
+        zone = ZoneInfo(str(spec.get("timezone") or "UTC"))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"calendar '{name}': unknown time zone '{spec.get('timezone')}'") from None
+    holidays = {date.fromisoformat(d) for d in spec.get("holidays", [])}
+    if spec.get("holidays_file"):
+        holidays |= _read_holiday_file(str(spec["holidays_file"]))
+    cal = BusinessCalendar(name=name, zone=zone, open=_clock_time(str(spec.get("open", "09:00")), "open"),
+                           close=_clock_time(str(spec.get("close", "18:00")), "close"),
+                           workdays=frozenset(int(d) for d in spec.get("workdays", [1, 2, 3, 4, 5])),
+                           holidays=frozenset(holidays))
+    if cal.close <= cal.open or not cal.workdays <= set(range(1, 8)) or not cal.workdays:
+        raise InvalidInput(f"calendar '{name}': needs open before close and workdays among 1..7")
+    return cal
+
+
+@lru_cache(maxsize=1)
+def calendars() -> dict[str, BusinessCalendar]:
+    """Every configured calendar by name (read once per process); ``default`` is always there."""
+    found: dict[str, dict[str, Any]] = {"default": {"timezone": os.environ.get("SOPFLOW_CALENDAR_TZ") or "UTC"}}
+    if os.environ.get("SOPFLOW_CALENDAR_HOLIDAYS"):
+        found["default"]["holidays_file"] = os.environ["SOPFLOW_CALENDAR_HOLIDAYS"]
+    if os.environ.get("SOPFLOW_CALENDARS"):
+        extra = json.loads(Path(os.environ["SOPFLOW_CALENDARS"]).read_text(encoding="utf-8"))
+        for name, spec in extra.items():
+            found[str(name)] = {**found.get(str(name), {}), **spec}
+    return {name: _build(name, spec) for name, spec in found.items()}
+
+
+def get(name: str | None) -> BusinessCalendar:
+    """The calendar called ``name`` (``default`` when None); InvalidInput naming the known ones otherwise."""
+    known = calendars()
+    cal = known.get(name or "default")
+    if cal is None:
+        raise InvalidInput(f"unknown calendar '{name}'; configured: {', '.join(sorted(known))}", field="calendar")
+    return cal
