@@ -464,6 +464,21 @@ def _check_dmn(name: str, root: etree._Element) -> None:
                     compile_or_refuse(text, "output entry", source, source.strip())
 
 
+def _check_task_expression(meta: UserTaskMeta, attr: str, text: str, file_name: str | None,
+                           line: int | None) -> bool:
+    """True when ``text`` is a ``${expression}`` (checked: it compiles in the sandbox), else False."""
+    if not (text.startswith("${") and text.endswith("}")):
+        return False
+    try:
+        sandbox.check(text[2:-1], "eval")
+    except sandbox.ScriptRefused as exc:
+        raise InvalidDefinition(
+            f"user task '{meta.element_id}': {attr} expression is invalid: {exc}",
+            file=file_name, element_id=meta.element_id, line=line,
+        ) from None
+    return True
+
+
 def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
     for attr in ("due_date", "follow_up_date"):
         value = getattr(meta, attr)
@@ -471,15 +486,9 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
             continue
         text = value.strip()
         file_name, line = locate.find(meta.element_id)
-        if text.startswith("${") and text.endswith("}"):
-            try:
-                sandbox.check(text[2:-1], "eval")
-            except sandbox.ScriptRefused as exc:
-                raise InvalidDefinition(
-                    f"user task '{meta.element_id}': {attr} expression is invalid: {exc}",
-                    file=file_name, element_id=meta.element_id, line=line,
-                ) from None
-        elif text.startswith(("P", "-P")):
+        if _check_task_expression(meta, attr, text, file_name, line):
+            continue
+        if text.startswith(("P", "-P")):
             if not _ISO_DURATION.match(text):
                 raise InvalidDefinition(
                     f"user task '{meta.element_id}': {attr} '{text}' is not an ISO 8601 duration",
@@ -582,14 +591,7 @@ def _check_priority(meta: UserTaskMeta, locate: _Locator) -> None:
     if not text:
         return
     file_name, line = locate.find(meta.element_id)
-    if text.startswith("${") and text.endswith("}"):
-        try:
-            sandbox.check(text[2:-1], "eval")
-        except sandbox.ScriptRefused as exc:
-            raise InvalidDefinition(
-                f"user task '{meta.element_id}': priority expression is invalid: {exc}",
-                file=file_name, element_id=meta.element_id, line=line,
-            ) from None
+    if _check_task_expression(meta, "priority", text, file_name, line):
         return
     low, high = PRIORITY_RANGE
     if not re.fullmatch(r"[+-]?\d{1,12}", text) or not low <= int(text) <= high:
