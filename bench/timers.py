@@ -33,6 +33,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+# bench/ itself must not be on the path: bench/http.py would shadow the standard library's http
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import delete, func, select, text  # noqa: E402

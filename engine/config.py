@@ -54,6 +54,10 @@ class Settings:
     smtp_from: str = field(default_factory=lambda: os.environ.get("SOPFLOW_SMTP_FROM", "sopflow@localhost"))
     webhook_url: str = field(default_factory=lambda: os.environ.get("SOPFLOW_WEBHOOK_URL", ""))
     webhook_secret: str = field(default_factory=lambda: os.environ.get("SOPFLOW_WEBHOOK_SECRET", ""))
+    # Timer batches (engine.worker, docs/notes/batch.md): the worker fires the due timers of at most
+    # this many instances, or about this many milliseconds of work, in one transaction.
+    timer_batch_instances: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_INSTANCES", 50))
+    timer_batch_ms: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_MS", 200))
 
     def resolved_database_url(self) -> str:
         if self.database_url:

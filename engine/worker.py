@@ -3,8 +3,11 @@
 Acquisition runs in its own short transaction: due, pending jobs whose lease is free
 are selected in ``(due_at, id)`` order with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; on
 SQLite the write lock serialises acquirers) and leased to this worker. Timer jobs of one
-instance are fired in one unit of work (engine.commands.timers); each SLA job (``sla_*``)
-in its own (engine.commands.sla). A crashed worker's lease expires and the jobs are picked
+instance are fired in one unit of work (engine.commands.timers), and the units of several
+instances share one transaction, each under its own SAVEPOINT (:func:`fire_timer_batch`,
+bounded by ``timer_batch_instances``/``timer_batch_ms``; a stale instance is fired alone
+afterwards, a failing one rolls back alone); each SLA job (``sla_*``) is its own command
+(engine.commands.sla). A crashed worker's lease expires and the jobs are picked
 up again; the instance ``revision`` check, SpiffWorkflow's own timer state and the SLA
 command's delete-as-claim mean a job never fires twice. A failure is recorded on the job
 (``attempts``, ``last_error``) with exponential backoff; after ``max_attempts`` the job
@@ -23,12 +26,14 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
 from sqlalchemy import case, event, func, make_url, or_, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from engine import clock, notifications, stats
@@ -38,7 +43,7 @@ from engine.commands.sla import fire_sla_job
 from engine.commands.timers import fire_timers
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import SopflowError
+from engine.errors import SopflowError, StaleInstance
 from engine.ids import time_ordered_id
 from engine.projections import NEW_JOBS  # set by a command that scheduled jobs
 from engine.sla import SLA_JOB_KINDS
@@ -170,7 +175,7 @@ def _open_incident(session: Session, job: JobRow, error: str) -> None:
 
 def _fire(db: Database, instance_id: str, job_ids: list[str], kinds: dict[str, str],
           settings: Settings) -> tuple[int, int]:
-    """Fire one instance's leased jobs: ``(timers fired, SLA jobs with an effect)``."""
+    """Fire one instance's leased jobs, each its own command: ``(timers fired, SLA jobs with an effect)``."""
     timers = [j for j in job_ids if kinds[j] not in SLA_JOB_KINDS]
     fired = db.command(partial(fire_timers, instance_id=instance_id, job_ids=timers)) if timers else 0
     sla = sum(int(db.command(partial(fire_sla_job, job_id=job_id, settings=settings)))
@@ -178,9 +183,101 @@ def _fire(db: Database, instance_id: str, job_ids: list[str], kinds: dict[str, s
     return fired, sla
 
 
-def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_attempts: int = 3,
+# per-command bookkeeping a command keeps on its session (engine.commands.unit, .messages): reset
+# between the instances of a batch so one instance's leftovers never reach the next
+_PER_COMMAND_INFO = ("sopflow_audit_rows", "sopflow_message_deliveries")
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch transaction did with the instances it took (a prefix of those offered)."""
+
+    taken: int = 0  # instances of the offered list this batch handled (fired, stale or failed)
+    fired: dict[str, int] = field(default_factory=dict)  # instance -> timers fired (committed)
+    stale: list[str] = field(default_factory=list)  # moved by another command: fire alone, later
+    failed: dict[str, str] = field(default_factory=dict)  # instance -> error (backoff/incident path)
+
+
+def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings: Settings) -> BatchOutcome:
+    """Fire the leased timer jobs of several instances in ONE transaction, each under a SAVEPOINT.
+
+    ``groups`` is ``[(instance_id, timer job ids), ...]``; the batch takes a prefix of it, at
+    most ``settings.timer_batch_instances`` instances and stopping after about
+    ``settings.timer_batch_ms`` of work, so no transaction holds SQLite's write lock long.
+    Each instance is one :func:`engine.commands.timers.fire_timers` inside
+    ``session.begin_nested()``: its writes are still guarded by the instance ``revision``, and
+    when it raises only its savepoint rolls back. A stale instance (another command moved it,
+    :class:`StaleInstance`, or a unique-key/lock error) is reported in ``stale`` for the caller
+    to fire alone with the command's usual retries; an instance whose firing fails (a script
+    error after the timer, ...) is reported in ``failed`` with its message. The transaction
+    commits the others. On SQLite it takes the write lock at ``BEGIN`` (``BEGIN IMMEDIATE``):
+    the lazy lock upgrade of :meth:`Database.command` ends the read transaction, which would
+    drop any open savepoint; holding the lock from the start also means no other writer can
+    make an instance stale in the middle of the batch. If the transaction as a whole fails, the
+    exception reaches the caller and nothing of the batch is stored.
+    """
+    outcome = BatchOutcome()
+    budget = max(0.0, settings.timer_batch_ms / 1000)
+    limit = max(1, settings.timer_batch_instances)
+    began = time.perf_counter()
+    with db.transaction() as session:
+        for instance_id, job_ids in groups:
+            if outcome.taken >= limit or (outcome.taken and time.perf_counter() - began >= budget):
+                break
+            outcome.taken += 1
+            for key in _PER_COMMAND_INFO:
+                session.info.pop(key, None)
+            try:
+                with session.begin_nested():
+                    outcome.fired[instance_id] = fire_timers(session, instance_id=instance_id, job_ids=job_ids,
+                                                             settings=settings)
+            except (StaleInstance, IntegrityError, OperationalError):
+                stats.incr("batch_stale")
+                outcome.stale.append(instance_id)
+            except SopflowError as exc:
+                outcome.failed[instance_id] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one instance must not fail the batch
+                log.exception("timer crashed in a batch", extra={"instance_id": instance_id})
+                outcome.failed[instance_id] = f"{type(exc).__name__}: {exc}"
+        for key in _PER_COMMAND_INFO:
+            session.info.pop(key, None)
+    stats.incr("timer_batches")
+    return outcome
+
+
+def _fire_alone(db: Database, instance_id: str, job_ids: list[str], kinds: dict[str, str], settings: Settings,
+                max_attempts: int, result: WorkerResult) -> None:
+    """One instance's jobs as their own commands; a failure is recorded on the jobs (backoff, incident)."""
+    try:
+        fired, sla = _fire(db, instance_id, job_ids, kinds, settings)
+        result.fired += fired
+        result.sla += sla
+        stats.incr("timers_fired", fired)
+        stats.incr("sla_jobs_fired", sla)
+    except SopflowError as exc:
+        _failed(db, instance_id, job_ids, str(exc), max_attempts, result)
+    except Exception as exc:  # noqa: BLE001 - a worker must survive any one job
+        log.exception("jobs crashed", extra={"instance_id": instance_id})
+        _failed(db, instance_id, job_ids, f"{type(exc).__name__}: {exc}", max_attempts, result)
+
+
+def _failed(db: Database, instance_id: str, job_ids: list[str], error: str, max_attempts: int,
+            result: WorkerResult) -> None:
+    result.failed += len(job_ids)
+    stats.incr("job_failures", len(job_ids))
+    log.warning("jobs failed", extra={"instance_id": instance_id, "error": error})
+    _record_failure(db, job_ids, error, max_attempts)
+
+
+def run_once(db: Database, *, owner: str | None = None, limit: int = 100, max_attempts: int = 3,
              settings: Settings | None = None, lease: timedelta = timedelta(minutes=5)) -> WorkerResult:
-    """Acquire and fire what is due now, then deliver due notifications (tests call this after moving the clock)."""
+    """Acquire and fire what is due now, then deliver due notifications (tests call this after moving the clock).
+
+    BPMN timers of several instances fire in batches (:func:`fire_timer_batch`); an instance the
+    batch found stale is fired alone right after, one that failed goes the failure path
+    (backoff, then an incident). If a batch transaction fails as a whole, its instances are
+    fired one by one. SLA jobs are each their own command, as before.
+    """
     owner = owner or worker_id()
     settings = settings or load_settings()
     result = WorkerResult()
@@ -189,25 +286,29 @@ def run_once(db: Database, *, owner: str | None = None, limit: int = 50, max_att
     grouped: dict[str, list[str]] = {}
     for job_id, instance_id, _kind in rows:
         grouped.setdefault(instance_id, []).append(job_id)
-    for instance_id, job_ids in grouped.items():
-        result.acquired += len(job_ids)
-        stats.incr("jobs", len(job_ids))
+    result.acquired = len(rows)
+    stats.incr("jobs", len(rows))
+    timers = [(i, [j for j in ids if kinds[j] not in SLA_JOB_KINDS]) for i, ids in grouped.items()]
+    timers = [(i, ids) for i, ids in timers if ids]
+    while timers:
         try:
-            fired, sla = _fire(db, instance_id, job_ids, kinds, settings)
-            result.fired += fired
-            result.sla += sla
-            stats.incr("timers_fired", fired)
-            stats.incr("sla_jobs_fired", sla)
-        except SopflowError as exc:
-            result.failed += len(job_ids)
-            stats.incr("job_failures", len(job_ids))
-            log.warning("jobs failed", extra={"instance_id": instance_id, "error": str(exc)})
-            _record_failure(db, job_ids, str(exc), max_attempts)
-        except Exception as exc:  # noqa: BLE001 - a worker must survive any one job
-            result.failed += len(job_ids)
-            stats.incr("job_failures", len(job_ids))
-            log.exception("jobs crashed", extra={"instance_id": instance_id})
-            _record_failure(db, job_ids, f"{type(exc).__name__}: {exc}", max_attempts)
+            outcome = fire_timer_batch(db, timers, settings)
+        except Exception:  # noqa: BLE001 - the whole batch rolled back: fall back to one by one
+            log.exception("timer batch failed; firing its instances one by one")
+            outcome = BatchOutcome(taken=min(len(timers), max(1, settings.timer_batch_instances)))
+            outcome.stale = [i for i, _ids in timers[:outcome.taken]]
+        taken, timers = dict(timers[:outcome.taken]), timers[outcome.taken:]
+        fired = sum(outcome.fired.values())
+        result.fired += fired
+        stats.incr("timers_fired", fired)
+        for instance_id in outcome.stale:
+            _fire_alone(db, instance_id, taken[instance_id], kinds, settings, max_attempts, result)
+        for instance_id, error in outcome.failed.items():
+            _failed(db, instance_id, taken[instance_id], error, max_attempts, result)
+    for instance_id, job_ids in grouped.items():
+        sla_jobs = [j for j in job_ids if kinds[j] in SLA_JOB_KINDS]
+        if sla_jobs:
+            _fire_alone(db, instance_id, sla_jobs, kinds, settings, max_attempts, result)
     try:
         result.delivered = notifications.deliver_due(db, settings)
     except Exception:  # noqa: BLE001 - delivery problems must not stop timers

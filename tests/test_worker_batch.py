@@ -1,0 +1,101 @@
+"""Timers in batches: several instances per transaction, each under its own savepoint."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from engine.commands import start_instance, unit
+from engine.config import Settings
+from engine.store.models import AuditEventRow, IncidentRow
+from engine.worker import run_once
+from tests.bpmnkit import Bpmn
+from tests.helpers import ALICE, deploy_xml, instance, jobs
+
+
+def _waits() -> bytes:
+    # the script after the timer divides by ``divisor``: 0 makes that instance's firing fail
+    b = Bpmn("wait").start().timer_catch("pause", '"PT1H"').script("after", "fired = fired + 100 / divisor")
+    return b.end().chain("start", "pause", "after", "end").xml()
+
+
+def _fired_events(db, instance_id: str) -> int:
+    with db.read() as s:
+        return len(s.scalars(select(AuditEventRow.chain_seq).where(AuditEventRow.chain == instance_id,
+                                                            AuditEventRow.action == "timer.fired")).all())
+
+
+def _start(db, divisor: int) -> str:
+    return db.command(lambda s: start_instance(s, key="wait", actor=ALICE,
+                                               variables={"fired": 0, "divisor": divisor})).id
+
+
+def test_one_failing_instance_does_not_fail_the_batch(db, clock, monkeypatch):
+    deploy_xml(db, _waits())
+    good = [_start(db, 1) for _ in range(4)]
+    bad = _start(db, 0)
+    batches = []
+    real = unit.persist
+    monkeypatch.setattr(unit, "persist", lambda session, *a, **k: (batches.append(session), real(session, *a, **k))[1])
+    clock.advance(hours=2)
+    result = run_once(db, max_attempts=2, settings=Settings(timer_batch_ms=60_000))
+    assert (result.acquired, result.fired, result.failed) == (5, 4, 1)
+    assert len({id(s) for s in batches}) == 1  # the four good instances were stored in one transaction
+    for instance_id in good:
+        row = instance(db, instance_id)
+        assert row.status == "completed" and row.variables["fired"] == 100
+        assert _fired_events(db, instance_id) == 1
+    [job] = jobs(db, bad)
+    assert job.attempts == 1 and job.state == "pending" and "division by zero" in job.last_error
+    assert instance(db, bad).revision == 1 and _fired_events(db, bad) == 0  # its savepoint rolled back alone
+    assert run_once(db, max_attempts=2).acquired == 0  # backing off; the good ones never fire again
+    clock.advance(minutes=1)
+    result = run_once(db, max_attempts=2)
+    assert (result.acquired, result.fired, result.failed) == (1, 0, 1)
+    [job] = jobs(db, bad)
+    assert job.state == "failed"
+    with db.read() as s:
+        [incident] = s.scalars(select(IncidentRow).where(IncidentRow.instance_id == bad)).all()
+    assert incident.kind == "failed_job" and incident.job_id == job.id
+    assert all(_fired_events(db, i) == 1 and instance(db, i).variables["fired"] == 100 for i in good)
+
+
+def test_a_stale_instance_in_a_batch_is_retried_alone_and_fires_once(db, clock, monkeypatch):
+    deploy_xml(db, _waits())
+    ids = [_start(db, 1) for _ in range(4)]
+    moved = ids[2]
+    real_load = unit.load
+    loads: list[str] = []
+
+    def load(session, instance_id, **kw):
+        loaded = real_load(session, instance_id, **kw)
+        loads.append(instance_id)
+        if instance_id == moved and loads.count(moved) == 1:
+            # another command stores this instance after the batch read it (a new revision): the
+            # batch's guarded UPDATE ... WHERE revision = :seen finds no row
+            session.execute(unit._UPDATE_INSTANCE, {"b_id": moved, "b_revision": loaded.seen_revision,
+                                                    "b_audit_seq": loaded.seen_audit_seq,
+                                                    "revision": loaded.seen_revision + 1})
+        return loaded
+
+    monkeypatch.setattr(unit, "load", load)
+    clock.advance(hours=2)
+    result = run_once(db, settings=Settings(timer_batch_ms=60_000))
+    assert (result.acquired, result.fired, result.failed) == (4, 4, 0)
+    assert loads.count(moved) == 2 and all(loads.count(i) == 1 for i in ids if i != moved)
+    assert loads[-1] == moved  # retried alone after the batch committed the others
+    for instance_id in ids:
+        row = instance(db, instance_id)
+        assert row.status == "completed" and row.variables["fired"] == 100
+        assert _fired_events(db, instance_id) == 1
+    assert run_once(db).acquired == 0
+
+
+def test_batches_are_bounded(db, clock, monkeypatch):
+    deploy_xml(db, _waits())
+    ids = [_start(db, 1) for _ in range(7)]
+    sessions = []
+    real = unit.persist
+    monkeypatch.setattr(unit, "persist", lambda session, *a, **k: (sessions.append(session), real(session, *a, **k))[1])
+    clock.advance(hours=2)
+    assert run_once(db, settings=Settings(timer_batch_instances=3, timer_batch_ms=60_000)).fired == 7
+    assert [sum(x is s for x in sessions) for s in {id(x): x for x in sessions}.values()] == [3, 3, 1]
+    assert all(instance(db, i).status == "completed" and _fired_events(db, i) == 1 for i in ids)
