@@ -1,8 +1,14 @@
 """Fixtures-as-functions for API tests: an app over a real database, with the demo organisation."""
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -47,3 +53,30 @@ def make_api(db: Database) -> Api:
     tokens = db.command(lambda s: seed_demo(s, actor=SYSTEM))
     app = create_app(settings=Settings(), db=db, run_worker=False)
     return Api(TestClient(app, raise_server_exceptions=False), db, tokens)
+
+
+@contextmanager
+def live_server(db: Database, *, lifespan: str = "off") -> Iterator[tuple[str, int, dict[str, str]]]:
+    """sopflow served by a real uvicorn on a free loopback port, with the demo organisation.
+
+    Yields ``(host, port, tokens)``; the server stops when the block ends. For what only a
+    real server shows: chunked bodies on the wire, clients that speak HTTP themselves.
+    """
+    tokens = db.command(lambda s: seed_demo(s, actor=SYSTEM))
+    app = create_app(settings=Settings(), db=db, run_worker=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
+                                           lifespan=lifespan))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield "127.0.0.1", port, tokens
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

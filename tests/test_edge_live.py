@@ -12,13 +12,9 @@ import json
 import logging
 import socket
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx2 as httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -26,30 +22,9 @@ from api.observability import REGISTRY, JsonFormatter
 from engine.commands import SYSTEM
 from engine.config import Settings
 from engine.identity import seed_demo
+from tests.api_helpers import live_server
 from tests.bpmnkit import Bpmn
 from tests.helpers import snapshot
-
-
-@contextmanager
-def live_server(db) -> Iterator[tuple[str, int, dict[str, str]]]:
-    tokens = db.command(lambda s: seed_demo(s, actor=SYSTEM))
-    app = create_app(settings=Settings(), db=db, run_worker=False)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield "127.0.0.1", port, tokens
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _chunked_request(host: str, port: int, head: str, total: int, chunk: bytes) -> bytes:

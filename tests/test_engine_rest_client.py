@@ -6,22 +6,15 @@ failure with retries (down to an incident), and a BPMN error caught by a boundar
 """
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import requests
-import uvicorn
 
-from api.app import create_app
-from engine.commands import SYSTEM
-from engine.config import Settings
-from engine.identity import seed_demo
 from engine.store.db import Database
+from tests.api_helpers import live_server
 from tests.bpmnkit import Bpmn
 
 with warnings.catch_warnings():  # the client still uses pydantic's v1-style validator (a deprecation warning)
@@ -29,12 +22,6 @@ with warnings.catch_warnings():  # the client still uses pydantic's v1-style val
     from camunda.client.external_task_client import ExternalTaskClient
     from camunda.external_task.external_task import ExternalTask
     from camunda.external_task.external_task_worker import ExternalTaskWorker, NoExternalTaskFound
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -49,19 +36,8 @@ class Live:
 
 @pytest.fixture
 def live(sqlite_db: Database) -> Iterator[Live]:
-    tokens = sqlite_db.command(lambda s: seed_demo(s, actor=SYSTEM))
-    app = create_app(settings=Settings(), db=sqlite_db, run_worker=False)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield Live(f"http://127.0.0.1:{port}", tokens)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(sqlite_db, lifespan="on") as (host, port, tokens):
+        yield Live(f"http://{host}:{port}", tokens)
 
 
 def _payment_process() -> bytes:
