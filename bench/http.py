@@ -85,16 +85,21 @@ class Client:
         detail = self.call("GET", f"/api/process-instances/{instance_id}", "admin")
         return next(t["id"] for t in detail["open_tasks"] if t["element_id"] == element)
 
-    def instance(self) -> None:
-        """One procurement instance, start to "ordered": 6 commands and 2 reads."""
+    def up_to_approval(self) -> tuple[str, str]:
+        """Start an instance, submit the request and claim the manager's step as max: (instance, task)."""
         started = self.call("POST", "/api/process-definitions/procurement_approval/start", "rita", {})
         submit = next(t["id"] for t in started["open_tasks"] if t["element_id"] == "submit_request")
         self.call("POST", f"/api/tasks/{submit}/complete", "rita",
                   {"variables": {"item": "chair", "amount": 500, "justification": "bench"}})
         manager = self.open_task(started["id"], "manager_approval")
         self.call("POST", f"/api/tasks/{manager}/claim", "max")
+        return started["id"], manager
+
+    def instance(self) -> None:
+        """One procurement instance, start to "ordered": 6 commands and 2 reads."""
+        instance_id, manager = self.up_to_approval()
         self.call("POST", f"/api/tasks/{manager}/complete", "max", {"variables": {"manager_approved": True}})
-        order = self.open_task(started["id"], "place_order")
+        order = self.open_task(instance_id, "place_order")
         self.call("POST", f"/api/tasks/{order}/claim", "paul")
         self.call("POST", f"/api/tasks/{order}/complete", "paul", {"variables": {"po_number": "PO-1"}})
 
@@ -251,13 +256,7 @@ def complete_cpu(port: int, tokens: dict[str, str], pids: list[int], count: int)
     setup = Client(port, tokens, [])
     ready = []
     for _ in range(count):
-        started = setup.call("POST", "/api/process-definitions/procurement_approval/start", "rita", {})
-        submit = next(t["id"] for t in started["open_tasks"] if t["element_id"] == "submit_request")
-        setup.call("POST", f"/api/tasks/{submit}/complete", "rita",
-                   {"variables": {"item": "chair", "amount": 500, "justification": "bench"}})
-        manager = setup.open_task(started["id"], "manager_approval")
-        setup.call("POST", f"/api/tasks/{manager}/claim", "max")
-        ready.append(manager)
+        ready.append(setup.up_to_approval()[1])
     client = Client(port, tokens, [])
     time.sleep(0.5)
     cpu0 = _cpu_seconds(pids)
