@@ -23,7 +23,7 @@ run: deploy
 	$(BIN)/sopflow serve
 
 test: $(STAMP)
-	$(BIN)/ruff check engine api tests bench
+	$(BIN)/ruff check engine api web tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 
@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine api tests bench
+	$(BIN)/ruff check engine api web tests bench
 	$(BIN)/mypy
 
 clean:

@@ -32,6 +32,7 @@ from engine.config import load as load_settings
 from engine.identity import TokenCache
 from engine.store.db import Database
 from engine.store.models import TaskRow
+from web import app as web
 
 DESCRIPTION = """
 sopflow runs standard operating procedures as BPMN 2.0 processes.
@@ -97,6 +98,8 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest, admin, notifications,
                    sla):
         app.include_router(module.router)
+
+    web.install(app)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -9,13 +10,17 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine import migrate
 from engine.commands import SYSTEM, Actor, deploy
 from engine.config import load as load_settings
-from engine.errors import SopflowError
+from engine.errors import InvalidInput, SopflowError
 from engine.loading import UploadedFile
 from engine.store.db import Database
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def _db() -> Database:
@@ -148,15 +153,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(name: str) -> str:
+    """A new password for ``name``: asked twice on a terminal, else the first line of standard input."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"new password for {name}: ")
+    if getpass.getpass("again: ") != first:
+        raise InvalidInput("the two passwords differ")
+    return first
+
+
 def cmd_users(args: argparse.Namespace) -> int:
-    from engine import identity
+    from engine import identity, passwords
 
     db = _db()
     try:
         if args.action == "add":
-            view = db.command(lambda s: identity.add_user(s, name=args.name, role=args.role, groups=args.group,
-                                                          actor=SYSTEM))
-            print(f"added {view.name} ({view.role}) groups: {', '.join(view.groups) or '-'}")
+            password = _read_password(args.name) if args.password else None
+
+            def add(s: Session) -> identity.UserView:
+                view = identity.add_user(s, name=args.name, role=args.role, groups=args.group, actor=SYSTEM)
+                if password is not None:
+                    passwords.set_password(s, name=args.name, password=password, actor=SYSTEM)
+                return view
+
+            view = db.command(add)
+            print(f"added {view.name} ({view.role}) groups: {', '.join(view.groups) or '-'}"
+                  + (" (can sign in)" if password else ""))
+        elif args.action == "password":
+            password = passwords.generate_password() if args.generate else _read_password(args.name)
+            db.command(lambda s: passwords.set_password(s, name=args.name, password=password, actor=SYSTEM))
+            print(f"new password for {args.name}: {password}" if args.generate else f"password of {args.name} set")
         elif args.action == "token":
             print(db.command(lambda s: identity.issue_token(s, name=args.name, actor=SYSTEM)))
         elif args.action == "revoke":
@@ -167,13 +194,19 @@ def cmd_users(args: argparse.Namespace) -> int:
                 for u in identity.list_users(s):
                     print(f"{u.name:<12} {u.role:<9} {', '.join(u.groups)}")
         elif args.action == "demo":
-            tokens = db.command(lambda s: identity.seed_demo(s, actor=SYSTEM))
+            tokens, secrets = db.command(lambda s: (identity.seed_demo(s, actor=SYSTEM),
+                                                    identity.demo_passwords(s, actor=SYSTEM)))
             if tokens:
-                print("Demo organisation created. These tokens are shown once:")
+                print("Demo organisation created. These API tokens are shown once:")
                 for name, token in tokens.items():
                     print(f"  {name:<8} {token}")
-            else:
-                print("Demo organisation already present (new token: sopflow users token NAME).")
+            if secrets:
+                print("Sign in at http://127.0.0.1:8000/ with these passwords (shown once):")
+                for name, password in secrets.items():
+                    print(f"  {name:<8} {password}")
+            if not tokens and not secrets:
+                print("Demo organisation already present (new token: sopflow users token NAME; "
+                      "new password: sopflow users password NAME --generate).")
     except SopflowError as exc:
         print(f"sopflow users: {exc}", file=sys.stderr)
         return 1
@@ -197,18 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--once", action="store_true", help="fire what is due now and exit")
     wk.add_argument("--interval", type=float, default=1.0)
     wk.set_defaults(fn=cmd_worker)
-    us = sub.add_parser("users", help="identity: users add|token|revoke|list|demo")
+    us = sub.add_parser("users", help="identity: users add|password|token|revoke|list|demo")
     us_sub = us.add_subparsers(dest="action", required=True)
     add = us_sub.add_parser("add", help="add a user")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=list(ROLES))
     add.add_argument("--group", action="append", default=[], help="repeatable")
+    add.add_argument("--password", action="store_true",
+                     help="let the user sign in: asks for a password (or reads one line from stdin)")
+    pw = us_sub.add_parser("password", help="set a user's sign-in password (asks, or reads one line from stdin)")
+    pw.add_argument("name")
+    pw.add_argument("--generate", action="store_true", help="generate one and print it")
     tok = us_sub.add_parser("token", help="print a new API token for a user (only the token)")
     tok.add_argument("name")
     rev = us_sub.add_parser("revoke", help="revoke every token of a user")
     rev.add_argument("name")
     us_sub.add_parser("list", help="list users")
-    us_sub.add_parser("demo", help="create the demo organisation (idempotent); prints new tokens once")
+    us_sub.add_parser("demo", help="create the demo organisation (idempotent); prints new tokens and passwords once")
     us.set_defaults(fn=cmd_users)
     sv = sub.add_parser("serve", help="serve the HTTP API (and, by default, the worker)")
     sv.add_argument("--host", default="127.0.0.1")

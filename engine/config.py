@@ -59,6 +59,11 @@ class Settings:
     timer_batch_instances: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_INSTANCES", 50))
     timer_batch_ms: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_MS", 200))
 
+    # The web application (web/, docs/notes/web.md): how long a browser stays signed in, and
+    # whether the session cookie is sent over HTTPS only (turn on behind TLS).
+    session_hours: float = field(default_factory=lambda: float(os.environ.get("SOPFLOW_SESSION_HOURS", "12")))
+    cookie_secure: bool = field(default_factory=lambda: os.environ.get("SOPFLOW_COOKIE_SECURE") == "1")
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

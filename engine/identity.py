@@ -225,3 +225,40 @@ def seed_demo(session: Session, *, actor: Actor) -> dict[str, str]:
         add_user(session, name=name, role=role, groups=groups, display_name=display, actor=actor)
         tokens[name] = issue_token(session, name=name, actor=actor)
     return tokens
+
+
+LOCALES = ("en", "zh-Hans")
+
+
+def set_preferences(session: Session, *, name: str, locale: str | None, time_zone: str | None,
+                    actor: Actor) -> None:
+    """Set a user's language (``en`` | ``zh-Hans``; None: from the browser) and IANA time zone (None: UTC).
+
+    Raises ``InvalidInput`` naming the field for an unknown locale or zone, ``NotFound`` for an unknown user.
+    """
+    from zoneinfo import available_timezones
+
+    if locale is not None and locale not in LOCALES:
+        raise InvalidInput(f"language must be one of {', '.join(LOCALES)}", field="locale")
+    if time_zone is not None and time_zone not in available_timezones():
+        raise InvalidInput(f"'{time_zone[:64]}' is not a known time zone (e.g. Europe/Berlin, Asia/Shanghai)",
+                           field="time_zone")
+    user = _user(session, name)
+    user.locale, user.time_zone = locale, time_zone
+    session.flush()
+    audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.preferences_set", actor.name, {
+        "name": name, "locale": locale, "time_zone": time_zone})])
+
+
+def demo_passwords(session: Session, *, actor: Actor) -> dict[str, str]:
+    """Give each demo user without a password a generated one; returns them (shown once, never stored)."""
+    from engine import passwords
+
+    created = {}
+    for name, _role, _groups, _display in DEMO_ORGANISATION:
+        user = session.scalar(select(UserRow).where(UserRow.name == name))
+        if user is None or user.password_hash is not None or user.role == "integration":
+            continue
+        created[name] = passwords.generate_password()
+        passwords.set_password(session, name=name, password=created[name], actor=actor)
+    return created

@@ -216,3 +216,11 @@ def mark_read(session: Session, user: str, ids: list[str]) -> int:
         update(OutboxRow).where(OutboxRow.id.in_(ids), OutboxRow.channel == "inapp", OutboxRow.recipient == user,
                                 OutboxRow.read_at.is_(None))
         .values(read_at=clock.now()).execution_options(synchronize_session=False)))
+
+
+def unread_count(session: Session, user: str) -> int:
+    """How many of the user's in-app notifications are unread (the pages' badge)."""
+    from sqlalchemy import func
+
+    return session.scalar(select(func.count()).select_from(OutboxRow).where(
+        OutboxRow.channel == "inapp", OutboxRow.recipient == user, OutboxRow.read_at.is_(None))) or 0

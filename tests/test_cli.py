@@ -30,7 +30,8 @@ def test_upgrade_deploy_users_and_tokens(tmp_path):
     assert "kim" in listed and "staff, support" in listed
     assert _run(tmp_path, "users", "add", "kim", "--role", "employee").returncode == 1
     demo = _run(tmp_path, "users", "demo")
-    assert "These tokens are shown once" in demo.stdout and "rita" in demo.stdout
+    assert "These API tokens are shown once" in demo.stdout and "rita" in demo.stdout
+    assert "Sign in at" in demo.stdout and "with these passwords" in demo.stdout
     assert "already present" in _run(tmp_path, "users", "demo").stdout
 
 

@@ -303,6 +303,10 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(20))  # designer | employee | auditor | admin
     locale: Mapped[str | None] = mapped_column(String(20))  # en | zh-Hans (notifications); NULL: en
     email: Mapped[str | None] = mapped_column(String(320))  # where e-mail notifications go
+    time_zone: Mapped[str | None] = mapped_column(String(64))  # IANA zone the pages show times in; NULL: UTC
+    password_hash: Mapped[str | None] = mapped_column(String(200))  # argon2id (engine.passwords); NULL: no sign-in
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -325,6 +329,17 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BrowserSessionRow(Base):
+    """A signed-in browser (engine.browser_sessions): the cookie's token is stored as its SHA-256."""
+
+    __tablename__ = "browser_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ExternalTaskRow(Base):
