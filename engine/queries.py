@@ -33,6 +33,7 @@ from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.store.models import (
     AuditEventRow,
     DefinitionRow,
+    DeploymentResourceRow,
     DeploymentRow,
     InstanceRow,
     TaskCandidateRow,
@@ -575,6 +576,25 @@ def visible_instance(session: Session, actor: Actor, instance_id: str) -> Instan
     if row is None:
         raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
     return row
+
+
+def definition_source(session: Session, definition: DefinitionRow) -> bytes:
+    """The BPMN file a definition version was deployed from (raises ``NotFound`` if it is not stored)."""
+    content = session.scalar(select(DeploymentResourceRow.content).where(
+        DeploymentResourceRow.deployment_id == definition.deployment_id,
+        DeploymentResourceRow.name == definition.resource_name))
+    if content is None:
+        raise NotFound(f"the source of {definition.key} v{definition.version} is not stored", key=definition.key)
+    return bytes(content)
+
+
+def instance_diagram(session: Session, actor: Actor, instance_id: str) -> bytes:
+    """The BPMN XML of the version an instance runs, for whoever may see the instance (else ``NotFound``)."""
+    instance = visible_instance(session, actor, instance_id)
+    definition = session.get(DefinitionRow, instance.definition_id)
+    if definition is None:
+        raise NotFound(f"the definition of process instance {instance_id} is gone", instance_id=instance_id)
+    return definition_source(session, definition)
 
 
 def instance_tasks(session: Session, instance_id: str, *, state: str | None = "open") -> list[TaskRow]:

@@ -209,3 +209,22 @@ def test_the_command_line_sets_passwords(tmp_path):
 
 def test_hidden_helper_reads_the_csrf_field():
     assert hidden('<input type="hidden" name="csrf_token" value="abc">', "csrf_token") == "abc"
+
+
+def test_diagram_sources_follow_the_apis_rules(web1):
+    from tests.api_helpers import Api
+
+    api = Api(web1.anonymous(), web1.db, web1.tokens)
+    source = (Path(__file__).resolve().parent.parent / "processes" / "procurement_approval.bpmn").read_bytes()
+    assert api.deploy("dora", ("procurement_approval.bpmn", source)).status_code == 201
+    started = api.start("rita", "procurement_approval", variables={}, business_key="PR-9")
+    instance = started.json()["id"]
+    rita, sam = web1.sign_in("rita"), web1.sign_in("sam")
+    page = rita.get(f"/instances/{instance}/diagram.xml")
+    assert page.status_code == 200 and b"procurement_approval" in page.content
+    assert page.content == api.get("rita", f"/api/process-instances/{instance}/xml").content
+    assert sam.get(f"/instances/{instance}/diagram.xml").status_code == 404  # not his instance
+    assert api.get("sam", f"/api/process-instances/{instance}/xml").status_code == 404
+    assert rita.get("/procedures/procurement_approval/versions/1/diagram.xml").status_code == 403
+    dora = web1.sign_in("dora")
+    assert dora.get("/procedures/procurement_approval/versions/1/diagram.xml").status_code == 200

@@ -19,11 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.problems import STATUS
 from engine.errors import SopflowError
 from web.deps import SignInRequired
-from web.pages import shell
+from web.pages import diagrams, shell
 from web.render import render
 
 STATIC = Path(__file__).parent / "static"
-PAGE_MODULES = (shell,)
+PAGE_MODULES = (shell, diagrams)
 NOT_PAGES = ("/api/", "/engine-rest", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz", "/metrics",
              "/static/")
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Path, Query, Response, UploadFile, status
-from sqlalchemy import select
 
 from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
 from api.schemas import DefinitionRead, DeploymentCreated, DeploymentRead, Page, StartFormRead
 from api.views import page_body
 from engine.commands import deploy, latest_definition
 from engine.commands.instances import get_start_form
-from engine.errors import InvalidDefinition, NotFound
+from engine.errors import InvalidDefinition
 from engine.loading import UploadedFile
-from engine.queries import list_definitions, list_deployments
-from engine.store.models import DefinitionRow, DeploymentResourceRow
+from engine.queries import definition_source, list_definitions, list_deployments
+from engine.store.models import DefinitionRow
 
 router = APIRouter(prefix="/api", tags=["definitions"])
 VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -81,13 +80,7 @@ def get_definition_version(db: DbDep, actor: ActorDep, key: str, version: Versio
 
 def _xml(db: DbDep, key: str, version: int | None) -> Response:
     with db.read() as s:
-        definition = latest_definition(s, key, version)
-        content = s.scalar(select(DeploymentResourceRow.content).where(
-            DeploymentResourceRow.deployment_id == definition.deployment_id,
-            DeploymentResourceRow.name == definition.resource_name))
-    if content is None:
-        raise NotFound(f"the source of {key} is not stored")
-    return Response(content, media_type="application/xml")
+        return Response(definition_source(s, latest_definition(s, key, version)), media_type="application/xml")
 
 
 @router.get("/process-definitions/{key}/xml", response_class=Response,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from api.deps import INSTANT_HELP, ActorDep, DbDep, Instant, PagingDep, SettingsDep, require
 from api.schemas import (
@@ -20,7 +20,7 @@ from api.views import page_body, task_read
 from engine import limits
 from engine.commands import cancel_instance, correlate_message, start_instance
 from engine.errors import Forbidden, InvalidInput
-from engine.queries import InstanceFilter, instance_tasks, list_instances, visible_instance
+from engine.queries import InstanceFilter, instance_diagram, instance_tasks, list_instances, visible_instance
 
 router = APIRouter(prefix="/api", tags=["instances"])
 
@@ -76,6 +76,14 @@ def get_instances(
 def get_instance(db: DbDep, actor: ActorDep, instance_id: str) -> dict:
     require(actor, "employee")
     return _detail(db, instance_id, actor)
+
+
+@router.get("/process-instances/{instance_id}/xml", response_class=Response,
+            responses={200: {"content": {"application/xml": {}}}})
+def get_instance_xml(db: DbDep, actor: ActorDep, instance_id: str) -> Response:
+    """The BPMN XML of the version this instance runs, for whoever may see the instance."""
+    with db.read() as s:
+        return Response(instance_diagram(s, actor, instance_id), media_type="application/xml")
 
 
 @router.post("/process-instances/{instance_id}/cancel", response_model=InstanceDetail)
