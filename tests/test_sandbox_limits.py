@@ -267,7 +267,8 @@ def test_a_killed_evaluator_is_replaced_and_reaped():
     pool = evaluator.pool()
     ENV.evaluate("sum([i for i in range(3)])", {})
     before = set(pool.processes())
-    with pytest.raises(ScriptBudgetExceeded, match="CPU time budget"):
+    # the CPU timer ends it, or on a loaded machine the wall deadline first: either way it is killed
+    with pytest.raises(ScriptBudgetExceeded, match="CPU time budget|CPU budget"):
         ENV.evaluate("pow(3, 3 * 10**7)", {})
     after = set(pool.processes())
     assert len(after) == pool.size and after != before
