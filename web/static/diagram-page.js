@@ -8,7 +8,8 @@
  *        data-completed='["task_a"]' data-current='["task_b"]'></div>
  * Each such element gets SopflowDiagram.view() with the XML fetched from data-xml-url
  * (same origin, the session cookie goes along). When the diagram is shown the element
- * gets data-state="ready"; on failure data-state="error" and a short message inside it.
+ * gets data-state="ready"; on failure data-state="error" and a short message inside it:
+ * data-error-text (give it a translated string) followed by the HTTP status or error.
  */
 (function () {
   'use strict';
