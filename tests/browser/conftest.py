@@ -4,15 +4,17 @@ Every test under ``tests/browser/`` gets the ``browser`` marker (``-m "not brows
 them). Fixtures:
 
 - ``server`` (session): sopflow on a free 127.0.0.1 port over a fresh SQLite data directory,
-  ``processes/`` deployed, the demo organisation seeded (``server.tokens``: user -> API token).
-  Test-only routes: ``/_test/pages/`` serves ``tests/browser/pages/``, ``/_test/processes/``
+  ``processes/`` deployed, the demo organisation seeded (``server.tokens``: user -> API token,
+  ``server.passwords``: user -> password). Test-only routes: ``/_test/pages/<name>`` serves
+  ``tests/browser/pages/<name>`` with the pages' security headers (CSP), ``/_test/processes/``
   serves ``processes/``.
 - ``chromium`` (session): ``/usr/bin/chromium`` (``SOPFLOW_CHROMIUM`` overrides), never a
   browser that Playwright downloads.
 - ``page`` (per test): a fresh context (1280x900, ``base_url`` = the server) in which every
   request to a host other than 127.0.0.1 is aborted and recorded in ``blocked_requests``;
   uncaught page errors and console errors are recorded in ``console_errors``.
-- ``tests.browser.helpers.screenshot(page, name)`` writes ``docs/screenshots/<name>.png``.
+- ``tests.browser.helpers``: ``signed_in(page, server, user)`` signs in through the login form;
+  ``screenshot(page_or_locator, name)`` writes ``docs/screenshots/<name>.png``.
 
 Without Chromium the tests are skipped, unless ``SOPFLOW_TEST_REQUIRE_BROWSER=1`` (CI), which
 turns that into a failure. Without the built front-end assets they fail: run ``make assets``.
@@ -27,17 +29,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Route, sync_playwright
 
 from engine import migrate
 from engine.commands import SYSTEM, deploy
 from engine.config import Settings
+from engine.identity import demo_passwords
 from engine.loading import UploadedFile
 from engine.store.db import Database
 from tests.api_helpers import live_server
-from web.app import VENDOR_DIR
+from web.app import VENDOR
+from web.render import SECURITY_HEADERS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -64,6 +69,7 @@ class LiveServer:
     base_url: str  # http://127.0.0.1:<port>
     db: Database
     tokens: dict[str, str]  # demo user -> API token
+    passwords: dict[str, str]  # demo user -> password (as `sopflow users demo` prints them)
     data_dir: Path
 
 
@@ -78,14 +84,21 @@ def _deploy_processes(db: Database) -> None:
 
 
 def _test_routes(app: FastAPI) -> None:
-    app.mount("/_test/pages", StaticFiles(directory=PAGES, html=True), name="test-pages")
+    @app.get("/_test/pages/{name}", include_in_schema=False)
+    def test_page(name: str) -> HTMLResponse:
+        # with the pages' own security headers, so a test page meets the same CSP (no inline script)
+        path = PAGES / name
+        if path.parent != PAGES or not path.is_file():
+            raise HTTPException(404)
+        return HTMLResponse(path.read_text(), headers=SECURITY_HEADERS)
+
     app.mount("/_test/processes", StaticFiles(directory=PROCESSES), name="test-processes")
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    if not (VENDOR_DIR / "diagram.js").is_file():
-        pytest.fail(f"front-end assets missing in {VENDOR_DIR}: run `make assets`")
+    if not (VENDOR / "diagram.js").is_file():
+        pytest.fail(f"front-end assets missing in {VENDOR}: run `make assets`")
     data_dir = tmp_path_factory.mktemp("browser-data")
     url = f"sqlite:///{data_dir / 'sopflow.db'}"
     migrate.upgrade(url)
@@ -94,7 +107,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = Settings(data_dir=data_dir, database_url=url)
     try:
         with live_server(db, settings=settings, setup=_test_routes) as (host, port, tokens):
-            yield LiveServer(f"http://{host}:{port}", db, tokens, data_dir)
+            secrets = db.command(lambda s: demo_passwords(s, actor=SYSTEM))
+            yield LiveServer(f"http://{host}:{port}", db, tokens, secrets, data_dir)
     finally:
         db.dispose()
 

@@ -5,15 +5,16 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.helpers import has_class, screenshot
+from tests.browser.helpers import has_class, screenshot, signed_in
 
 PROCUREMENT = (Path(__file__).resolve().parent.parent.parent / "processes" / "procurement_approval.bpmn").read_text()
 
 
 def test_requests_off_127_0_0_1_are_aborted_and_recorded(page: Page, blocked_requests):
     # the guard every browser test relies on; 127.0.0.2 is loopback too, so even a broken
-    # guard would send nothing off this machine
-    page.goto("/_test/pages/diagram-missing.html")
+    # guard would send nothing off this machine. (/healthz: the pages' CSP would refuse the
+    # fetch itself before the guard sees it.)
+    page.goto("/healthz")
     outcome = page.evaluate("""async () => {
         try { await fetch('http://127.0.0.2:9/probe'); return 'loaded'; }
         catch (e) { return 'failed'; }
@@ -115,3 +116,11 @@ def test_view_edit_and_diff(page: Page, blocked_requests, console_errors):
     assert blocked_requests == []
     assert console_errors == []
 
+
+
+def test_signed_in_helper_signs_in_through_the_login_form(page: Page, server, blocked_requests, console_errors):
+    signed_in(page, server, "rita")
+    expect(page.get_by_role("link", name="Rita, requester")).to_be_visible()
+    session = [c for c in page.context.cookies() if c["name"] == "sopflow_session"]
+    assert len(session) == 1 and session[0]["httpOnly"]  # the page's scripts cannot read it
+    assert blocked_requests == []
