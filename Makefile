@@ -4,7 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test migrate deploy bench lint clean
+.PHONY: run test migrate deploy bench lint clean assets
+
+# Front-end assets (web/static/vendor/, git-ignored): bpmn-js + Swagger UI from the pinned
+# web/frontend/package-lock.json, built with the machine's node/npm when missing or older
+# than what they are built from. Nothing is fetched at run time.
+FRONTEND := web/frontend
+VENDOR := web/static/vendor
+ASSETS_STAMP := $(VENDOR)/.built-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,17 +19,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(ASSETS_STAMP): $(FRONTEND)/package.json $(FRONTEND)/package-lock.json $(FRONTEND)/build.mjs $(wildcard $(FRONTEND)/src/*)
+	@command -v npm >/dev/null 2>&1 || { echo "make assets: node and npm are needed to build $(VENDOR) (e.g. apt-get install nodejs npm)" >&2; exit 1; }
+	cd $(FRONTEND) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	cd $(FRONTEND) && node build.mjs
+	touch $@
+
+assets: $(ASSETS_STAMP)
+
 migrate: $(STAMP)
 	$(BIN)/sopflow db upgrade
 
 deploy: migrate
 	$(BIN)/sopflow deploy processes/
 
-run: deploy
+run: deploy assets
 	$(BIN)/sopflow users demo
 	$(BIN)/sopflow serve
 
-test: $(STAMP)
+test: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/ruff check engine api web tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
@@ -35,4 +50,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache $(VENDOR) $(FRONTEND)/node_modules

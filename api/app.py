@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
 
-from api import observability, problems
+from api import docs, observability, problems
 from api.deps import ActorDep, DbDep, require
 from api.edge import RequestGuard
 from api.routes import (
@@ -88,7 +88,8 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
             app.state.controlled_clock = None
 
     app = FastAPI(title="sopflow", version="0.1.0", lifespan=lifespan, description=DESCRIPTION,
-                  default_response_class=problems.SafeJSONResponse)
+                  default_response_class=problems.SafeJSONResponse,
+                  docs_url=None, redoc_url=None)  # /docs from local files (api/docs.py); no ReDoc
     app.state.db = database
     app.state.settings = settings
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
@@ -98,7 +99,7 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest, admin, notifications,
                    sla):
         app.include_router(module.router)
-
+    docs.install(app)
     web.install(app)
 
     @app.get("/healthz", tags=["operations"])

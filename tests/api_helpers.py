@@ -4,11 +4,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -56,14 +57,18 @@ def make_api(db: Database) -> Api:
 
 
 @contextmanager
-def live_server(db: Database, *, lifespan: str = "off") -> Iterator[tuple[str, int, dict[str, str]]]:
+def live_server(db: Database, *, lifespan: str = "off", settings: Settings | None = None,
+                setup: Callable[[FastAPI], None] | None = None) -> Iterator[tuple[str, int, dict[str, str]]]:
     """sopflow served by a real uvicorn on a free loopback port, with the demo organisation.
 
     Yields ``(host, port, tokens)``; the server stops when the block ends. For what only a
-    real server shows: chunked bodies on the wire, clients that speak HTTP themselves.
+    real server shows: chunked bodies on the wire, clients that speak HTTP themselves, a
+    browser. ``setup`` may add test-only routes to the app before it serves.
     """
     tokens = db.command(lambda s: seed_demo(s, actor=SYSTEM))
-    app = create_app(settings=Settings(), db=db, run_worker=False)
+    app = create_app(settings=settings or Settings(), db=db, run_worker=False)
+    if setup is not None:
+        setup(app)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
