@@ -521,8 +521,8 @@ class InstanceFilter:
 
     ``definition_key`` and ``definition_version`` (the procedure and its version);
     ``status`` (running | completed | cancelled); ``business_key`` exact or
-    ``business_key_prefix`` (``PR-2026-`` finds ``PR-2026-0001``; ``%`` and ``_`` are
-    plain characters); ``started_by`` (a user name); ``started_after`` < started_at <
+    ``business_key_prefix`` (``PR-2026-`` finds ``PR-2026-0001``; case-sensitive, ``%``
+    and ``_`` are plain characters); ``started_by`` (a user name); ``started_after`` < started_at <
     ``started_before`` (zone-aware instants; a naive one or an empty window is a 422);
     ``variables``: process variables equal to these values (strings, numbers, booleans,
     null), read from the instance's process variables (``_pvars``, engine.variables),
@@ -555,7 +555,9 @@ def _instance_query(actor: Actor, f: InstanceFilter) -> Select[Any]:
     if f.business_key:
         query = query.where(InstanceRow.business_key == f.business_key)
     if f.business_key_prefix:
-        query = query.where(InstanceRow.business_key.startswith(f.business_key_prefix, autoescape=True))
+        # substr, not LIKE: SQLite's LIKE ignores ASCII case, and LIKE's wildcards would need escaping
+        prefix = f.business_key_prefix
+        query = query.where(func.substr(InstanceRow.business_key, 1, len(prefix)) == prefix)
     if f.started_by:
         query = query.where(InstanceRow.started_by == f.started_by)
     before = _aware(f.started_before, "started_before") if f.started_before else None
