@@ -345,7 +345,7 @@ def test_office_containers_must_be_the_kind_their_extension_says(name, data):
 
 
 @pytest.mark.parametrize("raw, clean", [
-    ("report.pdf", "report.pdf"), ("C:\\Users\\me\\report.pdf", "report.pdf"), ("/tmp/../../x.txt", "x.txt"),
+    ("report.pdf", "report.pdf"), ("C:\\Users\\me\\report.pdf", "report.pdf"), ("/srv/../../x.txt", "x.txt"),
     ("  .hidden.txt ", "hidden.txt"), ('a<b>:"c"|?*.txt', "a_b___c____.txt"), ("tab\there.txt", "tab here.txt"),
     ("a\x07b\x00\x1b.txt", "ab.txt"),
     ("e\u0301.txt", "\u00e9.txt"), ("x.pdf\u200b", "x.pdf"), ("..", ""), (None, ""),
@@ -358,3 +358,46 @@ def test_a_long_name_without_a_short_extension_is_cut():
     assert uploads.sanitize_filename("b" * 500) == "b" * uploads.MAX_NAME_CHARS
     with pytest.raises(InvalidInput):
         uploads.check_file("..", b"x", max_bytes=10, allowed=("txt",))
+
+
+# ------------------------------------------------------------------ racing a completion (engine level)
+
+
+@pytest.mark.parametrize("what", ["comment", "attachment"])
+def test_an_addition_racing_a_completion_is_retried_then_refused(db, clock, monkeypatch, what):
+    """The task is completed after the addition read it open and before it wrote: the addition's
+    compare-and-set on the instance's audit head fails, the retry sees the closed task (409), and
+    neither a row nor an event of the addition is stored."""
+    from engine import audit
+    from engine.commands import complete_task, start_instance, task_notes
+    from engine.errors import Conflict
+    from tests.helpers import ALICE, deploy_xml, open_tasks
+
+    deploy_xml(db, FLOW.xml().replace(b"managers", b"staff"))
+    row = db.command(lambda s: start_instance(s, key="notes", actor=ALICE))
+    task = open_tasks(db, row.id)[0].id
+    original, raced = task_notes._open_task, []
+
+    def racing(session, actor, task_id, doing):
+        found = original(session, actor, task_id, doing)
+        if not raced:  # once: someone else completes the task between this read and the write
+            raced.append(True)
+            db.command(lambda s: complete_task(s, task_id=task_id, actor=ALICE, variables={}))
+        return found
+
+    monkeypatch.setattr(task_notes, "_open_task", racing)
+    if what == "comment":
+        add = lambda s: task_notes.add_comment(s, task_id=task, actor=ALICE, message="hi")  # noqa: E731
+    else:
+        add = lambda s: task_notes.add_attachment(s, task_id=task, actor=ALICE, filename="a.pdf",  # noqa: E731
+                                                  data=PDF, settings=Settings())
+    with pytest.raises(Conflict) as refused:
+        db.command(add)
+    assert "completed" in refused.value.message and raced == [True]
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(CommentRow)) == 0
+        assert s.scalar(select(func.count()).select_from(AttachmentRow)) == 0
+        actions = list(s.scalars(select(AuditEventRow.action).where(AuditEventRow.chain == row.id)))
+        assert "task.completed" in actions and not any(a.startswith("task.comment") or a.startswith(
+            "task.attachment") for a in actions)
+        assert audit.verify(s).ok
