@@ -6,14 +6,14 @@ instance; each is written with its audit event on the instance's chain. See
 docs/notes/attachments.md.
 
 Revision ID: e5a91c3d7f24
-Revises: b7e2d9c41a05
+Revises: c5a8e3f1d2b9
 Create Date: 2026-11-30 14:30:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = 'e5a91c3d7f24'
-down_revision = 'b7e2d9c41a05'
+down_revision = 'c5a8e3f1d2b9'
 branch_labels = None
 depends_on = None
 
