@@ -773,6 +773,8 @@ def task_detail(session: Session, actor: Actor, task_id: str) -> dict[str, Any]:
 # Written by engine.commands.task_notes. Reading follows the rules above, nothing more:
 # a task's comments and files are read by whoever may read the task (readable_task); an
 # instance's, by whoever may see the instance (visible_instance); a file's bytes by either.
+# Lists are in the order the additions were made: their events' places in the instance's chain
+# (``audit_seq``; times alone tie within a millisecond, and a frozen clock ties them all).
 
 
 def readable_task(session: Session, actor: Actor, task_id: str) -> TaskRow:
@@ -795,7 +797,7 @@ def list_task_comments(session: Session, actor: Actor, task_id: str, paging: Pag
     """One page of a task's comments (``CommentRow``), oldest first. Raises NotFound (404) as :func:`readable_task`."""
     readable_task(session, actor, task_id)
     query = select(CommentRow).where(CommentRow.task_id == task_id)
-    return _page(session, query.order_by(CommentRow.created_at, CommentRow.id), paging)
+    return _page(session, query.order_by(CommentRow.audit_seq, CommentRow.id), paging)
 
 
 def list_instance_comments(session: Session, actor: Actor, instance_id: str, paging: Paging) -> Page:
@@ -805,7 +807,7 @@ def list_instance_comments(session: Session, actor: Actor, instance_id: str, pag
     """
     visible_instance(session, actor, instance_id)
     query = select(CommentRow).where(CommentRow.instance_id == instance_id)
-    return _page(session, query.order_by(CommentRow.created_at, CommentRow.id), paging)
+    return _page(session, query.order_by(CommentRow.audit_seq, CommentRow.id), paging)
 
 
 def list_task_attachments(session: Session, actor: Actor, task_id: str, paging: Paging) -> Page:
@@ -815,7 +817,7 @@ def list_task_attachments(session: Session, actor: Actor, task_id: str, paging: 
     """
     readable_task(session, actor, task_id)
     query = select(AttachmentRow).where(AttachmentRow.task_id == task_id)
-    return _page(session, query.order_by(AttachmentRow.created_at, AttachmentRow.id), paging)
+    return _page(session, query.order_by(AttachmentRow.audit_seq, AttachmentRow.id), paging)
 
 
 def list_instance_attachments(session: Session, actor: Actor, instance_id: str, paging: Paging) -> Page:
@@ -825,7 +827,7 @@ def list_instance_attachments(session: Session, actor: Actor, instance_id: str, 
     """
     visible_instance(session, actor, instance_id)
     query = select(AttachmentRow).where(AttachmentRow.instance_id == instance_id)
-    return _page(session, query.order_by(AttachmentRow.created_at, AttachmentRow.id), paging)
+    return _page(session, query.order_by(AttachmentRow.audit_seq, AttachmentRow.id), paging)
 
 
 def get_attachment(session: Session, actor: Actor, attachment_id: str, *, content: bool = True) -> AttachmentRow:

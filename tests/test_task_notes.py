@@ -88,6 +88,11 @@ def test_comments_are_added_listed_audited_and_kept_after_completion(flow):
     assert [(e["task_id"], e["actor"], e["message"]) for e in events] == [
         (task, "max", "Checked the quote against the framework contract."), (task, "max", "Second thought: fine.")]
     assert events[0]["comment_id"] == created["id"]
+    with api.db.read() as s:  # each row knows its event's place in the chain (the lists' order)
+        places = {c.id: c.audit_seq for c in s.scalars(select(CommentRow))}
+        chain = {json.loads(e.payload)["comment_id"]: e.chain_seq for e in s.scalars(
+            select(AuditEventRow).where(AuditEventRow.action == "task.comment_added"))}
+    assert places == chain and len(places) == 2
     assert _verified(api)["ok"] is True
 
     assert api.post("max", f"/api/tasks/{task}/complete", json={"variables": {}}).status_code == 200

@@ -7,13 +7,12 @@ caller's sight answers 404, as its detail does.
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from api.deps import ActorDep, DbDep, PagingDep, SettingsDep, require
 from api.schemas import AttachmentRead, CommentCreate, CommentRead, Page
-from api.views import page_body
+from api.views import download_headers, page_body
 from engine.commands.task_notes import MAX_DESCRIPTION_CHARS, add_attachment, add_comment
 from engine.errors import TooLarge
 from engine.queries import (
@@ -102,19 +101,3 @@ def download_attachment(db: DbDep, actor: ActorDep, attachment_id: str) -> Respo
         row = get_attachment(s, actor, attachment_id)
         return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
-
-def download_headers(name: str, content_type: str, sha256: str) -> dict[str, str]:
-    """Headers that make a browser save the file and never render or re-interpret it.
-
-    ``filename`` carries an ASCII fallback, ``filename*`` the exact name (RFC 6266 / 8187).
-    Used by the JSON route and the task page's download alike.
-    """
-    fallback = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_").replace("\\", "_")
-    return {
-        "Content-Type": content_type,  # as stored: set here so nothing appends a charset it does not have
-        "Content-Disposition": f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
-        "Cache-Control": "private, no-store",
-        "ETag": f'"{sha256}"',
-    }

@@ -94,7 +94,7 @@ def add_comment(session: Session, *, task_id: str, actor: Actor, message: Any) -
     text = check_text(message, "message", max_chars=MAX_COMMENT_CHARS, required=True) or ""  # never blank here
     task, instance, seen_seq = _open_task(session, actor, task_id, "commenting")
     row = CommentRow(id=time_ordered_id(), task_id=task.id, instance_id=task.instance_id, author=actor.name,
-                     message=text, created_at=clock.now())
+                     message=text, created_at=clock.now(), audit_seq=seen_seq + 1)
     unit.append_events(session, instance, seen_seq, [Event("task.comment_added", actor.name, {
         "comment_id": row.id, "message": text, "task_name": task.name, "element_id": task.element_id,
     }, task_id=task.id, occurred_at=row.created_at)])
@@ -123,7 +123,8 @@ def add_attachment(session: Session, *, task_id: str, actor: Actor, filename: st
     task, instance, seen_seq = _open_task(session, actor, task_id, "attaching a file")
     row = AttachmentRow(id=time_ordered_id(), task_id=task.id, instance_id=task.instance_id, name=accepted.name,
                         content_type=accepted.content_type, size=accepted.size, sha256=accepted.sha256,
-                        description=note, content=data, uploaded_by=actor.name, created_at=clock.now())
+                        description=note, content=data, uploaded_by=actor.name, created_at=clock.now(),
+                        audit_seq=seen_seq + 1)
     unit.append_events(session, instance, seen_seq, [Event("task.attachment_added", actor.name, {
         "attachment_id": row.id, "name": accepted.name, "content_type": accepted.content_type,
         "size": accepted.size, "sha256": accepted.sha256, "description": note, "task_name": task.name,

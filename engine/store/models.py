@@ -466,8 +466,8 @@ class CommentRow(Base):
 
     __tablename__ = "comments"
     __table_args__ = (
-        Index("ix_comments_task", "task_id", "created_at"),
-        Index("ix_comments_instance", "instance_id", "created_at"),
+        Index("ix_comments_task", "task_id", "audit_seq"),
+        Index("ix_comments_instance", "instance_id", "audit_seq"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # time-ordered (engine.ids)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
@@ -475,6 +475,8 @@ class CommentRow(Base):
     author: Mapped[str] = mapped_column(String(100))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # chain_seq of its task.comment_added event in the instance's chain: the order of additions
+    audit_seq: Mapped[int] = mapped_column(Integer)
 
 
 class AttachmentRow(Base):
@@ -482,8 +484,8 @@ class AttachmentRow(Base):
 
     __tablename__ = "attachments"
     __table_args__ = (
-        Index("ix_attachments_task", "task_id", "created_at"),
-        Index("ix_attachments_instance", "instance_id", "created_at"),
+        Index("ix_attachments_task", "task_id", "audit_seq"),
+        Index("ix_attachments_instance", "instance_id", "audit_seq"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # time-ordered (engine.ids)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
@@ -496,3 +498,5 @@ class AttachmentRow(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     uploaded_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # chain_seq of its task.attachment_added event in the instance's chain: the order of additions
+    audit_seq: Mapped[int] = mapped_column(Integer)

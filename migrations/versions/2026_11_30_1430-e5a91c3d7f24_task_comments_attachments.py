@@ -27,14 +27,15 @@ def upgrade() -> None:
         sa.Column('author', sa.String(length=100), nullable=False),
         sa.Column('message', sa.Text(), nullable=False),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('audit_seq', sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(['instance_id'], ['process_instances.id'],
                                 name=op.f('fk_comments_instance_id_process_instances'), ondelete='CASCADE'),
         sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_comments_task_id_tasks'),
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_comments')),
     )
-    op.create_index('ix_comments_task', 'comments', ['task_id', 'created_at'], unique=False)
-    op.create_index('ix_comments_instance', 'comments', ['instance_id', 'created_at'], unique=False)
+    op.create_index('ix_comments_task', 'comments', ['task_id', 'audit_seq'], unique=False)
+    op.create_index('ix_comments_instance', 'comments', ['instance_id', 'audit_seq'], unique=False)
     op.create_table(
         'attachments',
         sa.Column('id', sa.String(length=36), nullable=False),
@@ -48,14 +49,15 @@ def upgrade() -> None:
         sa.Column('content', sa.LargeBinary(), nullable=False),
         sa.Column('uploaded_by', sa.String(length=100), nullable=False),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('audit_seq', sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(['instance_id'], ['process_instances.id'],
                                 name=op.f('fk_attachments_instance_id_process_instances'), ondelete='CASCADE'),
         sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_attachments_task_id_tasks'),
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_attachments')),
     )
-    op.create_index('ix_attachments_task', 'attachments', ['task_id', 'created_at'], unique=False)
-    op.create_index('ix_attachments_instance', 'attachments', ['instance_id', 'created_at'], unique=False)
+    op.create_index('ix_attachments_task', 'attachments', ['task_id', 'audit_seq'], unique=False)
+    op.create_index('ix_attachments_instance', 'attachments', ['instance_id', 'audit_seq'], unique=False)
 
 
 def downgrade() -> None:
