@@ -23,6 +23,7 @@ from api.routes import (
     instances,
     notifications,
     sla,
+    task_notes,
     tasks,
 )
 from engine import clock, migrate, worker
@@ -96,8 +97,8 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     problems.install(app)
     app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
     observability.install(app)  # outermost: every answer, refusals and 500s included, is counted and logged
-    for module in (definitions, instances, tasks, audit, identity, external_tasks, engine_rest, admin, notifications,
-                   sla):
+    for module in (definitions, instances, tasks, task_notes, audit, identity, external_tasks, engine_rest, admin,
+                   notifications, sla):
         app.include_router(module.router)
     docs.install(app)
     web.install(app)

@@ -23,6 +23,8 @@ from engine.errors import (
     ScriptError,
     SopflowError,
     StaleInstance,
+    TooLarge,
+    UnsupportedType,
 )
 
 log = logging.getLogger("sopflow.api")
@@ -33,6 +35,8 @@ STATUS = [
     (StaleInstance, 409, "Conflict"),
     (Conflict, 409, "Conflict"),
     (InvalidDefinition, 422, "Invalid definition"),
+    (TooLarge, 413, "Content too large"),
+    (UnsupportedType, 415, "Unsupported media type"),
     (InvalidInput, 422, "Invalid input"),
     (ScriptError, 422, "Script failed"),
 ]

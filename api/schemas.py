@@ -250,3 +250,31 @@ class Me(BaseModel):
     name: str
     roles: list[str]
     groups: list[str]
+
+
+class CommentCreate(BaseModel):
+    message: str = Field(min_length=1, max_length=5000, description="plain text, 1..5000 characters (trimmed)")
+
+
+class CommentRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    task_id: str
+    instance_id: str
+    author: str
+    message: str
+    created_at: datetime
+
+
+class AttachmentRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    task_id: str
+    instance_id: str
+    name: str = Field(description="the file name as stored (sanitized: no path, no control characters)")
+    content_type: str = Field(description="from the file's extension, checked against its content")
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="hex SHA-256 of the stored bytes, computed by the server")
+    description: str | None
+    uploaded_by: str
+    created_at: datetime

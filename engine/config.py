@@ -12,6 +12,20 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _types(raw: str) -> tuple[str, ...]:
+    """``SOPFLOW_ATTACHMENT_TYPES`` as lower-case extensions without dots; empty: the default list."""
+    from engine import uploads  # late: uploads reads no settings, but keep config import-light
+
+    names = tuple(dict.fromkeys(t.strip().lower().lstrip(".") for t in raw.split(",") if t.strip()))
+    if not names:
+        return uploads.DEFAULT_TYPES
+    unknown = [n for n in names if n not in uploads.KNOWN_TYPES]
+    if unknown:
+        raise ValueError(f"SOPFLOW_ATTACHMENT_TYPES names {', '.join(unknown)}, which sopflow cannot recognise by "
+                         f"content; choose among {', '.join(uploads.KNOWN_TYPES)}")
+    return names
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("SOPFLOW_DATA_DIR", "./data")))
@@ -58,6 +72,11 @@ class Settings:
     # this many instances, or about this many milliseconds of work, in one transaction.
     timer_batch_instances: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_INSTANCES", 50))
     timer_batch_ms: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_MS", 200))
+    # Task attachments (engine.uploads): the largest file stored, and the types accepted, as
+    # comma-separated extensions (each one engine.uploads knows how to recognise by its content).
+    max_attachment_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024))
+    attachment_types: tuple[str, ...] = field(default_factory=lambda: _types(
+        os.environ.get("SOPFLOW_ATTACHMENT_TYPES", "")))
 
     # The web application (web/, docs/notes/web.md): how long a browser stays signed in, and
     # whether the session cookie is sent over HTTPS only (turn on behind TLS).

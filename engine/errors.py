@@ -56,3 +56,15 @@ class StaleInstance(Conflict):
     """Another command moved the instance first (revision check failed); retried by the unit of work."""
 
     code = "stale_instance"
+
+
+class TooLarge(InvalidInput):
+    """An input is larger than a configured limit (an attachment above ``SOPFLOW_MAX_ATTACHMENT_BYTES``)."""
+
+    code = "too_large"
+
+
+class UnsupportedType(InvalidInput):
+    """An uploaded file's type is not accepted, or its content is not what its name says."""
+
+    code = "unsupported_media_type"

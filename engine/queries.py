@@ -31,7 +31,9 @@ from engine import clock
 from engine.actor import Actor
 from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.store.models import (
+    AttachmentRow,
     AuditEventRow,
+    CommentRow,
     DefinitionRow,
     DeploymentResourceRow,
     DeploymentRow,
@@ -515,6 +517,18 @@ def instance_scope(actor: Actor) -> Any:
 
 @dataclass
 class InstanceFilter:
+    """What an instance search matches (every field optional; all given must hold).
+
+    ``definition_key`` and ``definition_version`` (the procedure and its version);
+    ``status`` (running | completed | cancelled); ``business_key`` exact or
+    ``business_key_prefix`` (``PR-2026-`` finds ``PR-2026-0001``; case-sensitive, ``%``
+    and ``_`` are plain characters); ``started_by`` (a user name); ``started_after`` < started_at <
+    ``started_before`` (zone-aware instants; a naive one or an empty window is a 422);
+    ``variables``: process variables equal to these values (strings, numbers, booleans,
+    null), read from the instance's process variables (``_pvars``, engine.variables),
+    i.e. the latest value whichever step wrote it.
+    """
+
     definition_key: str | None = None
     status: str | None = None
     business_key: str | None = None
@@ -522,24 +536,38 @@ class InstanceFilter:
     started_before: datetime | None = None
     started_after: datetime | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+    definition_version: int | None = None
+    business_key_prefix: str | None = None
 
 
 def _instance_query(actor: Actor, f: InstanceFilter) -> Select[Any]:
     query = select(InstanceRow).where(instance_scope(actor))
     if f.definition_key:
         query = query.where(InstanceRow.definition_key == f.definition_key)
+    if f.definition_version is not None:
+        if not 1 <= f.definition_version < 2**31:
+            raise InvalidInput("version must be a positive whole number", field="version")
+        query = query.where(InstanceRow.definition_version == f.definition_version)
     if f.status:
         if f.status not in ("running", "completed", "cancelled"):
             raise InvalidInput("status must be running, completed or cancelled", field="status")
         query = query.where(InstanceRow.status == f.status)
     if f.business_key:
         query = query.where(InstanceRow.business_key == f.business_key)
+    if f.business_key_prefix:
+        # substr, not LIKE: SQLite's LIKE ignores ASCII case, and LIKE's wildcards would need escaping
+        prefix = f.business_key_prefix
+        query = query.where(func.substr(InstanceRow.business_key, 1, len(prefix)) == prefix)
     if f.started_by:
         query = query.where(InstanceRow.started_by == f.started_by)
-    if f.started_before:
-        query = query.where(InstanceRow.started_at < _aware(f.started_before, "started_before"))
-    if f.started_after:
-        query = query.where(InstanceRow.started_at > _aware(f.started_after, "started_after"))
+    before = _aware(f.started_before, "started_before") if f.started_before else None
+    after = _aware(f.started_after, "started_after") if f.started_after else None
+    if before and after and after >= before:  # an empty window by mistake, not "no instances"
+        raise InvalidInput("started_after must be earlier than started_before", field="started_after")
+    if before:
+        query = query.where(InstanceRow.started_at < before)
+    if after:
+        query = query.where(InstanceRow.started_at > after)
     return query.order_by(InstanceRow.started_at.desc(), InstanceRow.id)
 
 
@@ -563,6 +591,12 @@ def _variable_equals(name: str, value: Any) -> Any:
 
 
 def list_instances(session: Session, actor: Actor, f: InstanceFilter, paging: Paging) -> Page:
+    """One page of the instances ``actor`` may see (:func:`instance_scope`) that match ``f``, newest first.
+
+    Items are ``InstanceRow``; ``total`` counts every match. Raises InvalidInput (422) for
+    a bad filter value (status, version, naive or empty date window, variable name or value
+    type) or cursor.
+    """
     query = _instance_query(actor, f)
     for name, value in f.variables.items():
         if not name.isidentifier():
@@ -732,3 +766,88 @@ def task_detail(session: Session, actor: Actor, task_id: str) -> dict[str, Any]:
                                            "ui": form.get("ui")},
         "data": shown,
     }
+
+
+# ------------------------------------------------------------------ task comments and attachments
+#
+# Written by engine.commands.task_notes. Reading follows the rules above, nothing more:
+# a task's comments and files are read by whoever may read the task (readable_task); an
+# instance's, by whoever may see the instance (visible_instance); a file's bytes by either.
+# Lists are in the order the additions were made: their events' places in the instance's chain
+# (``audit_seq``; times alone tie within a millisecond, and a frozen clock ties them all).
+
+
+def readable_task(session: Session, actor: Actor, task_id: str) -> TaskRow:
+    """A task whose records ``actor`` may read: :func:`visible_task`'s rule, plus, for an auditor, any
+    task of an instance they may see (:func:`instance_scope`: auditors read every instance's history).
+
+    Raises NotFound (404) otherwise, exactly as for a task that does not exist.
+    """
+    if actor.is_admin or "auditor" not in actor.roles:
+        return visible_task(session, actor, task_id)
+    task = session.scalar(select(TaskRow).where(
+        TaskRow.id == task_id, or_(task_scope(actor), TaskRow.instance_id.in_(
+            select(InstanceRow.id).where(instance_scope(actor))))))
+    if task is None:
+        raise NotFound(f"task {task_id} not found", task_id=task_id)
+    return task
+
+
+def list_task_comments(session: Session, actor: Actor, task_id: str, paging: Paging) -> Page:
+    """One page of a task's comments (``CommentRow``), oldest first. Raises NotFound (404) as :func:`readable_task`."""
+    readable_task(session, actor, task_id)
+    query = select(CommentRow).where(CommentRow.task_id == task_id)
+    return _page(session, query.order_by(CommentRow.audit_seq, CommentRow.id), paging)
+
+
+def list_instance_comments(session: Session, actor: Actor, instance_id: str, paging: Paging) -> Page:
+    """One page of the comments on every task of an instance, oldest first.
+
+    Raises NotFound (404) when ``actor`` may not see the instance (:func:`visible_instance`).
+    """
+    visible_instance(session, actor, instance_id)
+    query = select(CommentRow).where(CommentRow.instance_id == instance_id)
+    return _page(session, query.order_by(CommentRow.audit_seq, CommentRow.id), paging)
+
+
+def list_task_attachments(session: Session, actor: Actor, task_id: str, paging: Paging) -> Page:
+    """One page of a task's attachments (``AttachmentRow`` without the bytes), oldest first.
+
+    Raises NotFound (404) as :func:`readable_task`.
+    """
+    readable_task(session, actor, task_id)
+    query = select(AttachmentRow).where(AttachmentRow.task_id == task_id)
+    return _page(session, query.order_by(AttachmentRow.audit_seq, AttachmentRow.id), paging)
+
+
+def list_instance_attachments(session: Session, actor: Actor, instance_id: str, paging: Paging) -> Page:
+    """One page of the attachments of every task of an instance (without the bytes), oldest first.
+
+    Raises NotFound (404) when ``actor`` may not see the instance.
+    """
+    visible_instance(session, actor, instance_id)
+    query = select(AttachmentRow).where(AttachmentRow.instance_id == instance_id)
+    return _page(session, query.order_by(AttachmentRow.audit_seq, AttachmentRow.id), paging)
+
+
+def get_attachment(session: Session, actor: Actor, attachment_id: str, *, content: bool = True) -> AttachmentRow:
+    """An attachment ``actor`` may read, with its bytes loaded when ``content`` (``row.content``).
+
+    Readable by whoever may read its task (:func:`readable_task`) or see its instance
+    (:func:`visible_instance`), i.e. whoever is shown it in either list. Anything else,
+    and an unknown id, raises NotFound (404) naming the attachment only.
+    """
+    missing = NotFound(f"attachment {attachment_id} not found", attachment_id=attachment_id)
+    row = session.scalar(select(AttachmentRow).where(AttachmentRow.id == attachment_id))
+    if row is None:
+        raise missing
+    try:
+        readable_task(session, actor, row.task_id)
+    except NotFound:
+        try:
+            visible_instance(session, actor, row.instance_id)
+        except NotFound:
+            raise missing from None
+    if content:  # the bytes are deferred: read them only for someone allowed to have them
+        session.refresh(row, ["content"])
+    return row

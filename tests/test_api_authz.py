@@ -28,8 +28,8 @@ CASES = [
     ("GET", "/api/process-definitions/authz/xml", None, {"admin", "designer"}),
     ("GET", "/api/process-definitions/authz/versions/1/xml", None, {"admin", "designer"}),
     ("POST", "/api/process-definitions/authz/start", {"variables": {}}, {"admin", "employee"}),
-    ("GET", "/api/process-instances", None, {"admin", "employee"}),
-    ("GET", "/api/process-instances/{instance}", None, {"admin", "employee"}),
+    ("GET", "/api/process-instances", None, {"admin", "employee", "auditor"}),
+    ("GET", "/api/process-instances/{instance}", None, {"admin", "employee", "auditor"}),
     ("POST", "/api/process-instances/{instance}/cancel", {"reason": "test"}, {"admin", "employee"}),
     ("POST", "/api/messages", {"name": "nobody-waits"}, {"admin", "employee", "integration"}),
     ("GET", "/api/tasks", None, {"admin", "employee"}),
@@ -40,6 +40,13 @@ CASES = [
     ("POST", "/api/tasks/{task}/assign", {"assignee": "max"}, {"admin"}),
     ("POST", "/api/tasks/{task}/complete", {"variables": {}}, {"admin", "employee"}),
     ("GET", "/api/history/process-instances/{instance}", None, {"admin", "auditor", "employee"}),
+    ("POST", "/api/tasks/{task}/comments", {"message": "checked"}, {"admin", "employee"}),
+    ("GET", "/api/tasks/{task}/comments", None, {"admin", "employee", "auditor"}),
+    ("GET", "/api/process-instances/{instance}/comments", None, {"admin", "employee", "auditor"}),
+    ("POST", "/api/tasks/{task}/attachments", "file", {"admin", "employee"}),
+    ("GET", "/api/tasks/{task}/attachments", None, {"admin", "employee", "auditor"}),
+    ("GET", "/api/process-instances/{instance}/attachments", None, {"admin", "employee", "auditor"}),
+    ("GET", "/api/attachments/{attachment}/content", None, {"admin", "employee", "auditor"}),
     ("GET", "/api/audit", None, {"admin", "auditor"}),
     ("GET", "/api/audit/export?format=csv", None, {"admin", "auditor"}),
     ("GET", "/api/audit/verify", None, {"admin", "auditor"}),
@@ -76,8 +83,14 @@ def deployed(api):
 
 def _call(api, user, method, template, body, counter=[0]):  # noqa: B006 - a counter for unique names
     instance, task = _fresh(api)
-    path = template.format(instance=instance, task=task)
+    attachment = None
+    if "{attachment}" in template:
+        attachment = api.post("max", f"/api/tasks/{task}/attachments",
+                              files={"file": ("note.txt", b"a note", "text/plain")}).json()["id"]
+    path = template.format(instance=instance, task=task, attachment=attachment)
     headers = api.h(user) if user else {}
+    if body == "file":
+        return api.client.post(path, headers=headers, files={"file": ("note.txt", b"a note", "text/plain")})
     if body == "upload":
         counter[0] += 1
         xml = FLOW.xml().replace(b'name="authz"', f'name="authz {counter[0]}"'.encode())

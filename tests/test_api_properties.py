@@ -80,7 +80,7 @@ field_values = {
     "assignee": st.one_of(st.none(), odd_text, st.sampled_from(["rita", "max"])), "reason": odd_text,
     "name": odd_text, "all": st.one_of(st.booleans(), odd_text), "role": st.one_of(
         st.sampled_from(["employee", "admin", "auditor", "designer"]), odd_text),
-    "groups": st.lists(odd_text, max_size=3), "display_name": odd_text,
+    "groups": st.lists(odd_text, max_size=3), "display_name": odd_text, "message": odd_text,
 }
 
 
@@ -130,20 +130,30 @@ def sopflow(sqlite_db):
     with TestClient(app, raise_server_exceptions=False) as client:
         task = client.get(f"/api/process-instances/{row.id}",
                           headers={"Authorization": f"Bearer {tokens['admin']}"}).json()["open_tasks"][0]
+        attachment = client.post(f"/api/tasks/{task['id']}/attachments", files={"file": ("a.txt", b"text")},
+                                 headers={"Authorization": f"Bearer {tokens['admin']}"}).json()["id"]
         known = {"key": ["budget_review", "procurement_approval"], "version": ["1"],
-                 "instance_id": [row.id], "task_id": [task["id"]], "name": ["rita", "max"]}
+                 "instance_id": [row.id], "task_id": [task["id"]], "name": ["rita", "max"],
+                 "attachment_id": [attachment]}
         yield app, client, tokens, known
 
 
-def _operations(app) -> list[tuple[str, str, list[str], list[str], bool]]:
-    """(method, path, query names, path names, multipart?) of every operation in the OpenAPI document."""
+def _operations(app) -> list[tuple[str, str, list[str], list[str], str | None]]:
+    """(method, path, query names, path names, multipart file field or None) of every operation in the
+    OpenAPI document."""
     found = []
-    for path, item in app.openapi()["paths"].items():
+    document = app.openapi()
+    for path, item in document["paths"].items():
         for method, operation in item.items():
             params = operation.get("parameters", [])
             content = operation.get("requestBody", {}).get("content", {})
+            file_field = None
+            if "multipart/form-data" in content:
+                ref = content["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]
+                properties = document["components"]["schemas"][ref]["properties"]
+                file_field = next(n for n in properties if n in ("files", "file"))
             found.append((method.upper(), path, sorted(p["name"] for p in params if p["in"] == "query"),
-                          [p["name"] for p in params if p["in"] == "path"], "multipart/form-data" in content))
+                          [p["name"] for p in params if p["in"] == "path"], file_field))
     return found
 
 
@@ -170,12 +180,20 @@ def test_no_body_or_query_string_makes_any_endpoint_fail(sopflow):
             user = data.draw(st.sampled_from(["admin", "rita"]), label="user")
             headers = {"Authorization": f"Bearer {tokens[user]}"}
             url = path + (f"?{query}" if query else "")
-            if multipart:
+            if multipart == "files":  # deployments
                 name = data.draw(odd_text, label="filename").encode("utf-8", "surrogatepass").decode(
                     "utf-8", "replace") + ".bpmn"
                 content = data.draw(st.one_of(st.binary(max_size=200), st.sampled_from([
                     PROCESSES.joinpath("budget_review.bpmn").read_bytes(), b"<?xml version='1.0'?><a/>"])))
                 response = client.request(method, url, headers=headers, files=[("files", (name, content))])
+            elif multipart:  # a task attachment (and its optional description)
+                name = data.draw(odd_text, label="filename").encode("utf-8", "surrogatepass").decode(
+                    "utf-8", "replace") + data.draw(st.sampled_from([".txt", ".pdf", ".csv", ".exe", ""]))
+                content = data.draw(st.one_of(st.binary(max_size=200), st.sampled_from([b"%PDF-1.4\n", b"a,b\n"])))
+                form = {"description": data.draw(odd_text, label="description").encode(
+                    "utf-8", "surrogatepass").decode("utf-8", "replace")} if data.draw(st.booleans()) else None
+                response = client.request(method, url, headers=headers, files=[(multipart, (name, content))],
+                                          data=form)
             elif method in ("POST", "PUT", "PATCH"):
                 body = data.draw(json_bodies(), label="body")
                 response = client.request(method, url, headers={**headers, "Content-Type": "application/json"},

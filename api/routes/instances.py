@@ -45,14 +45,19 @@ def _detail(db: DbDep, instance_id: str, actor: ActorDep) -> dict:
 def get_instances(
     db: DbDep, actor: ActorDep, paging: PagingDep,
     definition_key: Annotated[str | None, Query(max_length=200)] = None,
+    version: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="the definition's version")] = None,
     status_: Annotated[str | None, Query(alias="status", description="running, completed or cancelled")] = None,
-    business_key: Annotated[str | None, Query(max_length=200)] = None,
+    business_key: Annotated[str | None, Query(max_length=200, description="exact")] = None,
+    business_key_prefix: Annotated[str | None, Query(max_length=200, description="starts with (% and _ are "
+                                                                                   "plain characters)")] = None,
     started_by: Annotated[str | None, Query(max_length=100)] = None,
-    started_before: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None,
-    started_after: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None,
-    variable: Annotated[list[str] | None, Query(description="name_eq_value, repeatable (value is JSON or text)")] = None,
+    started_before: Annotated[Instant | None, Query(description=INSTANT_HELP + "; started strictly before")] = None,
+    started_after: Annotated[Instant | None, Query(description=INSTANT_HELP + "; started strictly after")] = None,
+    variable: Annotated[list[str] | None, Query(description="name_eq_value, repeatable (value is JSON or text); "
+                                                            "matches the process variable's latest value")] = None,
 ) -> dict:
-    require(actor, "employee")
+    """Search instances you may see (auditors and admins: all), newest first, paged."""
+    require(actor, "employee", "auditor")
     variables = {}
     for item in variable or []:
         name, sep, raw = item.partition("_eq_")
@@ -66,7 +71,9 @@ def get_instances(
         if problem is not None:  # e.g. "\ud800" as a JSON escape, or NaN
             raise InvalidInput(f"variable filter '{name}': {problem.describe('the value')}", field="variable")
         variables[name] = value
-    f = InstanceFilter(definition_key, status_, business_key, started_by, started_before, started_after, variables)
+    f = InstanceFilter(definition_key=definition_key, status=status_, business_key=business_key,
+                       started_by=started_by, started_before=started_before, started_after=started_after,
+                       variables=variables, definition_version=version, business_key_prefix=business_key_prefix)
     with db.read() as s:
         page = list_instances(s, actor, f, paging)
     return page_body(page)
@@ -74,7 +81,7 @@ def get_instances(
 
 @router.get("/process-instances/{instance_id}", response_model=InstanceDetail)
 def get_instance(db: DbDep, actor: ActorDep, instance_id: str) -> dict:
-    require(actor, "employee")
+    require(actor, "employee", "auditor")
     return _detail(db, instance_id, actor)
 
 

@@ -459,3 +459,44 @@ class OutboxDeliveryRow(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class CommentRow(Base):
+    """A comment on a user task (Camunda's task comment): plain text, kept after the task closes."""
+
+    __tablename__ = "comments"
+    __table_args__ = (
+        Index("ix_comments_task", "task_id", "audit_seq"),
+        Index("ix_comments_instance", "instance_id", "audit_seq"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # time-ordered (engine.ids)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"))
+    author: Mapped[str] = mapped_column(String(100))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # chain_seq of its task.comment_added event in the instance's chain: the order of additions
+    audit_seq: Mapped[int] = mapped_column(Integer)
+
+
+class AttachmentRow(Base):
+    """A file attached to a user task: its bytes (``content``, loaded only on download) and their SHA-256."""
+
+    __tablename__ = "attachments"
+    __table_args__ = (
+        Index("ix_attachments_task", "task_id", "audit_seq"),
+        Index("ix_attachments_instance", "instance_id", "audit_seq"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # time-ordered (engine.ids)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))  # sanitized (engine.uploads)
+    content_type: Mapped[str] = mapped_column(String(120))  # from the extension, never the client's claim
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes
+    sha256: Mapped[str] = mapped_column(String(64))  # hex, computed by the server
+    description: Mapped[str | None] = mapped_column(Text)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    uploaded_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # chain_seq of its task.attachment_added event in the instance's chain: the order of additions
+    audit_seq: Mapped[int] = mapped_column(Integer)
