@@ -237,7 +237,7 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
             element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
         row = new_task_row(task, meta, instance, now, revision, at_risk_fraction=at_risk_fraction)
         created.append(row)
-        if row["due_at"] is not None:
+        if row["due_at"] is not None or row["follow_up_at"] is not None:
             sla_jobs.extend(sla.job_rows(row, sla.task_properties(task), now))
         events.append(Event("task.created", actor, {
             "element_id": row["element_id"], "name": row["name"], "assignee": row["assignee"],
