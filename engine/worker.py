@@ -216,6 +216,11 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
     drop any open savepoint; holding the lock from the start also means no other writer can
     make an instance stale in the middle of the batch. If the transaction as a whole fails, the
     exception reaches the caller and nothing of the batch is stored.
+
+    Shared per batch: the instance rows and due jobs are read in two queries
+    (:func:`engine.commands.timers.prefetch`; a row changed since fails its revision guard and
+    goes the stale path), and the audit rows of the instances that fired are inserted in one
+    statement before COMMIT (a failed instance's rows go with its savepoint).
     """
     outcome = BatchOutcome()
     budget = max(0.0, settings.timer_batch_ms / 1000)
