@@ -3,6 +3,12 @@
     .venv/bin/python bench/timers.py                              # 10,000 timers in 10 s, SQLite, embedded worker
     .venv/bin/python bench/timers.py --postgres --workers 1 2 4   # a throwaway PostgreSQL cluster, worker processes
     .venv/bin/python bench/timers.py --database-url postgresql+psycopg://... --workers 2   # an EMPTY database
+    .venv/bin/python bench/timers.py --compare /path/to/other/checkout --rounds 3     # before/after, SQLite
+
+``--compare`` (SQLite, embedded worker) seeds ONE database, then fires copies of it
+alternately with the other checkout's engine (``--engine-root``, e.g. a ``git worktree`` of
+main) and with this one, ``--rounds`` times, each firing in a fresh process, and prints
+each run and the medians: both sides fire the same timers on the same machine state.
 
 Seeding: ``--timers`` instances of a process whose intermediate timer has a ``timeDate``
 from a start variable are started through ``start_instance`` (real state, real jobs), their
@@ -36,6 +42,8 @@ from pathlib import Path
 # bench/ itself must not be on the path: bench/http.py would shadow the standard library's http
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--engine-root" in sys.argv:  # fire with another checkout's engine (see --compare)
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--engine-root") + 1]).resolve()))
 
 from sqlalchemy import delete, func, select, text  # noqa: E402
 
@@ -131,6 +139,59 @@ def run_embedded(url: str, n: int, window: float, timeout: float) -> dict[str, o
     return figures(db, n, start)
 
 
+def fire_seeded(url: str, timeout: float) -> dict[str, object]:
+    """Fire a database seeded by ``--save-seed`` with the embedded worker (the window starts at its first due job)."""
+    db = Database(url)
+    with db.read() as s:
+        start = s.scalar(select(func.min(JobRow.due_at)))
+        n = s.scalar(select(func.count()).select_from(JobRow)) or 0
+    assert start is not None, "the seeded database has no timers"
+    install(db)
+    move_clock_to(db, start - timedelta(seconds=1))
+    stop = threading.Event()
+    thread = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "settings": Settings()},
+                              daemon=True)
+    thread.start()
+    wake()
+    wait_for(db, n, timeout)
+    stop.set()
+    wake()
+    thread.join(timeout=10)
+    return figures(db, n, start)
+
+
+def compare(other: str, n: int, window: float, rounds: int, timeout: float) -> None:
+    """Seed once, then fire copies alternately with ``other``'s engine and this one; print runs and medians."""
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix="sopflow-bench-"))
+    seeded = folder / "seeded.db"
+    migrate.upgrade(f"sqlite:///{seeded}")
+    db = Database(f"sqlite:///{seeded}")
+    seed(db, n, window)
+    db.dispose()
+    results: dict[str, list[dict[str, object]]] = {"other": [], "this": []}
+    for round_ in range(1, rounds + 1):
+        for side in ("other", "this"):
+            copy = folder / f"{side}-{round_}.db"
+            shutil.copyfile(seeded, copy)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--from-seed", str(copy), "--timeout", str(timeout)]
+            if side == "other":
+                cmd += ["--engine-root", other]
+            load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout  # noqa: S603
+            figures_ = json.loads(out.strip().splitlines()[-1])
+            results[side].append(figures_)
+            print(f"round {round_} {side:5} (load {load}): {json.dumps(figures_)}", flush=True)
+    for side, runs in results.items():
+        medians = {k: statistics.median(float(r[k]) for r in runs if r[k] is not None)  # type: ignore[arg-type]
+                   for k in ("timers_per_s", "lateness_p50_s", "lateness_p99_s", "lateness_max_s")}
+        print(f"median {side} ({other if side == 'other' else 'this checkout'}): "
+              f"{json.dumps({k: round(v, 3) for k, v in medians.items()})}, "
+              f"duplicates {sum(int(r['duplicates']) for r in runs)}, "  # type: ignore[call-overload]
+              f"fired {[r['fired'] for r in runs]}", flush=True)
+
+
 def run_processes(url: str, n: int, window: float, workers: int, timeout: float,
                   startup: float = 10.0) -> dict[str, object]:
     db = Database(url)
@@ -160,7 +221,19 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL cluster")
     parser.add_argument("--workers", type=int, nargs="*", default=[1], help="worker processes (PostgreSQL)")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--compare", metavar="CHECKOUT", help="before/after against another checkout (SQLite)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
+    parser.add_argument("--from-seed", metavar="DB", help=argparse.SUPPRESS)  # one side of --compare
+    parser.add_argument("--engine-root", metavar="CHECKOUT", help=argparse.SUPPRESS)  # read before the imports
     args = parser.parse_args()
+    if args.from_seed:
+        print(json.dumps(fire_seeded(f"sqlite:///{args.from_seed}", args.timeout)), flush=True)
+        return
+    if args.compare:
+        print(f"SQLite, embedded worker, {args.timers} timers due within {args.window} s, "
+              f"{args.rounds} rounds: {args.compare} vs this checkout", flush=True)
+        compare(args.compare, args.timers, args.window, args.rounds, args.timeout)
+        return
     if not args.database_url and not args.postgres:
         path = Path(tempfile.mkdtemp(prefix="sopflow-bench-")) / "timers.db"
         url = f"sqlite:///{path}"

@@ -6,9 +6,14 @@ holidays from ``SOPFLOW_CALENDAR_HOLIDAYS`` (a file, one ISO date per line, ``#`
 More calendars come from ``SOPFLOW_CALENDARS``, a JSON file::
 
     {"cn": {"timezone": "Asia/Shanghai", "open": "09:00", "close": "18:00",
-            "workdays": [1, 2, 3, 4, 5], "holidays": ["2026-10-01"], "holidays_file": "cn.txt"}}
+            "workdays": [1, 2, 3, 4, 5], "holidays": ["2026-10-01"], "holidays_file": "cn.txt"},
+     "munich": {"timezone": "Europe/Berlin", "country": "DE", "subdivision": "BY"}}
 
-(``workdays`` are ISO weekdays, Monday = 1.) Business durations (:meth:`BusinessCalendar.add`)
+(``workdays`` are ISO weekdays, Monday = 1.) ``country`` (ISO 3166-1 alpha-2) and optional
+``subdivision`` (ISO 3166-2 code without the country, e.g. ``BY`` for Bavaria) add that
+place's public holidays, as the `holidays` package (pinned) knows them, observed days
+included, to the listed and file holidays; ``default`` takes them from
+``SOPFLOW_CALENDAR_COUNTRY`` / ``SOPFLOW_CALENDAR_SUBDIVISION``. Business durations (:meth:`BusinessCalendar.add`)
 read an ISO 8601 duration in working time: each day (``D``; a week ``W`` is five) is one
 working day, keeping the time of day, and hours/minutes/seconds are working hours. Years and
 months have no business meaning and are refused. Plain ISO durations elsewhere stay calendar time.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -28,6 +34,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinitio
 
 from engine.errors import InvalidInput
 
+_PUBLIC_HOLIDAYS_LOCK = threading.Lock()
 MAX_DAYS = 366 * 20  # no business duration walks further than this (a misconfigured calendar cannot spin)
 
 
@@ -41,9 +48,16 @@ class BusinessCalendar:
     close: time = time(18, 0)
     workdays: frozenset[int] = frozenset({1, 2, 3, 4, 5})
     holidays: frozenset[date] = frozenset()
+    # a country's public holidays (holidays.HolidayBase: computed per year on first use, any year)
+    public_holidays: Any = field(default=None, compare=False, repr=False)
 
     def is_working_day(self, day: date) -> bool:
-        return day.isoweekday() in self.workdays and day not in self.holidays
+        if day.isoweekday() not in self.workdays or day in self.holidays:
+            return False
+        if self.public_holidays is None:
+            return True
+        with _PUBLIC_HOLIDAYS_LOCK:  # the package fills a year on first use; another thread must not see it half-filled
+            return day not in self.public_holidays
 
     def _at(self, day: date, at: time) -> datetime:
         return datetime.combine(day, at, tzinfo=self.zone)
@@ -64,15 +78,22 @@ class BusinessCalendar:
         raise InvalidInput(f"calendar '{self.name}' has no working time within {MAX_DAYS} days")
 
     def add_working_time(self, start: datetime, amount: timedelta) -> datetime:
-        """``start`` moved by ``amount`` of working time (UTC result)."""
-        at = self.next_open(start)
+        """``start`` moved by ``amount`` of working time, counted as elapsed time (UTC result).
+
+        On a day whose working hours contain a DST change, the working day is an hour
+        shorter (spring) or longer (autumn) in elapsed time, and that is what is counted:
+        ``PT2H`` from 01:00 on 2026-03-29 in Europe/Berlin ends at 04:00 CEST.
+        """
+        # elapsed time is counted in UTC: adding to (or subtracting) datetimes that share a ZoneInfo is
+        # wall-clock arithmetic in Python, which is an hour off across a DST change inside a working day
+        at = self.next_open(start).astimezone(UTC)
         left = amount
         for _ in range(MAX_DAYS):
-            end = self._at(at.astimezone(self.zone).date(), self.close)
+            end = self._at(at.astimezone(self.zone).date(), self.close).astimezone(UTC)
             if at + left <= end:
-                return (at + left).astimezone(UTC)
+                return at + left
             left -= end - at
-            at = self.next_open(end)  # closing time is outside working time: the next opening
+            at = self.next_open(end).astimezone(UTC)  # closing time is outside working time: the next opening
         raise InvalidInput(f"calendar '{self.name}' cannot fit {amount} of working time")
 
     def add_working_days(self, start: datetime, days: int) -> datetime:
@@ -110,13 +131,14 @@ class BusinessCalendar:
     def working_time_between(self, start: datetime, end: datetime) -> timedelta:
         """Working time from ``start`` to ``end`` (0 when ``end`` is not later)."""
         total = timedelta(0)
-        at = self.next_open(start)
-        for _ in range(MAX_DAYS):
+        end = end.astimezone(UTC)
+        at = self.next_open(start).astimezone(UTC)
+        for _ in range(MAX_DAYS):  # in UTC, as in :meth:`add_working_time` (DST)
             if at >= end:
                 return total
-            close = self._at(at.astimezone(self.zone).date(), self.close)
+            close = self._at(at.astimezone(self.zone).date(), self.close).astimezone(UTC)
             total += min(close, end) - at
-            at = self.next_open(close)
+            at = self.next_open(close).astimezone(UTC)
         return total
 
 
@@ -136,6 +158,26 @@ def _read_holiday_file(path: str) -> set[date]:
     return found
 
 
+def _public_holidays(name: str, country: Any, subdivision: Any) -> Any:
+    """The public holidays of ``country`` (and ``subdivision``) from the `holidays` package, None without a country.
+
+    Raises InvalidInput naming the calendar when the package does not know the country or
+    the subdivision.
+    """
+    if not country:
+        if subdivision:
+            raise InvalidInput(f"calendar '{name}': a subdivision ('{subdivision}') needs a country")
+        return None
+    import holidays  # late: only calendars that name a country need it
+
+    try:
+        found = holidays.country_holidays(str(country).upper(), subdiv=str(subdivision) if subdivision else None)
+    except NotImplementedError as exc:  # the package's way of saying "no such country/subdivision"
+        raise InvalidInput(f"calendar '{name}': no public holidays known for country '{country}'"
+                           + (f", subdivision '{subdivision}'" if subdivision else "") + f" ({exc})") from None
+    return found
+
+
 def _build(name: str, spec: dict[str, Any]) -> BusinessCalendar:
     try:
         zone = ZoneInfo(str(spec.get("timezone") or "UTC"))
@@ -147,7 +189,8 @@ def _build(name: str, spec: dict[str, Any]) -> BusinessCalendar:
     cal = BusinessCalendar(name=name, zone=zone, open=_clock_time(str(spec.get("open", "09:00")), "open"),
                            close=_clock_time(str(spec.get("close", "18:00")), "close"),
                            workdays=frozenset(int(d) for d in spec.get("workdays", [1, 2, 3, 4, 5])),
-                           holidays=frozenset(holidays))
+                           holidays=frozenset(holidays),
+                           public_holidays=_public_holidays(name, spec.get("country"), spec.get("subdivision")))
     if cal.close <= cal.open or not cal.workdays <= set(range(1, 8)) or not cal.workdays:
         raise InvalidInput(f"calendar '{name}': needs open before close and workdays among 1..7")
     return cal
@@ -159,6 +202,9 @@ def calendars() -> dict[str, BusinessCalendar]:
     found: dict[str, dict[str, Any]] = {"default": {"timezone": os.environ.get("SOPFLOW_CALENDAR_TZ") or "UTC"}}
     if os.environ.get("SOPFLOW_CALENDAR_HOLIDAYS"):
         found["default"]["holidays_file"] = os.environ["SOPFLOW_CALENDAR_HOLIDAYS"]
+    if os.environ.get("SOPFLOW_CALENDAR_COUNTRY"):
+        found["default"]["country"] = os.environ["SOPFLOW_CALENDAR_COUNTRY"]
+        found["default"]["subdivision"] = os.environ.get("SOPFLOW_CALENDAR_SUBDIVISION") or None
     if os.environ.get("SOPFLOW_CALENDARS"):
         extra = json.loads(Path(os.environ["SOPFLOW_CALENDARS"]).read_text(encoding="utf-8"))
         for name, spec in extra.items():

@@ -53,6 +53,9 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
                           "{% if escalated_to %} It was escalated to {{ escalated_to }}.{% endif %}"),
         "task.reminder": ("Reminder: {{ task.name }}",
                           "The task \"{{ task.name }}\" is due at {{ task.due_at }}."),
+        "task.follow_up": ("Follow up: {{ task.name }}",
+                           "The task \"{{ task.name }}\" is to be followed up now ({{ task.follow_up_at }})."
+                           "{% if task.due_at %} It is due at {{ task.due_at }}.{% endif %}"),
     },
     "zh-Hans": {
         "task.at_risk": ("任务有逾期风险：{{ task.name }}",
@@ -62,6 +65,9 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
                           "{% if escalated_to %}已升级给 {{ escalated_to }}。{% endif %}"),
         "task.reminder": ("提醒：{{ task.name }}",
                           "任务“{{ task.name }}”将于 {{ task.due_at }} 截止。"),
+        "task.follow_up": ("跟进：{{ task.name }}",
+                           "任务“{{ task.name }}”已到跟进时间（{{ task.follow_up_at }}）。"
+                           "{% if task.due_at %}截止时间为 {{ task.due_at }}。{% endif %}"),
     },
 }
 LOCALES = tuple(TEMPLATES)

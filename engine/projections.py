@@ -16,6 +16,7 @@ read them and never deserialize a workflow.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session
 from engine import audit, clock, limits, sla, variables
 from engine.audit import Event, canonical
 from engine.errors import ScriptError
-from engine.external import is_waiting_external
+from engine.external import ExternalTaskMixin, is_waiting_external
 from engine.ids import time_ordered_id
 from engine.loading import UserTaskMeta, duration_from
 from engine.message_events import expected_correlations
@@ -236,7 +237,7 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
             element_id=task.task_spec.bpmn_id, name=task.task_spec.bpmn_name or task.task_spec.bpmn_id)
         row = new_task_row(task, meta, instance, now, revision, at_risk_fraction=at_risk_fraction)
         created.append(row)
-        if row["due_at"] is not None:
+        if row["due_at"] is not None or row["follow_up_at"] is not None:
             sla_jobs.extend(sla.job_rows(row, sla.task_properties(task), now))
         events.append(Event("task.created", actor, {
             "element_id": row["element_id"], "name": row["name"], "assignee": row["assignee"],
@@ -330,7 +331,8 @@ def sync_waits(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
     waiting = waiting_events(workflow)
     if not waiting and not instance.waits:
         return 0
-    return _sync_jobs(session, instance, waiting, events, actor) + _sync_subscriptions(session, instance, waiting)
+    return _sync_jobs(session, instance, waiting, events, actor) + _sync_subscriptions(
+        session, instance, waiting, query=spec_features(workflow).messages)
 
 
 def _sync_jobs(session: Session, instance: InstanceRecord, waiting: list[Task], events: list[Event],
@@ -374,9 +376,9 @@ def _subscriptions_of(waiting: list[Task]) -> list[tuple[Task, str, dict[str, An
     return found
 
 
-def _sync_subscriptions(session: Session, instance: InstanceRecord, waiting: list[Task]) -> int:
+def _sync_subscriptions(session: Session, instance: InstanceRecord, waiting: list[Task], *, query: bool = True) -> int:
     desired = {(str(task.id), name): (task, expected) for task, name, expected in _subscriptions_of(waiting)}
-    existing = {} if not instance.waits else {
+    existing = {} if not instance.waits or not query else {
         (s.task_id, s.name): s
         for s in session.scalars(select(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))}
     for key, row in existing.items():
@@ -391,12 +393,43 @@ def _sync_subscriptions(session: Session, instance: InstanceRecord, waiting: lis
     return len(desired)
 
 
-def clear(session: Session, instance: InstanceRecord) -> None:
-    """An ended instance waits for nothing."""
+_CLEAR_JOBS = delete(JobRow).where(JobRow.instance_id == bindparam("b_id"))
+_CLEAR_SUBSCRIPTIONS = delete(SubscriptionRow).where(SubscriptionRow.instance_id == bindparam("b_id"))
+
+
+def clear(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow | None = None) -> None:
+    """An ended instance waits for nothing (Core deletes, built once: no ORM object is tracked for these rows
+    in a command that ends its instance, since :func:`sync_waits` is not called then)."""
     if not instance.waits:
         return
-    session.execute(delete(JobRow).where(JobRow.instance_id == instance.id))
-    session.execute(delete(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id))
+    connection = session.connection()
+    connection.execute(_CLEAR_JOBS, {"b_id": instance.id})
+    if workflow is None or spec_features(workflow).messages:
+        connection.execute(_CLEAR_SUBSCRIPTIONS, {"b_id": instance.id})
+
+
+@dataclass(frozen=True)
+class SpecFeatures:
+    """Which projections a definition can ever have rows in (so the others are never queried)."""
+
+    external: bool  # a service/send/business-rule task that waits for an external worker
+    messages: bool  # an element that catches (or throws) a message: event subscriptions
+
+
+def spec_features(workflow: BpmnWorkflow) -> SpecFeatures:
+    """The :class:`SpecFeatures` of the workflow's definition (its process and every called process).
+
+    Computed once per restored spec (specs are cached per definition and never change once
+    deployed) and kept on the spec object.
+    """
+    spec = workflow.spec
+    features: SpecFeatures | None = getattr(spec, "_sopflow_features", None)
+    if features is None:
+        task_specs = [t for s in (spec, *workflow.subprocess_specs.values()) for t in s.task_specs.values()]
+        features = SpecFeatures(external=any(isinstance(t, ExternalTaskMixin) for t in task_specs),
+                                messages=any(message_definitions_of(t) for t in task_specs))
+        spec._sopflow_features = features
+    return features
 
 
 # --------------------------------------------------------------------------- external tasks
@@ -441,7 +474,7 @@ def sync_external_tasks(session: Session, instance: InstanceRecord, workflow: Bp
     """
     now = clock.now()
     waiting = {str(t.id): t for t in waiting_external_tasks(workflow)}
-    if not waiting and not instance.waits:
+    if not waiting and (not instance.waits or not spec_features(workflow).external):
         return 0
     existing: dict[str, Any] = {} if not instance.waits else {
         row.id: row.variables for row in session.execute(

@@ -14,6 +14,9 @@ properties (``spiffworkflow:property`` / ``camunda:property``) say:
   (assignee cleared) or assigned to that user; ``notifyOnBreach``: more users (a manager)
   told at breach.
 
+A task with a follow-up date (``followUpDate``) gets an ``sla_follow_up`` job at it, which
+tells the assignee or candidates (``task.follow_up``); it changes no SLA state.
+
 Each open task with a due date gets jobs (``jobs`` table, kinds in :data:`SLA_JOB_KINDS`,
 dedup key ``{kind}:{task id}[:{n}]``) fired by the worker through engine.commands.sla.
 """
@@ -29,7 +32,7 @@ from engine.errors import InvalidInput, ScriptError
 from engine.ids import time_ordered_id
 from engine.loading import duration_from
 
-SLA_JOB_KINDS = ("sla_at_risk", "sla_breach", "sla_reminder")
+SLA_JOB_KINDS = ("sla_at_risk", "sla_breach", "sla_reminder", "sla_follow_up")
 
 
 def task_properties(task: Task) -> dict[str, str]:
@@ -88,19 +91,25 @@ def reminder_offsets(props: dict[str, str], element_id: str) -> list[str]:
 
 
 def job_rows(task_row: dict[str, Any], props: dict[str, str], now: datetime) -> list[dict[str, Any]]:
-    """The SLA jobs (``jobs`` column values) of a new task row with a due date; none without one.
+    """The SLA jobs (``jobs`` column values) of a new task row: none without a due or follow-up date.
 
-    At risk and breach jobs always; one reminder job per ``reminders`` offset that still lies
-    ahead. Each names the task; the worker's firing checks the task is still open.
+    With a due date: at risk and breach jobs always; one reminder job per ``reminders``
+    offset that still lies ahead. With a follow-up date (Camunda's ``followUpDate``) still
+    ahead: one ``sla_follow_up`` job at it. Each names the task; the worker's firing checks
+    the task is still open.
     """
-    due, at_risk = task_row.get("due_at"), task_row.get("at_risk_at")
-    if due is None:
-        return []
+    due, at_risk, follow_up = task_row.get("due_at"), task_row.get("at_risk_at"), task_row.get("follow_up_at")
     base = {"instance_id": task_row["instance_id"], "task_id": task_row["id"], "element_id": task_row["element_id"],
             "state": "pending", "attempts": 0, "created_at": now, "lock_owner": None, "lock_expires_at": None,
             "last_error": None}
-    rows = [{**base, "id": time_ordered_id(), "kind": "sla_breach", "dedup_key": f"sla_breach:{task_row['id']}",
-             "due_at": due}]
+    rows = []
+    if follow_up is not None and follow_up > now:
+        rows.append({**base, "id": time_ordered_id(), "kind": "sla_follow_up",
+                     "dedup_key": f"sla_follow_up:{task_row['id']}", "due_at": follow_up})
+    if due is None:
+        return rows
+    rows.append({**base, "id": time_ordered_id(), "kind": "sla_breach", "dedup_key": f"sla_breach:{task_row['id']}",
+                 "due_at": due})
     if at_risk is not None and at_risk < due:
         rows.append({**base, "id": time_ordered_id(), "kind": "sla_at_risk",
                      "dedup_key": f"sla_at_risk:{task_row['id']}", "due_at": at_risk})

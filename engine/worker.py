@@ -31,16 +31,17 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy import case, event, func, make_url, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from engine import clock, notifications, stats
+from engine import audit, clock, notifications, stats
 from engine.audit import Event
 from engine.commands import unit
 from engine.commands.sla import fire_sla_job
-from engine.commands.timers import fire_timers
+from engine.commands.timers import fire_timers, prefetch
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import SopflowError, StaleInstance
@@ -215,22 +216,35 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
     drop any open savepoint; holding the lock from the start also means no other writer can
     make an instance stale in the middle of the batch. If the transaction as a whole fails, the
     exception reaches the caller and nothing of the batch is stored.
+
+    Shared per batch: the instance rows and due jobs are read in two queries
+    (:func:`engine.commands.timers.prefetch`; a row changed since fails its revision guard and
+    goes the stale path), and the audit rows of the instances that fired are inserted in one
+    statement before COMMIT (a failed instance's rows go with its savepoint).
     """
     outcome = BatchOutcome()
     budget = max(0.0, settings.timer_batch_ms / 1000)
     limit = max(1, settings.timer_batch_instances)
     began = time.perf_counter()
+    offered = groups[:limit]
     with db.transaction() as session:
-        for instance_id, job_ids in groups:
-            if outcome.taken >= limit or (outcome.taken and time.perf_counter() - began >= budget):
+        # shared by the batch: the instance rows and due jobs (two queries), and one INSERT of the
+        # audit rows of the instances that fired (a failed one's savepoint drops its own rows)
+        prefetched = prefetch(session, [j for _i, ids in offered for j in ids], [i for i, _ids in offered])
+        audit_rows: list[dict[str, Any]] = []
+        for instance_id, _job_ids in offered:
+            if outcome.taken and time.perf_counter() - began >= budget:
                 break
             outcome.taken += 1
             for key in _PER_COMMAND_INFO:
                 session.info.pop(key, None)
+            deferred: list[dict[str, Any]] = []
+            session.info[unit.DEFERRED_AUDIT] = deferred
             try:
                 with session.begin_nested():
-                    outcome.fired[instance_id] = fire_timers(session, instance_id=instance_id, job_ids=job_ids,
-                                                             settings=settings)
+                    outcome.fired[instance_id] = fire_timers(session, instance_id=instance_id, settings=settings,
+                                                             prefetched=prefetched)
+                audit_rows.extend(deferred)
             except (StaleInstance, IntegrityError, OperationalError):
                 stats.incr("batch_stale")
                 outcome.stale.append(instance_id)
@@ -239,8 +253,10 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
             except Exception as exc:  # noqa: BLE001 - one instance must not fail the batch
                 log.exception("timer crashed in a batch", extra={"instance_id": instance_id})
                 outcome.failed[instance_id] = f"{type(exc).__name__}: {exc}"
-        for key in _PER_COMMAND_INFO:
+        for key in (*_PER_COMMAND_INFO, unit.DEFERRED_AUDIT):
             session.info.pop(key, None)
+        if audit_rows:
+            audit.insert_rows(session, audit_rows)
     stats.incr("timer_batches")
     return outcome
 

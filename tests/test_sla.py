@@ -309,3 +309,59 @@ def test_sla_summary_and_breaches(clocked):
     later = api.get("audrey", "/api/sla/summary", params={"since": "2030-01-01T00:00:00Z"}).json()["items"]
     assert later[0]["done"] == 0 and later[0]["open_breached"] == 1
     assert api.get("sam", "/api/sla/summary").status_code == 403
+
+
+# --------------------------------------------------------------------------- follow-up dates (camunda:followUpDate)
+
+def test_a_follow_up_date_notifies_once_and_changes_no_sla_state(db, clock):
+    instance_id = _sla_task(db, {"assignee": "alice", "followUpDate": "PT4H", "dueDate": "PT10H"})
+    [task] = open_tasks(db, instance_id)
+    assert task.follow_up_at == task.created_at + timedelta(hours=4)
+    assert {j.kind: j.due_at for j in jobs(db, instance_id)}["sla_follow_up"] == task.follow_up_at
+    clock.advance(hours=3, minutes=59)
+    run_once(db, settings=SETTINGS)
+    assert _inapp(db, "alice") == []
+    clock.advance(minutes=1)
+    assert run_once(db, settings=SETTINGS).sla == 1
+    [note] = _inapp(db, "alice")
+    assert note.event == "task.follow_up" and note.subject == "Follow up: Work"
+    assert _task(db, task.id).sla_state == "on_time"  # a follow-up is not a deadline
+    for _ in range(3):  # moving the clock again tells nobody again
+        clock.advance(minutes=30)
+        run_once(db, settings=SETTINGS)
+    assert [n.event for n in _inapp(db, "alice")] == ["task.follow_up"]
+    assert audit_actions(db, instance_id).count("task.follow_up") == 1
+
+
+def test_a_follow_up_date_without_a_due_date_still_reminds(db, clock):
+    instance_id = _sla_task(db, {"assignee": "alice", "followUpDate": "PT1H"})
+    [task] = open_tasks(db, instance_id)
+    assert task.due_at is None and [j.kind for j in jobs(db, instance_id)] == ["sla_follow_up"]
+    clock.advance(hours=2)
+    run_once(db, settings=SETTINGS)
+    assert [n.event for n in _inapp(db, "alice")] == ["task.follow_up"]
+    assert _task(db, task.id).sla_state is None
+
+
+def test_a_completed_tasks_follow_up_does_nothing(db, clock):
+    from engine.commands import complete_task
+
+    instance_id = _sla_task(db, {"assignee": "alice", "followUpDate": "PT1H"})
+    [task] = open_tasks(db, instance_id)
+    db.command(lambda s: complete_task(s, task_id=task.id, actor=ALICE))
+    clock.advance(hours=2)
+    assert run_once(db, settings=SETTINGS).sla == 0 and _inapp(db, "alice") == []
+
+
+def test_the_inbox_filters_on_the_follow_up_date(clocked):
+    from engine import clock as engine_clock
+
+    api, db = clocked, clocked.db
+    b = Bpmn("fu").start().user("work", "Work", props={"assignee": "sam", "followUpDate": "${follow}"}).end()
+    deploy_xml(db, b.chain("start", "work", "end").xml())
+    soon = db.command(lambda s: start_instance(s, key="fu", actor=ALICE, variables={"follow": "PT2H"})).id
+    db.command(lambda s: start_instance(s, key="fu", actor=ALICE, variables={"follow": "P3D"}))
+    db.command(lambda s: start_instance(s, key="fu", actor=ALICE, variables={"follow": None}))
+    cutoff = (engine_clock.now() + timedelta(hours=5)).isoformat()
+    assert [t["instance_id"] for t in api.inbox("sam", follow_up_before=cutoff)] == [soon]
+    assert len(api.inbox("sam")) == 3

@@ -99,3 +99,32 @@ def test_batches_are_bounded(db, clock, monkeypatch):
     assert run_once(db, settings=Settings(timer_batch_instances=3, timer_batch_ms=60_000)).fired == 7
     assert [sum(x is s for x in sessions) for s in {id(x): x for x in sessions}.values()] == [3, 3, 1]
     assert all(instance(db, i).status == "completed" and _fired_events(db, i) == 1 for i in ids)
+
+
+def test_a_batch_reads_its_instances_once_and_writes_one_audit_insert_and_the_chains_hold(db, clock, monkeypatch):
+    from engine import audit
+
+    deploy_xml(db, _waits())
+    good = [_start(db, 1) for _ in range(5)]
+    bad = _start(db, 0)  # fails after the timer: its audit rows must not reach the batch's insert
+    seq_before = instance(db, bad).audit_seq
+    records = []
+    real_load = unit.load
+    monkeypatch.setattr(unit, "load", lambda session, i, **kw: (records.append(kw.get("record")),
+                                                                real_load(session, i, **kw))[1])
+    inserts: list[int] = []
+    real_insert = audit.insert_rows
+    monkeypatch.setattr(audit, "insert_rows", lambda session, rows: (inserts.append(len(rows)),
+                                                                     real_insert(session, rows))[1])
+    clock.advance(hours=2)
+    result = run_once(db, settings=Settings(timer_batch_ms=60_000))
+    assert (result.fired, result.failed) == (5, 1)
+    # one INSERT for the batch's audit rows (timer.fired, activities, instance.completed per good instance);
+    # the bad instance's first failure is recorded on its job, not audited (that comes with the incident)
+    assert inserts == [5 * 3]
+    assert len(records) == 6 and all(r is not None for r in records)  # rows read for the batch, not per instance
+    with db.read() as s:
+        verdict = audit.verify(s)
+    assert verdict.ok, verdict.to_dict()
+    assert all(_fired_events(db, i) == 1 for i in good) and _fired_events(db, bad) == 0
+    assert instance(db, bad).status == "running" and instance(db, bad).audit_seq == seq_before

@@ -1,4 +1,4 @@
-"""Firing SLA jobs (at risk, breach, reminder) and the SLA reports.
+"""Firing SLA jobs (at risk, breach, reminder, follow-up) and the SLA reports.
 
 A job is fired by one command in one transaction, exactly once: the command first deletes
 its own ``jobs`` row (``DELETE ... WHERE id = :id AND state = 'pending'``); a second worker
@@ -14,6 +14,8 @@ Effects (see engine.sla for the task properties that drive them):
   that group; ``escalateToUser`` assigns it to that user; event ``task.escalated``), and a
   notification to the assignee/candidates, the escalation's target and ``notifyOnBreach`` users.
 - ``sla_reminder``: ``task.reminder`` event and notification.
+- ``sla_follow_up``: at the task's follow-up date (``followUpDate``), ``task.follow_up`` event and
+  a notification to the assignee or else the candidates; no SLA state changes.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ from engine.store.models import (
 )
 
 _NEXT_STATE = {"sla_at_risk": ("at_risk", ("on_time",)), "sla_breach": ("breached", ("on_time", "at_risk"))}
-_EVENT = {"sla_at_risk": "task.at_risk", "sla_breach": "task.breached", "sla_reminder": "task.reminder"}
+_EVENT = {"sla_at_risk": "task.at_risk", "sla_breach": "task.breached", "sla_reminder": "task.reminder",
+          "sla_follow_up": "task.follow_up"}
 
 
 def task_properties(session: Session, task: TaskRow) -> dict[str, str]:
@@ -84,6 +87,7 @@ def _context(task: TaskRow, **extra: Any) -> dict[str, Any]:
     return {"task": {"id": task.id, "name": task.name, "element_id": task.element_id,
                      "instance_id": task.instance_id, "definition_key": task.definition_key,
                      "due_at": task.due_at.isoformat() if task.due_at else None,
+                     "follow_up_at": task.follow_up_at.isoformat() if task.follow_up_at else None,
                      "assignee": task.assignee}, **extra}
 
 
@@ -146,9 +150,11 @@ def fire_sla_job(session: Session, *, job_id: str, actor: Actor = SYSTEM, settin
             .values(sla_state=new_state).execution_options(synchronize_session=False)))
         if moved != 1:
             return False  # already announced (the state only moves forward)
-    events.append(Event(_EVENT[job.kind], actor.name, {"element_id": task.element_id, "name": task.name,
-                                                       "due_at": task.due_at, "assignee": task.assignee},
-                        task_id=task.id))
+    payload: dict[str, Any] = {"element_id": task.element_id, "name": task.name, "due_at": task.due_at,
+                               "assignee": task.assignee}
+    if job.kind == "sla_follow_up":
+        payload["follow_up_at"] = task.follow_up_at
+    events.append(Event(_EVENT[job.kind], actor.name, payload, task_id=task.id))
     if job.kind == "sla_breach":
         props = task_properties(session, task)
         target, more = _escalate(session, task, props, actor, events)

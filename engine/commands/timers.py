@@ -1,12 +1,14 @@
 """Firing an instance's due BPMN timers (called by the job worker)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
-from sqlalchemy import delete, select
+from sqlalchemy import Row, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from engine import clock
@@ -16,26 +18,73 @@ from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.spiff_patches import counting_cycle_firings
-from engine.store.models import InstanceRow, JobRow
+from engine.store.models import InstanceRecord, InstanceRow, JobRow
+
+JobRef = Row[str, str, str | None, str | None, datetime]  # id, instance_id, task_id, element_id, due_at
+
+# Built once (SQLAlchemy reuses their compiled form): the worker fires thousands of these.
+_JOB_COLUMNS = (JobRow.id, JobRow.instance_id, JobRow.task_id, JobRow.element_id, JobRow.due_at)
+_STATUS = select(InstanceRow.status).where(InstanceRow.id == bindparam("b_id"))
+_DELETE_JOBS = delete(JobRow).where(JobRow.instance_id == bindparam("b_id"))
+_DUE = select(*_JOB_COLUMNS).where(JobRow.instance_id == bindparam("b_id"), JobRow.due_at <= bindparam("b_now"),
+                                   JobRow.state == "pending")
+_DUE_OF = _DUE.where(JobRow.id.in_(bindparam("b_jobs", expanding=True)))
+_BATCH_INSTANCES = select(InstanceRow.__table__).where(InstanceRow.id.in_(bindparam("b_ids", expanding=True)))
+_BATCH_DUE = select(*_JOB_COLUMNS).where(JobRow.id.in_(bindparam("b_jobs", expanding=True)),
+                                         JobRow.due_at <= bindparam("b_now"), JobRow.state == "pending")
+
+
+@dataclass
+class Prefetched:
+    """What :func:`fire_timers` reads first, read for a whole batch of instances in two queries.
+
+    ``records``: instance rows by id (an instance that is gone is absent); ``due``: the due,
+    pending timer jobs among the leased ones, by instance. Read in the batch's transaction,
+    so they are exactly what a per-instance read would see on SQLite (the batch holds the
+    write lock); on PostgreSQL a row another command changed since is caught by the
+    instance's revision guard (``StaleInstance``) like any stale read.
+    """
+
+    records: dict[str, InstanceRecord] = field(default_factory=dict)
+    due: dict[str, list[JobRef]] = field(default_factory=dict)
+
+
+def prefetch(session: Session, job_ids: Sequence[str], instance_ids: Sequence[str]) -> Prefetched:
+    """Read the instance rows and due timer jobs of a batch (:class:`Prefetched`) in two queries."""
+    found = Prefetched()
+    connection = session.connection()
+    for data in connection.execute(_BATCH_INSTANCES, {"b_ids": list(instance_ids)}).mappings():
+        found.records[data["id"]] = InstanceRecord(**data)
+    for job in connection.execute(_BATCH_DUE, {"b_jobs": list(job_ids), "b_now": clock.now()}):
+        found.due.setdefault(job.instance_id, []).append(job)
+    return found
 
 
 def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None = None, actor: Actor = SYSTEM,
-                settings: Settings | None = None) -> int:
-    """Fire the instance's due timers. Returns how many were due."""
+                settings: Settings | None = None, prefetched: Prefetched | None = None) -> int:
+    """Fire the instance's due timers (all, or those of ``job_ids``). Returns how many were due.
+
+    ``prefetched`` (the worker's batches) carries the instance row and its due jobs, read
+    for the whole batch (:func:`prefetch`); without it they are read here.
+    """
     settings = settings or load_settings()
-    now = clock.now()
-    status = session.scalar(select(InstanceRow.status).where(InstanceRow.id == instance_id))
+    connection = session.connection()
+    record = prefetched.records.get(instance_id) if prefetched is not None else None
+    status = record.status if prefetched is not None and record is not None else (
+        None if prefetched is not None else connection.execute(_STATUS, {"b_id": instance_id}).scalar())
     if status != "running":  # gone or ended: its jobs go too; the full row is read only if a timer is due
-        session.execute(delete(JobRow).where(JobRow.instance_id == instance_id))
+        connection.execute(_DELETE_JOBS, {"b_id": instance_id})
         return 0
-    due_query = select(JobRow).where(JobRow.instance_id == instance_id, JobRow.due_at <= now,
-                                     JobRow.state == "pending")
-    if job_ids is not None:
-        due_query = due_query.where(JobRow.id.in_(job_ids))
-    due = session.scalars(due_query).all()
+    due: Sequence[JobRef]
+    if prefetched is not None:
+        due = prefetched.due.get(instance_id, [])
+    elif job_ids is not None:
+        due = connection.execute(_DUE_OF, {"b_id": instance_id, "b_now": clock.now(), "b_jobs": job_ids}).all()
+    else:
+        due = connection.execute(_DUE, {"b_id": instance_id, "b_now": clock.now()}).all()
     if not due:
         return 0
-    loaded = unit.load(session, instance_id)
+    loaded = unit.load(session, instance_id, record=record)
     at = len(loaded.events)
     cycles = {job.id: _cycle(loaded.workflow, job.task_id) for job in due}
     with counting_cycle_firings() as counts:
@@ -64,7 +113,7 @@ def _cycle(workflow: BpmnWorkflow, task_id: str | None) -> dict[str, Any] | None
     return dict(value) if isinstance(value, dict) and "next" in value else None
 
 
-def _firings(job: JobRow, before: dict[str, Any] | None, counts: dict[UUID, int]) -> list[datetime]:
+def _firings(job: JobRef, before: dict[str, Any] | None, counts: dict[UUID, int]) -> list[datetime]:
     """The due instant of each time this job's timer fired in this command (one audit event each).
 
     A one-off timer fires once, at the job's due time. A cycle timer (``R3/PT1H``) that fell

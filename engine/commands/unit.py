@@ -162,11 +162,14 @@ class Loaded:
     message_depth: int = 0  # hops of instance-to-instance messages that led to this command's step
 
 
-def load(session: Session, instance_id: str, *, running: bool = True) -> Loaded:
-    data = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).mappings().first()
-    if data is None:
-        raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
-    row = InstanceRecord(**data)
+def load(session: Session, instance_id: str, *, running: bool = True, record: InstanceRecord | None = None) -> Loaded:
+    """Read and restore the instance (``record``: its row, already read in this transaction by the caller)."""
+    if record is None:
+        data = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).mappings().first()
+        if data is None:
+            raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
+        record = InstanceRecord(**data)
+    row = record
     if running and row.status != "running":
         raise Conflict(f"process instance {instance_id} is {row.status}", instance_id=instance_id,
                        status=row.status)
@@ -433,7 +436,7 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
         if moved != 1:
             raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
     if ended:
-        projections.clear(session, row)
+        projections.clear(session, row, workflow)
     for statement, params in held:
         session.connection().execute(statement, params)
     for key, value in values.items():  # the caller's record reflects what was stored
@@ -454,9 +457,17 @@ def _chain(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, e
     return {"audit_seq": seq, "last_audit_hash": head}
 
 
+DEFERRED_AUDIT = "sopflow_deferred_audit_rows"  # session.info: a batch inserts its audit rows once (engine.worker)
+
+
 def _insert_events(session: Session) -> None:
     rows = session.info.pop("sopflow_audit_rows", [])
-    if rows:
+    if not rows:
+        return
+    deferred = session.info.get(DEFERRED_AUDIT)
+    if deferred is not None:  # the caller inserts them with the rest of its batch, if this unit succeeds
+        deferred.extend(rows)
+    else:
         audit.insert_rows(session, rows)
 
 

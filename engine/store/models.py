@@ -233,7 +233,7 @@ class JobRow(Base):
     __table_args__ = (Index("ix_jobs_due", "state", "due_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(30))  # timer | sla_at_risk | sla_breach | sla_reminder
+    kind: Mapped[str] = mapped_column(String(30))  # timer | sla_at_risk | sla_breach | sla_reminder | sla_follow_up
     instance_id: Mapped[str] = mapped_column(ForeignKey("process_instances.id", ondelete="CASCADE"), index=True)
     task_id: Mapped[str | None] = mapped_column(String(36))
     element_id: Mapped[str | None] = mapped_column(String(200))
