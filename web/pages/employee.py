@@ -86,6 +86,7 @@ class InboxQuery:
     sort: str = "due"
     order: str = "asc"
     cursor: str = ""
+    limit: str = ""
 
     def clean(self) -> InboxQuery:
         if self.view not in VIEWS:
@@ -98,7 +99,13 @@ class InboxQuery:
             self.order = "asc"
         self.q = self.q.strip()[:200]
         self.procedure = self.procedure[:200]
+        if not (self.limit.isdigit() and 1 <= int(self.limit) <= 100):
+            self.limit = ""
         return self
+
+    @property
+    def page_size(self) -> int:
+        return int(self.limit) if self.limit else PAGE_SIZE
 
     def link(self, **changes: str) -> str:
         """This query's URL with ``changes`` (empty values dropped; a change restarts paging)."""
@@ -155,14 +162,14 @@ def inbox(request: Request, db: DbDep, actor: PageActorDep, q: Annotated[InboxQu
     zone = ZoneInfo(_zone(request))
     f = _task_filter(q, zone)
     try:
-        paging = Paging.parse(limit=PAGE_SIZE, cursor=q.cursor or None)
+        paging = Paging.parse(limit=q.page_size, cursor=q.cursor or None)
     except InvalidInput:
-        paging = Paging.parse(limit=PAGE_SIZE)  # a stale or edited cursor: the first page
+        paging = Paging.parse(limit=q.page_size)  # a stale or edited cursor: the first page
     with db.read() as s:
         try:
             page = list_tasks(s, actor, f, paging)
         except InvalidInput:  # a cursor from another sort order
-            page = list_tasks(s, actor, f, Paging.parse(limit=PAGE_SIZE))
+            page = list_tasks(s, actor, f, Paging.parse(limit=q.page_size))
         counts = {
             "all": count_tasks(s, actor, _task_filter(q, zone, view="all")),
             "mine": count_tasks(s, actor, _task_filter(q, zone, view="mine")),
