@@ -202,7 +202,8 @@ def _number_attr(value: Any) -> str | None:
     return _text(value)
 
 
-def _humanize(name: str) -> str:
+def humanize(name: str) -> str:
+    """A variable name as a label: ``case_owner`` → ``Case owner``."""
     words = name.replace("_", " ").replace("-", " ").strip()
     return words[:1].upper() + words[1:] if words else name
 
@@ -240,7 +241,7 @@ def fields_for(form: Mapping[str, Any] | None, *, values: Mapping[str, Any] | No
         prop = props[name] if isinstance(props[name], dict) else {}
         hint = ui.get(name) if isinstance(ui.get(name), dict) else None
         kind = kind_of(prop, hint)
-        f = Field(name=name, label=str(prop.get("title") or _humanize(name)), kind=kind,
+        f = Field(name=name, label=str(prop.get("title") or humanize(name)), kind=kind,
                   help=str(prop["description"]) if prop.get("description") else None,
                   required=name in required and kind != "checkbox",
                   error=(errors or {}).get(name))

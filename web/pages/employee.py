@@ -193,13 +193,16 @@ def inbox(request: Request, db: DbDep, actor: PageActorDep, q: Annotated[InboxQu
 # ------------------------------------------------------------------ task page
 
 
-def _shown_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
+def _shown(name: str, value: Any) -> dict[str, Any]:
+    """One item of the data a step shows: a readable label and the value as text (``kind`` says how:
+    ``bool`` for yes/no, ``block`` for structured values shown as indented JSON, else ``text``)."""
+    label = forms.humanize(name)
     if isinstance(value, bool):
-        return "✓" if value else "✗"
-    return json.dumps(value, ensure_ascii=False, indent=2, default=str) if isinstance(value, dict | list) \
-        else str(value)
+        return {"name": name, "label": label, "kind": "bool", "value": value}
+    if isinstance(value, dict | list):
+        return {"name": name, "label": label, "kind": "block",
+                "value": json.dumps(value, ensure_ascii=False, indent=2, default=str)}
+    return {"name": name, "label": label, "kind": "text", "value": "" if value is None else str(value)}
 
 
 def _task_page(request: Request, db: DbDep, actor: Actor, task_id: str, *, submitted: dict[str, str] | None = None,
@@ -221,7 +224,7 @@ def _task_page(request: Request, db: DbDep, actor: Actor, task_id: str, *, submi
         "business_key": instance.business_key if instance else None,
         "version": instance.definition_version if instance else None,
         "sop_html": sop.to_html(detail["sop"]),
-        "data": [(k, _shown_value(v)) for k, v in detail["data"].items()],
+        "data": [_shown(k, v) for k, v in detail["data"].items()],
         "form": form, "fields": fields, "general_errors": general or [],
         "diagram_url": f"/tasks/{task.id}/diagram.xml",
         "current": json.dumps([task.element_id] if task.state == "open" else []),
