@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from engine.store.models import InstanceRow, TaskRow
-from tests.web_helpers import Browser, sign_in
+from tests.web_helpers import Web, csrf, make_web
 
 PROCESSES = Path(__file__).resolve().parent.parent / "processes"
 
@@ -41,16 +41,36 @@ def text_of(html: str) -> str:
         .replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
 
 
-def deploy(api, *names: str) -> None:
+class Browser:
+    """A signed-in user's client: GETs, and form POSTs that carry the session's CSRF token."""
+
+    def __init__(self, web: Web, user: str) -> None:
+        self.client = web.sign_in(user)
+        self.token = csrf(self.client)
+
+    def get(self, path: str):  # noqa: ANN201
+        return self.client.get(path)
+
+    def post(self, path: str, data: dict[str, str], *, csrf: bool = True, files=None):  # noqa: ANN001, ANN201
+        return self.client.post(path, data={**data, **({"csrf_token": self.token} if csrf else {})}, files=files)
+
+
+def sign_in(web: Web, user: str) -> Browser:
+    return Browser(web, user)
+
+
+def deploy(web: Web, *names: str) -> None:
     for name in names:
-        r = api.deploy("dora", (name, (PROCESSES / name).read_bytes()))
+        r = web.anonymous().post("/api/deployments", headers=web.api("dora"),
+                                 files=[("files", (name, (PROCESSES / name).read_bytes(), "application/xml"))])
         assert r.status_code in (200, 201), r.text
 
 
 @pytest.fixture
-def web(api):
-    deploy(api, "procurement_approval.bpmn", "budget_review.bpmn")
-    return api
+def web(db, clock):
+    built = make_web(db)
+    deploy(built, "procurement_approval.bpmn", "budget_review.bpmn")
+    return built
 
 
 def start_purchase(rita: Browser, key: str = "PR-1") -> str:
@@ -161,7 +181,7 @@ def test_manager_approves_from_the_inbox(web):
                for t, a in elements(page.text))
     canvas = next(a for t, a in elements(page.text) if t == "div" and "bpmn-canvas" in (a.get("class") or ""))
     assert canvas["data-current"] == '["manager_approval"]'
-    assert canvas["data-xml-url"] == f"/tasks/{approval.id}/diagram.xml"
+    assert canvas["data-xml-url"] == f"/instances/{approval.instance_id}/diagram.xml"
     assert max_.get(canvas["data-xml-url"]).text.startswith("<?xml")
     r = max_.post(f"/tasks/{approval.id}/complete", {"manager_approved": "true", "manager_comment": "ok"})
     assert r.status_code == 303
@@ -199,7 +219,8 @@ def test_another_employees_task_is_not_found(web):
     rita = sign_in(web, "rita")
     task_id = start_purchase(rita)
     paul = sign_in(web, "paul")
-    for r in (paul.get(f"/tasks/{task_id}"), paul.get(f"/tasks/{task_id}/diagram.xml"),
+    instance_id = open_task(web.db, "submit_request").instance_id
+    for r in (paul.get(f"/tasks/{task_id}"), paul.get(f"/instances/{instance_id}/diagram.xml"),
               paul.post(f"/tasks/{task_id}/complete", {"item": "x", "amount": "1"})):
         assert r.status_code == 404, r.text
         assert "Submit the purchase request" not in r.text
@@ -218,8 +239,7 @@ def test_posts_need_the_csrf_token(web):
 
 
 def test_pages_need_a_session(web):
-    anonymous = web.client
-    r = anonymous.get("/inbox", follow_redirects=False)
+    r = web.anonymous().get("/inbox")
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
 
 
@@ -246,6 +266,8 @@ def test_inbox_filters_counts_sort_and_paging(web, clock):
     assert counts == {"All my work": "3", "Assigned to me": "0", "Offered to my groups": "3", "At risk": "0",
                       "Breached": "0"}
     clock.advance(days=3)  # manager approval is due in P2D
+    web.clients.pop("max")  # the session has expired meanwhile: sign in again
+    max_ = sign_in(web, "max")
     breached = max_.get("/inbox?sla=breached")
     assert re.findall(r'<dd>(PR-\d)</dd>', breached.text) == ["PR-0", "PR-1", "PR-2"]
     assert text_of(breached.text).count("Breached") >= 4  # the view and a badge per task

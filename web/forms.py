@@ -25,6 +25,8 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from markupsafe import Markup
+
 Kind = Literal["text", "textarea", "number", "integer", "checkbox", "select", "date", "datetime", "json"]
 Gettext = Callable[[str], str]
 
@@ -81,6 +83,19 @@ class Field:
     @property
     def error_id(self) -> str:
         return f"field-{self.name}-error"
+
+    @property
+    def aria(self) -> Markup:
+        """The control's accessibility attributes as HTML: ``aria-describedby`` (help, error),
+        ``aria-invalid`` when it has an error, ``required``/``aria-required`` when required."""
+        attributes = Markup("")
+        if self.described_by:
+            attributes += Markup(' aria-describedby="{}"').format(self.described_by)
+        if self.error:
+            attributes += Markup(' aria-invalid="true"')
+        if self.required:
+            attributes += Markup(" required aria-required=\"true\"")
+        return attributes
 
     @property
     def described_by(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -25,8 +25,8 @@ from api.deps import DbDep, SettingsDep, require
 from engine import notifications
 from engine.actor import Actor
 from engine.commands import claim_task, complete_task, start_instance, unclaim_task
-from engine.commands.instances import get_start_form, latest_definition
-from engine.errors import InvalidInput, NotFound
+from engine.commands.instances import get_start_form
+from engine.errors import InvalidInput
 from engine.queries import (
     COUNT_CAP,
     InstanceFilter,
@@ -38,12 +38,11 @@ from engine.queries import (
     list_tasks,
     sla_state,
     task_detail,
-    visible_task,
 )
-from engine.store.models import DeploymentResourceRow, InstanceRow, TaskRow
-from web import forms, sop
-from web.deps import CsrfDep, PageActorDep
-from web.render import render
+from engine.store.models import InstanceRow, TaskRow
+from web import forms, i18n, sop
+from web.deps import CsrfDep, PageActorDep, optional_session
+from web.render import page_locale, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -53,16 +52,14 @@ SORTS = ("due", "priority", "created")
 
 
 def _gettext(request: Request) -> forms.Gettext:
-    """The request's gettext (the shell's i18n, in the user's language)."""
-    from web.i18n import translations_for  # the shell's
-
-    return translations_for(request).gettext
+    """gettext in the request's language (the user's setting, else Accept-Language)."""
+    return i18n.translations(page_locale(request)).gettext
 
 
 def _zone(request: Request) -> str:
-    from web.i18n import time_zone_for  # the shell's
-
-    return time_zone_for(request)
+    """The user's time zone (IANA name; UTC when unset)."""
+    found = optional_session(request)
+    return (found.time_zone if found else None) or "UTC"
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -115,7 +112,7 @@ class InboxQuery:
 
 def _day_start(day: str, zone: ZoneInfo) -> datetime | None:
     try:
-        return datetime.combine(datetime.strptime(day, "%Y-%m-%d").date(), time(0), tzinfo=zone)
+        return datetime.combine(date.fromisoformat(day), time(0), tzinfo=zone) if len(day) == 10 else None
     except ValueError:
         return None
 
@@ -226,7 +223,7 @@ def _task_page(request: Request, db: DbDep, actor: Actor, task_id: str, *, submi
         "sop_html": sop.to_html(detail["sop"]),
         "data": [_shown(k, v) for k, v in detail["data"].items()],
         "form": form, "fields": fields, "general_errors": general or [],
-        "diagram_url": f"/tasks/{task.id}/diagram.xml",
+        "diagram_url": f"/instances/{task.instance_id}/diagram.xml",
         "current": json.dumps([task.element_id] if task.state == "open" else []),
         "done": request.query_params.get("done"),
     }, status_code=status_code)
@@ -305,31 +302,6 @@ def _also_engine_checks(form: dict[str, Any] | None, parsed: forms.Parsed, field
         errors = {k: v for k, v in (exc.context.get("errors") or {}).items() if k not in parsed.errors}
         return forms.field_errors(fields, errors, gettext=_)
     return {}, []
-
-
-@router.get("/tasks/{task_id}/diagram.xml")
-def task_diagram(db: DbDep, actor: PageActorDep, task_id: str) -> Response:
-    """The BPMN XML of the version the task's instance runs, to whoever may see the task.
-
-    The JSON API serves definition XML to designers only; the task page's diagram follows the
-    task page's own rule (the engine's visible_task), so an employee sees the diagram of
-    the procedure their task belongs to and nothing more.
-    """
-    require(actor, "employee")
-    with db.read() as s:
-        task = visible_task(s, actor, task_id)
-        definition = latest_definition(s, task.definition_key, _version_of(s, task))
-        content = s.scalar(select(DeploymentResourceRow.content).where(
-            DeploymentResourceRow.deployment_id == definition.deployment_id,
-            DeploymentResourceRow.name == definition.resource_name))
-    if content is None:
-        raise NotFound(f"the diagram of {task.definition_key} is not stored")
-    return Response(content, media_type="application/xml", headers={"Cache-Control": "private, max-age=3600"})
-
-
-def _version_of(session: Any, task: TaskRow) -> int:
-    version = session.scalar(select(InstanceRow.definition_version).where(InstanceRow.id == task.instance_id))
-    return int(version or 0) or 1
 
 
 # ------------------------------------------------------------------ start page
