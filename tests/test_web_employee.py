@@ -304,3 +304,17 @@ def test_notifications_list_and_mark_read(web):
     assert "Mark all as read" in rita.get("/notifications").text
     assert rita.post("/notifications/read", {"id": ids[0]}).status_code == 303
     assert "Mark all as read" not in rita.get("/notifications").text
+
+
+def test_pages_speak_chinese(web):
+    web.give_password("rita")
+    rita = Browser.__new__(Browser)
+    rita.client = web.sign_in("rita", **{"Accept-Language": "zh-CN,zh;q=0.9"})
+    rita.token = csrf(rita.client)
+    inbox = text_of(rita.get("/inbox").text)
+    assert "收件箱" in inbox and "我的全部工作" in inbox and "All my work" not in inbox
+    task_id = start_purchase(rita)
+    r = rita.post(f"/tasks/{task_id}/complete", {"item": "笔记本电脑", "amount": "很多"})
+    assert r.status_code == 422
+    assert "请输入整数，例如 12。" in text_of(r.text) and "出现问题" in text_of(r.text)
+    assert "发起申请" in text_of(rita.get("/start").text)
