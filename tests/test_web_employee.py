@@ -337,3 +337,56 @@ def test_pages_speak_chinese(web1):
     assert r.status_code == 422
     assert "请输入整数，例如 12。" in text_of(r.text) and "出现问题" in text_of(r.text)
     assert "发起申请" in text_of(rita.get("/start").text)
+
+
+LEAVE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
+  xmlns:camunda="http://camunda.org/schema/1.0/bpmn" id="defs" targetNamespace="http://sopflow.dev/test">
+  <bpmn:process id="leave" name="Leave request" isExecutable="true">
+    <bpmn:startEvent id="start">
+      <bpmn:extensionElements>
+        <camunda:formData>
+          <camunda:formField id="kind" label="Kind of leave" type="enum">
+            <camunda:value id="annual" name="Annual leave"/>
+            <camunda:value id="sick" name="Sick leave"/>
+          </camunda:formField>
+          <camunda:formField id="first_day" label="First day" type="date">
+            <camunda:validation><camunda:constraint name="required"/></camunda:validation>
+          </camunda:formField>
+          <camunda:formField id="days" label="Days" type="long"/>
+          <camunda:formField id="urgent" label="Urgent" type="boolean"/>
+        </camunda:formData>
+      </bpmn:extensionElements>
+    </bpmn:startEvent>
+    <bpmn:sequenceFlow id="f1" sourceRef="start" targetRef="check"/>
+    <bpmn:userTask id="check" name="Check the leave request" camunda:assignee="${initiator}"/>
+    <bpmn:sequenceFlow id="f2" sourceRef="check" targetRef="end"/>
+    <bpmn:endEvent id="end"/>
+  </bpmn:process>
+</bpmn:definitions>
+"""
+
+
+def test_a_start_form_is_rendered_parsed_and_checked_by_the_engine(web1):
+    r = web1.anonymous().post("/api/deployments", headers=web1.api("dora"),
+                              files=[("files", ("leave.bpmn", LEAVE, "application/xml"))])
+    assert r.status_code == 201, r.text
+    rita = sign_in(web1, "rita")
+    page = rita.get("/start")
+    controls = {a.get("name"): (t, a) for t, a in elements(page.text) if t in ("input", "select")
+                and (a.get("id") or "").startswith("field-")}
+    assert controls["kind"][0] == "select" and controls["first_day"][1]["type"] == "date"
+    assert controls["days"][1]["type"] == "number" and controls["urgent"][1]["type"] == "checkbox"
+    assert '<option value="sick">Sick leave</option>' in page.text
+    refused = rita.post("/start/leave", {"kind": "sick", "days": "2"})
+    assert refused.status_code == 422
+    assert "Enter a value; this field is required." in re.search(
+        r'id="field-first_day-error">(.*?)</p>', refused.text, re.S).group(1)
+    assert 'value="2"' in refused.text  # what was typed is kept
+    assert re.search(r'id="p-leave".*?<details( open)?>', refused.text, re.S).group(1) == " open"
+    r = rita.post("/start/leave", {"kind": "sick", "days": "2", "first_day": "2027-03-01"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/tasks/")
+    with web1.db.read() as s:
+        variables = s.scalar(select(InstanceRow.variables).where(InstanceRow.definition_key == "leave"))
+    assert variables["kind"] == "sick" and variables["days"] == 2 and variables["urgent"] is False
+    assert str(variables["first_day"]).startswith("2027-03-01")
