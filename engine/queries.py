@@ -268,6 +268,8 @@ def _text_matches(text: str) -> Any:
     lookup per row."""
     if len(text) > 200:
         raise InvalidInput("text must be at most 200 characters", field="text")
+    if any(ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):  # PostgreSQL refuses NUL in text
+        raise InvalidInput("text must be plain text, without control characters", field="text")
     pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     return or_(TaskRow.name.ilike(pattern, escape="\\"),
                exists().where(InstanceRow.id == TaskRow.instance_id,

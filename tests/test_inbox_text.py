@@ -69,3 +69,4 @@ def test_the_json_api_takes_text(api):
     assert api.inbox("max", text="pr-9") and api.inbox("max", text="zzz") == []
     assert api.get("max", "/api/tasks/count", params={"text": "pr-9"}).json()["count"] == 1
     assert api.get("max", "/api/tasks", params={"text": "x" * 201}).status_code == 422
+    assert api.get("max", "/api/tasks", params={"text": "a\x00b"}).status_code == 422  # never a 500 on PostgreSQL

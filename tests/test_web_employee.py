@@ -283,6 +283,7 @@ def test_inbox_filters_counts_sort_and_paging(web, clock):
     assert re.findall(r'<dd>(PR-\d)</dd>', breached.text) == ["PR-0", "PR-1", "PR-2"]
     assert text_of(breached.text).count("Breached") >= 4  # the view and a badge per task
     assert max_.get("/inbox?cursor=garbage&sort=nonsense&due_from=2027-99-99").status_code == 200
+    assert max_.get("/inbox?q=a%00b&procedure=%00").status_code == 200  # never a 500 (PostgreSQL refuses NUL)
 
 
 def test_inbox_due_filters_are_whole_days_in_my_time_zone(web1, clock):

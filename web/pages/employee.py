@@ -86,6 +86,8 @@ class InboxQuery:
     limit: str = ""
 
     def clean(self) -> InboxQuery:
+        for name, value in self.__dict__.items():  # typed into a URL: no control characters reach a query
+            setattr(self, name, "".join(ch for ch in value if ord(ch) >= 32 and not 0xD800 <= ord(ch) <= 0xDFFF))
         if self.view not in VIEWS:
             self.view = "all"
         if self.sla not in ("", "on_time", "at_risk", "breached"):
