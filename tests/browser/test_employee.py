@@ -6,16 +6,10 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import Browser, Page, expect
 
-# The browser-test infrastructure (tests/browser/conftest.py, helpers.py, Playwright) comes with the
-# asset pipeline (branch `assets`); until it is merged this module is skipped, once merged it runs.
-pytest.importorskip("playwright")
-pytest.importorskip("tests.browser.helpers")
-
-from playwright.sync_api import Browser, Page, expect  # noqa: E402
-
-from tests.browser.conftest import VIEWPORT, LiveServer  # noqa: E402
-from tests.browser.helpers import screenshot, signed_in  # noqa: E402
+from tests.browser.conftest import VIEWPORT, LiveServer
+from tests.browser.helpers import screenshot, signed_in
 
 
 @pytest.fixture
