@@ -62,6 +62,8 @@ def form_for(form_key: str | None, form_fields: list[dict[str, Any]] | None) -> 
             prop["title"] = f["label"]
         if f.get("type") == "enum" and f.get("options"):
             prop["enum"] = [o["id"] for o in f["options"]]
+            # the options' names, for a form renderer (react-jsonschema-form's annotation; not validated)
+            prop["enumNames"] = [o.get("name") or o["id"] for o in f["options"]]
         if f.get("type") == "long":
             prop = {"type": ["integer", "string"], "pattern": r"^-?\d+$", **({"title": f["label"]} if f.get("label") else {})}
         properties[f["id"]] = prop

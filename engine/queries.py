@@ -202,6 +202,8 @@ class TaskFilter:
     follow_up_before: datetime | None = None
     min_priority: int | None = None
     sla: str | None = None
+    # free text: a case-insensitive substring of the task's name or its instance's business key
+    text: str | None = None
     sort: str = "created"
     order: str = "asc"
 
@@ -244,6 +246,8 @@ def _filters(f: TaskFilter) -> list[Any]:
         conditions.append(TaskRow.follow_up_at < _aware(f.follow_up_before, "follow_up_before"))
     if f.min_priority is not None:
         conditions.append(TaskRow.priority >= f.min_priority)
+    if f.text and f.text.strip():
+        conditions.append(_text_matches(f.text.strip()))
     if f.sla:
         now = clock.now()
         if f.sla == "breached":
@@ -255,6 +259,21 @@ def _filters(f: TaskFilter) -> list[Any]:
         else:
             raise InvalidInput("sla must be on_time, at_risk or breached", field="sla")
     return conditions
+
+
+def _text_matches(text: str) -> Any:
+    """The task's name, or its instance's business key, contains ``text`` (case-insensitive, literally:
+    ``%`` and ``_`` match themselves). Checked on the rows the inbox's index branches find, so it
+    narrows a bounded set rather than scanning every task; the business key is one primary-key
+    lookup per row."""
+    if len(text) > 200:
+        raise InvalidInput("text must be at most 200 characters", field="text")
+    if any(ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):  # PostgreSQL refuses NUL in text
+        raise InvalidInput("text must be plain text, without control characters", field="text")
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(TaskRow.name.ilike(pattern, escape="\\"),
+               exists().where(InstanceRow.id == TaskRow.instance_id,
+                              InstanceRow.business_key.ilike(pattern, escape="\\")))
 
 
 def _plain_conditions(actor: Actor, f: TaskFilter) -> list[Any]:

@@ -31,6 +31,8 @@ class TaskQuery:
     follow_up_before: Annotated[Instant | None, Query(description=INSTANT_HELP)] = None
     min_priority: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None
     sla: Annotated[Literal["on_time", "at_risk", "breached"] | None, Query()] = None
+    text: Annotated[str | None, Query(max_length=200, description=(
+        "free text: the task's name or its instance's business key contains it (case-insensitive)"))] = None
     sort: Annotated[Literal["due", "priority", "created"], Query()] = "created"
     order: Annotated[Literal["asc", "desc"], Query()] = "asc"
 
