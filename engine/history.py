@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import xmlsafe
+from engine.queries import definition_source
 from engine.store.models import DefinitionRow, ExternalTaskRow, InstanceRow, JobRow, SubscriptionRow, TaskRow
 
 # audit events that record a BPMN element finishing, and where their element ids are
@@ -21,17 +23,49 @@ _ONE_ELEMENT = frozenset({"task.completed", "external_task.completed", "timer.fi
 
 @dataclass(frozen=True)
 class Markers:
-    """Element ids (BPMN ``id`` attributes) for the diagram, each list in first-seen order, no repeats.
+    """Element ids (BPMN ``id`` attributes) for the diagram, no repeats.
 
     ``completed``: every element the instance finished (start and end events, gateways, tasks,
-    caught events), read from its audit events. ``current``: where a running instance waits now
-    (open user and external tasks, pending timers, message catch events); empty once it ended.
-    An element run again in a loop may be in both. Sequence flows are not marked: the trail
-    records the elements, not which outgoing flow a gateway took.
+    caught events), in the order they first finished, read from its audit events; then the
+    sequence flows it took (see :func:`taken_flows`). ``current``: where a running instance
+    waits now (open user and external tasks, pending timers, message catch events); empty once
+    it ended. An element run again in a loop may be in both.
     """
 
     completed: list[str]
     current: list[str]
+
+
+BPMN = "{http://www.omg.org/spec/BPMN/20100524/MODEL}"
+
+
+def taken_flows(source: bytes, order: dict[str, int], current: set[str]) -> list[str]:
+    """The sequence flows an instance took, inferred from the elements it finished.
+
+    The trail records elements, not flows, so: a flow is taken when its source finished
+    (``order``: element id -> position of its last finish in the trail) and its target finished
+    or waits now (``current``). When a target has several such incoming flows, a parallel
+    gateway took them all; any other element was reached by the one whose source finished
+    last before it (an exclusive or inclusive merge continues on the branch that arrived). For
+    an element run again in a loop, only the last pass counts.
+    """
+    root = xmlsafe.parse(source, "diagram", max_bytes=len(source) + 1, max_depth=10_000)
+    parallel = {el.get("id") for el in root.iter(f"{BPMN}parallelGateway")}
+    incoming: dict[str, list[tuple[int, str]]] = {}
+    for flow in root.iter(f"{BPMN}sequenceFlow"):
+        flow_id, src, dst = flow.get("id"), flow.get("sourceRef"), flow.get("targetRef")
+        if not (flow_id and src and dst) or src not in order or (dst not in order and dst not in current):
+            continue
+        incoming.setdefault(dst, []).append((order[src], flow_id))
+    taken: list[str] = []
+    for target, flows in incoming.items():
+        if target in parallel or len(flows) == 1:
+            taken.extend(flow_id for _pos, flow_id in flows)
+            continue
+        reached = order.get(target)
+        before = [f for f in flows if reached is None or f[0] <= reached] or flows
+        taken.append(max(before)[1])
+    return taken
 
 
 def _unique(ids: list[str | None]) -> list[str]:
@@ -46,7 +80,8 @@ def diagram_markers(session: Session, instance: InstanceRow, events: list[dict[s
     (``payload.activities[].element_id``), ``task.completed``, ``external_task.completed`` and
     ``timer.fired`` name one element each (``payload.element_id``). What waits is read from the
     projections of a running instance: open ``tasks`` and ``external_tasks``, ``timer`` jobs and
-    event subscriptions.
+    event subscriptions. Flows come from the version's BPMN (:func:`taken_flows`); raises
+    ``NotFound`` if that source is not stored.
     """
     completed: list[str | None] = []
     for event in events:
@@ -55,6 +90,7 @@ def diagram_markers(session: Session, instance: InstanceRow, events: list[dict[s
             completed.extend(a.get("element_id") for a in payload.get("activities") or [] if isinstance(a, dict))
         elif event["action"] in _ONE_ELEMENT:
             completed.append(payload.get("element_id"))
+    order = {element: position for position, element in enumerate(completed) if element}
     current: list[str | None] = []
     if instance.status == "running":
         current.extend(session.scalars(select(TaskRow.element_id).where(
@@ -65,7 +101,10 @@ def diagram_markers(session: Session, instance: InstanceRow, events: list[dict[s
             JobRow.instance_id == instance.id, JobRow.kind == "timer")))
         current.extend(session.scalars(select(SubscriptionRow.element_id).where(
             SubscriptionRow.instance_id == instance.id)))
-    return Markers(_unique(completed), _unique(current))
+    waiting = _unique(current)
+    definition = session.get(DefinitionRow, instance.definition_id)
+    flows = taken_flows(definition_source(session, definition), order, set(waiting)) if definition else []
+    return Markers(_unique([*completed, *flows]), waiting)
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ def test_instance_page_shows_the_timeline_with_who_what_and_before_after(trail):
     assert '<strong class="who">rita</strong>' in started and "PR-2026-1" in started
     # the diagram: where it has been, where it waits (the same XML the API serves)
     assert 'data-xml-url="/instances/' + first + '/diagram.xml"' in text
-    assert attribute(text, "data-completed") == ["request_raised", "submit_request"]
+    assert attribute(text, "data-completed") == ["request_raised", "submit_request", "flow_1", "flow_2"]
     assert attribute(text, "data-current") == ["manager_approval"]
     assert '<script src="/static/diagram-page.js" defer></script>' in text
     # task records with the SOP version they ran under
@@ -161,12 +161,28 @@ def test_the_diagram_marks_the_whole_path_of_an_ended_instance(trail):
     complete(web, "max", second, "manager_approval", manager_approved=False, manager_comment="not now")
     page = web.sign_in("audrey").get(f"/instances/{second}").text
     completed = attribute(page, "data-completed")
-    for element in ("request_raised", "submit_request", "manager_approval", "manager_decision", "rejected_merge",
-                    "record_rejection", "rejected"):
-        assert element in completed
-    assert "place_order" not in completed and "finance_approval" not in completed
+    assert set(completed) == {"request_raised", "flow_1", "submit_request", "flow_2", "manager_approval", "flow_3",
+                              "manager_decision", "flow_manager_rejected", "rejected_merge", "flow_8",
+                              "record_rejection", "flow_9", "rejected"}
     assert attribute(page, "data-current") == []
-    assert "Completed" in page and "Instance completed" in page
+    assert "Instance completed" in page
+
+
+def test_a_merge_is_reached_by_the_branch_that_arrived(trail):
+    """Above 10,000 the manager's gateway goes to finance; the merge after it is reached from finance's
+    gateway, not by the manager's direct branch (both gateways finished, only one flow was taken)."""
+    web, _first, second = trail
+    complete(web, "max", second, "submit_request", item="Server", amount=20000)
+    complete(web, "max", second, "manager_approval", manager_approved=True)
+    complete(web, "fiona", second, "finance_approval", finance_approved=True)
+    page = web.sign_in("audrey").get(f"/instances/{second}").text
+    completed = attribute(page, "data-completed")
+    for element in ("manager_decision", "flow_manager_large", "finance_approval", "flow_4", "finance_decision",
+                    "flow_finance_ok", "approved_merge", "flow_5"):
+        assert element in completed
+    assert "flow_manager_small" not in completed and "flow_manager_rejected" not in completed
+    assert "place_order" not in completed
+    assert attribute(page, "data-current") == ["place_order"]
 
 
 def test_an_employee_sees_only_instances_they_may_see_and_no_audit(trail):
@@ -265,3 +281,25 @@ def test_the_pages_speak_chinese_and_show_times_in_the_users_zone(trail):
     assert "时间线" in page and "任务已完成" in page
     assert "17:00:00" in page  # 09:00 UTC (the test clock) is 17:00 in Shanghai
     assert "验证" in audrey.get("/audit/verify").text
+
+
+def test_a_parallel_join_takes_every_branch_and_an_exclusive_merge_one():
+    from engine.history import taken_flows
+    from tests.bpmnkit import Bpmn
+
+    xml = (Bpmn("p").start().parallel("split").user("a", "A").user("b", "B").parallel("join")
+           .xor("choose").user("c", "C").xor("merge").end()
+           .chain("start", "split").chain("split", "a", "join").chain("split", "b", "join")
+           .chain("join", "choose").chain("choose", "c", "merge").chain("choose", "merge").chain("merge", "end").xml())
+    order = {"start": 0, "split": 1, "b": 2, "a": 3, "join": 4, "choose": 5, "c": 6, "merge": 7}
+    flows = taken_flows(xml, order, {"end"})
+    ids = {(f.get("sourceRef"), f.get("targetRef")): f.get("id") for f in _flows(xml)}
+    assert ids["a", "join"] in flows and ids["b", "join"] in flows  # a parallel join: both branches
+    assert ids["c", "merge"] in flows and ids["choose", "merge"] not in flows  # the branch that arrived
+    assert ids["merge", "end"] in flows  # into what waits now
+
+
+def _flows(xml: bytes):
+    from lxml import etree
+
+    return etree.fromstring(xml).iter("{http://www.omg.org/spec/BPMN/20100524/MODEL}sequenceFlow")
