@@ -113,6 +113,10 @@ def test_search_form_errors_show_next_to_their_fields(trail):
     bad_date = audrey.get("/instances", params={"started_from": "31/12/2026"})
     assert bad_date.status_code == 422
     assert 'id="f-started_from-error"' in bad_date.text and "YYYY-MM-DD" in bad_date.text
+    for edge in ("0001-01-01", "9999-12-31"):
+        r = audrey.get("/instances", params={"started_from": edge, "started_to": edge})
+        assert r.status_code == 422 and "1900 and 9998" in r.text
+        assert audrey.get("/audit", params={"from": edge}).status_code == 422
     backwards = audrey.get("/instances", params={"started_from": "2026-02-01", "started_to": "2026-01-01"})
     assert backwards.status_code == 422 and 'id="f-started_to-error"' in backwards.text
     bad_state = audrey.get("/instances", params={"state": "sleeping"})

@@ -130,6 +130,9 @@ def _day_start(value: str, time_zone: str | None, field_name: str, errors: dict[
     except ValueError:
         errors[field_name] = N_("Enter a date as YYYY-MM-DD.")
         return None
+    if not 1900 <= day.year <= 9998:  # the edges of the calendar would overflow once moved to UTC or a day on
+        errors[field_name] = N_("Enter a date between the years 1900 and 9998.")
+        return None
     return datetime.combine(day, time(), ZoneInfo(time_zone or "UTC"))
 
 
