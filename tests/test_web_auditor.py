@@ -307,3 +307,45 @@ def _flows(xml: bytes):
     from lxml import etree
 
     return etree.fromstring(xml).iter("{http://www.omg.org/spec/BPMN/20100524/MODEL}sequenceFlow")
+
+
+def test_search_by_version_and_business_key_prefix(trail):
+    web, first, second = trail
+    audrey = web.sign_in("audrey")
+    cases = [
+        ({"business_key_prefix": "PR-2026-"}, {"business_key_prefix": "PR-2026-"}, {first, second}),
+        ({"business_key_prefix": "PR-2026-2"}, {"business_key_prefix": "PR-2026-2"}, {second}),
+        ({"version": "1", "procedure": "procurement_approval"},
+         {"version": 1, "definition_key": "procurement_approval"}, {first, second}),
+        ({"version": "2"}, {"version": 2}, set()),
+    ]
+    for page_params, api_params, expected in cases:
+        shown = listed(audrey.get("/instances", params=page_params).text)
+        api = _api(web, "audrey", "GET", "/api/process-instances", params=api_params).json()["items"]
+        assert shown == [i["id"] for i in api] and set(shown) == expected, page_params
+    bad = audrey.get("/instances", params={"version": "first"})
+    assert bad.status_code == 422 and 'id="f-version-error"' in bad.text
+
+
+def test_instance_page_lists_comments_and_attachments_and_downloads_them(trail):
+    web, first, second = trail
+    [task] = _api(web, "admin", "GET", f"/api/process-instances/{second}").json()["open_tasks"]
+    _api(web, "max", "POST", f"/api/tasks/{task['id']}/comments", json={"message": "Quote attached.\nPens only."})
+    attached = _api(web, "max", "POST", f"/api/tasks/{task['id']}/attachments",
+                    files={"file": ("quote.txt", b"Pens: 50 EUR", "text/plain")}).json()
+    audrey = web.sign_in("audrey")
+    page = audrey.get(f"/instances/{second}").text
+    notes = page[page.index('id="notes-h"'):page.index('id="variables-h"')]
+    assert "Quote attached.\nPens only." in notes and '<strong class="who">max</strong>' in notes
+    assert "quote.txt" in notes and attached["sha256"] in notes and "Submit the purchase request" in notes
+    link = f"/instances/{second}/attachments/{attached['id']}"
+    assert f'href="{link}"' in notes
+    got = audrey.get(link)
+    api = _api(web, "audrey", "GET", f"/api/attachments/{attached['id']}/content")
+    assert got.status_code == 200 and got.content == api.content == b"Pens: 50 EUR"
+    assert got.headers["content-disposition"] == api.headers["content-disposition"]
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert web.sign_in("max").get(link).status_code == 200  # his own instance
+    assert web.sign_in("rita").get(link).status_code == 404  # not hers
+    assert audrey.get(f"/instances/{first}/attachments/{attached['id']}").status_code == 404  # another instance
+    assert "No attachments." in audrey.get(f"/instances/{first}").text

@@ -25,8 +25,9 @@ from fastapi.responses import Response
 
 from api.deps import require
 from api.routes.audit import export_response
+from api.routes.task_notes import download_headers
 from engine import audit, clock, limits
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, NotFound
 from engine.history import diagram_markers, task_records
 from engine.queries import (
     AuditFilter,
@@ -34,7 +35,10 @@ from engine.queries import (
     Page,
     Paging,
     event_dict,
+    get_attachment,
     list_audit,
+    list_instance_attachments,
+    list_instance_comments,
     list_instances,
     timeline,
 )
@@ -45,6 +49,7 @@ router = APIRouter(include_in_schema=False)
 
 INSTANCES_PAGE = 25
 AUDIT_PAGE = 50
+NOTES_SHOWN = 500  # comments and attachments shown on the instance page (the API's largest page), oldest first
 STATES = (("running", N_("Running")), ("completed", N_("Completed")), ("cancelled", N_("Cancelled")))
 STATE_LABELS = dict(STATES)
 TASK_STATES = {"open": N_("Open"), "completed": N_("Completed"), "cancelled": N_("Cancelled")}
@@ -108,7 +113,7 @@ DETAIL_LABELS: dict[str, str] = {
 _SHOWN_APART = frozenset({"variables", "changed", "activities", "element_id", "name"})
 
 # field names the engine's InvalidInput carries -> the form field that shows the message
-_INSTANCE_FIELDS = {"definition_key": "procedure", "status": "state", "started_after": "started_from",
+_INSTANCE_FIELDS = {"definition_key": "procedure", "version": "version", "status": "state", "started_after": "started_from",
                     "started_before": "started_to", "variable": "var_value"}
 _AUDIT_FIELDS = {"from": "from", "to": "to", "actor": "actor", "action": "action", "instance_id": "instance",
                  "definition_key": "procedure"}
@@ -190,10 +195,16 @@ def _pager(path: str, params: dict[str, str], paging: Paging, page: Page) -> Pag
 def instances(request: Request, found: PageSessionDep) -> Response:
     actor = found.actor
     require(actor, "auditor")
-    names = ("procedure", "state", "business_key", "started_by", "started_from", "started_to", "var_name",
-             "var_value")
+    names = ("procedure", "version", "state", "business_key", "business_key_prefix", "started_by", "started_from",
+             "started_to", "var_name", "var_value")
     form = {name: _text(request, name) for name in names}
     errors: dict[str, str] = {}
+    version = None
+    if form["version"]:
+        if not form["version"].isdigit() or not 1 <= int(form["version"]) < 2**31:
+            errors["version"] = N_("Enter a version number (1, 2, ...).")
+        else:
+            version = int(form["version"])
     if form["state"] and form["state"] not in STATE_LABELS:
         errors["state"] = N_("Choose a state from the list.")
     start = _day_start(form["started_from"], found.time_zone, "started_from", errors)
@@ -215,7 +226,8 @@ def instances(request: Request, found: PageSessionDep) -> Response:
         f = InstanceFilter(definition_key=form["procedure"] or None, status=form["state"] or None,
                            business_key=form["business_key"] or None, started_by=form["started_by"] or None,
                            started_after=start - timedelta(microseconds=1) if start else None,
-                           started_before=_next_day(end) if end else None, variables=variables)
+                           started_before=_next_day(end) if end else None, variables=variables,
+                           definition_version=version, business_key_prefix=form["business_key_prefix"] or None)
         try:
             with request.app.state.db.read() as s:
                 page = list_instances(s, actor, f, paging)
@@ -325,13 +337,27 @@ def instance_page(request: Request, actor: PageActorDep, instance_id: str) -> Re
         found = timeline(s, actor, instance_id[:64])
         markers = diagram_markers(s, found["instance"], found["events"])
         records = task_records(s, found["tasks"])
+        comments = list_instance_comments(s, actor, instance_id, Paging(0, NOTES_SHOWN))
+        attachments = list_instance_attachments(s, actor, instance_id, Paging(0, NOTES_SHOWN))
     instance = found["instance"]
     return render(request, "auditor/instance.html", {
         "instance": instance, "entries": [_entry(e) for e in found["events"]], "records": records,
         "completed": json.dumps(markers.completed), "current": json.dumps(markers.current),
         "state_labels": STATE_LABELS, "task_states": TASK_STATES, "shown": shown,
         "labels": DETAIL_LABELS, "is_instant": is_instant,
+        "comments": comments, "attachments": attachments, "notes_shown": NOTES_SHOWN, "task_names": {t.id: t.name for t in found["tasks"]},
         "variables": {k: v for k, v in (instance.variables or {}).items()}})
+
+
+@router.get("/instances/{instance_id}/attachments/{attachment_id}")
+def instance_attachment(request: Request, actor: PageActorDep, instance_id: str, attachment_id: str) -> Response:
+    """Download an attachment listed on the instance page (``GET /api/attachments/{id}/content``'s rule)."""
+    require(actor, "employee", "auditor")
+    with request.app.state.db.read() as s:
+        row = get_attachment(s, actor, attachment_id[:64])
+        if row.instance_id != instance_id:
+            raise NotFound(f"attachment {attachment_id[:64]} not found", attachment_id=attachment_id[:64])
+        return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
 
 # ------------------------------------------------------------------ the audit trail
