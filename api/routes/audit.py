@@ -14,7 +14,9 @@ from api.deps import INSTANT_HELP, ActorDep, DbDep, Instant, PagingDep, require
 from api.schemas import AuditEventRead, HistoryRead, Page, Verification
 from api.views import page_body, task_read
 from engine import audit
+from engine.actor import Actor
 from engine.queries import AuditFilter, audit_batch, event_dict, iter_audit, list_audit, timeline
+from engine.store.db import Database
 from engine.store.models import AuditEventRow
 
 router = APIRouter(prefix="/api", tags=["history and audit"])
@@ -58,11 +60,19 @@ CSV_FIELDS = ["seq", "occurred_at", "actor", "action", "instance_id", "task_id",
             responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
 def export_audit(db: DbDep, actor: ActorDep, f: AuditFilterDep,
                  format: Literal["csv", "jsonl"] = "jsonl") -> StreamingResponse:  # noqa: A002
-    """Stream the matching trail. Everything that can be refused (role, filters) and the first batch of
-    events are checked and read before the first byte, so a refusal is a proper problem response. An
-    error after the stream started aborts the connection (the client sees an incomplete chunked
-    transfer, never a clean end), and is logged with the request id."""
+    """Stream the matching trail (see :func:`export_response`)."""
     require(actor, "auditor")
+    return export_response(db, actor, f, format)
+
+
+def export_response(db: Database, actor: Actor, f: AuditFilter, format: str) -> StreamingResponse:  # noqa: A002
+    """The matching trail as CSV or JSONL, streamed; shared by the API and the audit page's export links.
+
+    Everything that can be refused (role, filters) and the first batch of events are checked
+    and read before the first byte, so a refusal is a proper error response. An error after the
+    stream started aborts the connection (the client sees an incomplete chunked transfer, never
+    a clean end), and is logged with the request id.
+    """
     with db.read() as s:
         first = audit_batch(s, actor, f, batch=EXPORT_BATCH)
         first_lines = [_line(event, format) for event in first]
