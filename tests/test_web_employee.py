@@ -391,3 +391,38 @@ def test_a_start_form_is_rendered_parsed_and_checked_by_the_engine(web1):
         variables = s.scalar(select(InstanceRow.variables).where(InstanceRow.definition_key == "leave"))
     assert variables["kind"] == "sick" and variables["days"] == 2 and variables["urgent"] is False
     assert str(variables["first_day"]).startswith("2027-03-01")
+
+
+def test_comments_and_attachments_on_the_task_page(web):
+    """Rita comments and attaches a PDF; the page lists both, the download is the same bytes with the
+    API's headers, refusals show beside their field with the API's status and store nothing."""
+    import hashlib
+
+    rita = sign_in(web, "rita")
+    task_id = start_purchase(rita, "PR-NOTES")
+    assert rita.post(f"/tasks/{task_id}/comments", {"message": "   "}).status_code == 422
+    r = rita.post(f"/tasks/{task_id}/comments", {"message": "Quote attached, see PDF"})
+    assert r.status_code == 303 and r.headers["location"].endswith("?done=commented#comments")
+    pdf = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+    r = rita.post(f"/tasks/{task_id}/attachments", {"description": "supplier quote"},
+                  files={"file": ("quote.pdf", pdf, "application/pdf")})
+    assert r.status_code == 303, r.text
+    fake = rita.post(f"/tasks/{task_id}/attachments", {}, files={"file": ("evil.pdf", b"MZ\x90\x00", "application/pdf")})
+    assert fake.status_code == 415 and 'id="attachment-file-error"' in fake.text
+    none = rita.post(f"/tasks/{task_id}/attachments", {})
+    assert none.status_code == 422 and "Choose a file to attach." in text_of(none.text)
+    page = rita.get(f"/tasks/{task_id}")
+    shown = text_of(page.text)
+    assert "Quote attached, see PDF" in shown and "quote.pdf" in shown and "supplier quote" in shown
+    assert hashlib.sha256(pdf).hexdigest() in shown and "evil.pdf" not in shown
+    link = re.search(rf'href="(/tasks/{task_id}/attachments/[^"]+)"', page.text).group(1)
+    download = rita.get(link)
+    assert download.status_code == 200 and download.content == pdf
+    assert download.headers["content-type"] == "application/pdf"
+    assert download.headers["content-disposition"].startswith("attachment;")
+    listed = web.anonymous().get(f"/api/tasks/{task_id}/attachments", headers=web.api("rita")).json()["items"]
+    assert [a["name"] for a in listed] == ["quote.pdf"]  # the page and the API agree
+    paul = sign_in(web, "paul")
+    assert paul.get(link).status_code == 404  # not his task
+    assert paul.post(f"/tasks/{task_id}/comments", {"message": "hi"}).status_code == 404
+    assert rita.post(f"/tasks/{task_id}/comments", {"message": "x"}, csrf=False).status_code == 403

@@ -19,22 +19,27 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
 from api.deps import DbDep, SettingsDep, require
+from api.views import download_headers
 from engine import notifications
 from engine.actor import Actor
 from engine.commands import claim_task, complete_task, start_instance, unclaim_task
 from engine.commands.instances import get_start_form
-from engine.errors import InvalidInput
+from engine.commands.task_notes import add_attachment, add_comment
+from engine.errors import InvalidInput, NotFound, TooLarge, UnsupportedType
 from engine.queries import (
     COUNT_CAP,
     InstanceFilter,
     Paging,
     TaskFilter,
     count_tasks,
+    get_attachment,
     list_definitions,
     list_instances,
+    list_task_attachments,
+    list_task_comments,
     list_tasks,
     sla_state,
     task_detail,
@@ -204,14 +209,20 @@ def _shown(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "label": label, "kind": "text", "value": "" if value is None else str(value)}
 
 
+NOTES_SHOWN = 200  # comments and attachments listed on the task page (oldest first)
+
+
 def _task_page(request: Request, db: DbDep, actor: Actor, task_id: str, *, submitted: dict[str, str] | None = None,
                errors: dict[str, str] | None = None, general: list[str] | None = None,
-               status_code: int = 200) -> Response:
+               note_errors: dict[str, str] | None = None, status_code: int = 200) -> Response:
     with db.read() as s:
         detail = task_detail(s, actor, task_id)  # NotFound (404) for a task this user may not see
         task: TaskRow = detail["task"]
         instance = s.get(InstanceRow, task.instance_id)
         procedures = _procedures(s)
+        shown = Paging.parse(limit=NOTES_SHOWN)
+        comments = list_task_comments(s, actor, task_id, shown)  # the API's GET /api/tasks/{id}/comments
+        attachments = list_task_attachments(s, actor, task_id, shown)
     form = detail["form"]
     mine = task.assignee == actor.name
     may_complete = task.state == "open" and (mine or task.assignee is None)
@@ -228,7 +239,63 @@ def _task_page(request: Request, db: DbDep, actor: Actor, task_id: str, *, submi
         "diagram_url": f"/instances/{task.instance_id}/diagram.xml",
         "current": json.dumps([task.element_id] if task.state == "open" else []),
         "done": request.query_params.get("done"),
+        "comments": comments.items, "attachments": attachments.items,
+        "more_notes": bool(comments.next_cursor or attachments.next_cursor),
+        "note_errors": note_errors or {}, "max_attachment_bytes": request.app.state.settings.max_attachment_bytes,
     }, status_code=status_code)
+
+
+@router.post("/tasks/{task_id}/comments")
+async def comment(request: Request, db: DbDep, actor: PageActorDep, _csrf: CsrfDep, task_id: str) -> Response:
+    """Add a comment (the API's ``POST /api/tasks/{id}/comments``); a refused text re-renders beside the field."""
+    require(actor, "employee")
+    message = (await request.form()).get("message")
+    try:
+        db.command(lambda s: add_comment(s, task_id=task_id, actor=actor, message=message))
+    except InvalidInput as exc:
+        return _task_page(request, db, actor, task_id, note_errors={"message": exc.message}, status_code=422)
+    return _redirect(f"/tasks/{task_id}?done=commented#comments")
+
+
+@router.post("/tasks/{task_id}/attachments")
+async def attach(request: Request, db: DbDep, settings: SettingsDep, actor: PageActorDep, _csrf: CsrfDep,
+                 task_id: str) -> Response:
+    """Attach a file (the API's ``POST /api/tasks/{id}/attachments``: same size and type checks, SHA-256, audit).
+
+    A refused file re-renders the page with the reason beside the file field and the API's status
+    (413 too large, 415 type, 422 otherwise); nothing is stored.
+    """
+    require(actor, "employee")
+    form = await request.form()
+    try:
+        upload, description = form.get("file"), form.get("description")
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            return _task_page(request, db, actor, task_id, status_code=422,
+                              note_errors={"file": _gettext(request)("Choose a file to attach.")})
+        limit = settings.max_attachment_bytes
+        data = await upload.read(limit + 1)
+        filename = upload.filename
+    finally:
+        await form.close()  # the upload's spooled temporary file
+    try:
+        if len(data) > limit:
+            raise TooLarge(f"the file is larger than the limit of {limit} bytes", field="file", limit=limit)
+        db.command(lambda s: add_attachment(s, task_id=task_id, actor=actor, filename=filename, data=data,
+                                            description=description or None, settings=settings))
+    except InvalidInput as exc:
+        status = 413 if isinstance(exc, TooLarge) else 415 if isinstance(exc, UnsupportedType) else 422
+        return _task_page(request, db, actor, task_id, note_errors={"file": exc.message}, status_code=status)
+    return _redirect(f"/tasks/{task_id}?done=attached#attachments")
+
+
+@router.get("/tasks/{task_id}/attachments/{attachment_id}")
+def download(request: Request, db: DbDep, actor: PageActorDep, task_id: str, attachment_id: str) -> Response:
+    """Download a task's attachment: the API's ``GET /api/attachments/{id}/content`` rule and headers."""
+    with db.read() as s:
+        row = get_attachment(s, actor, attachment_id)
+        if row.task_id != task_id:
+            raise NotFound(f"attachment {attachment_id} not found", attachment_id=attachment_id)
+        return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
 
 @router.get("/tasks/{task_id}")
