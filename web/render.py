@@ -11,7 +11,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from engine import notifications
 from engine.actor import Actor
-from web import i18n
+from web import i18n, sop
 from web.deps import optional_session
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -22,6 +22,7 @@ def _environment() -> Environment:
                       extensions=["jinja2.ext.i18n"], trim_blocks=True, lstrip_blocks=True)
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
     env.filters["number"] = i18n.format_number
+    env.filters["sop"] = sop.to_html  # SOP text (Markdown) as sanitized HTML
     return env
 
 
