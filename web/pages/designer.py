@@ -14,9 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, File, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from api.deps import require
@@ -65,13 +64,17 @@ def upload_form(request: Request, actor: PageActorDep) -> Response:
 
 
 @router.post("/procedures/upload")
-async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep) -> Response:
+async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
+                 files: Annotated[list[UploadFile] | None, File()] = None) -> Response:
     """Deploy the uploaded files as one deployment (as ``POST /api/deployments``); 201 with the new
-    versions, 200 when nothing changed, 422 with the refusal per file and element."""
+    versions, 200 when nothing changed, 422 with the refusal per file and element.
+
+    The form is parsed (and its spooled files closed after the response) by FastAPI, before
+    the CSRF check reads the same parsed form.
+    """
     _designer(actor)
     settings: Settings = request.app.state.settings
-    form = await request.form()
-    sent = [f for f in form.getlist("files") if isinstance(f, UploadFile) and f.filename]
+    sent = [f for f in files or [] if f.filename]
     names = [str(f.filename) for f in sent]
     if len(sent) > MAX_FILES:
         return _refused(request, names, InvalidDefinition(f"upload at most {MAX_FILES} files at once"))
@@ -413,7 +416,7 @@ def task_changes(before: DefinitionRow, after: DefinitionRow) -> list[TaskChange
     for element_id in [*new, *(e for e in old if e not in new)]:
         a, b = old.get(element_id), new.get(element_id)
         task = b or a
-        assert task is not None
+        name = task.name if task else element_id
         sop = text_diff(a.sop if a else None, b.sop if b else None)
         fields = _field_changes(a.fields if a else [], b.fields if b else [])
         settings = [(label, _shown(getattr(a, attr)), _shown(getattr(b, attr))) for attr, label in SETTINGS
@@ -426,7 +429,7 @@ def task_changes(before: DefinitionRow, after: DefinitionRow) -> list[TaskChange
             kind = "changed"
         else:
             kind = "unchanged"
-        changes.append(TaskChange(element_id, task.name, kind, sop, fields, settings))
+        changes.append(TaskChange(element_id, name, kind, sop, fields, settings))
     return changes
 
 
