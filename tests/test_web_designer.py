@@ -144,6 +144,7 @@ def test_pages_are_for_designers_only(web):
                       token=token).status_code == 403
     assert definitions(web) == [("procurement_approval", 1)]
     assert web.anonymous().get("/procedures").status_code == 303  # to the sign-in page
+    assert web.sign_in("admin").get("/procedures/procurement_approval/versions/1").status_code == 200
 
 
 def test_posts_need_the_csrf_token(web1):
