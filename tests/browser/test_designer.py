@@ -113,3 +113,22 @@ def test_the_pages_fit_a_phone(page: Page, server):
         page.goto(path)
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, (path, overflow)
+
+
+def test_files_dropped_on_the_drop_zone_are_uploaded(page: Page, server, console_errors):
+    sign_in(page, server, "dora")
+    page.goto("/procedures/upload")
+    source = (ROOT / "processes" / "procurement_approval.bpmn").read_text().replace(
+        'id="procurement_approval"', 'id="dropped_requests"')
+    page.evaluate("""(text) => {
+        const files = new DataTransfer();
+        files.items.add(new File([text], 'dropped_requests.bpmn', {type: 'application/xml'}));
+        const zone = document.getElementById('drop-zone');
+        zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: files, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent('drop', {dataTransfer: files, bubbles: true, cancelable: true}));
+    }""", source)
+    expect(page.locator("#chosen")).to_contain_text("dropped_requests.bpmn")
+    expect(page.locator("#drop-zone")).not_to_have_class(has_class("dragging"))
+    page.get_by_role("button", name="Deploy").click()
+    expect(page.locator('#deployed li[data-key="dropped_requests"]')).to_have_attribute("data-version", "1")
+    assert console_errors == []
