@@ -111,9 +111,6 @@ class Problem:
     element_id: str | None = None
     line: int | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"message": self.message, "element_id": self.element_id, "line": self.line}
-
 
 @dataclass
 class FileOutcome:
