@@ -675,6 +675,13 @@ def list_deployments(session: Session, paging: Paging) -> Page:
     return _page(session, select(DeploymentRow).order_by(DeploymentRow.deployed_at.desc(), DeploymentRow.id), paging)
 
 
+def deployments_of(session: Session, ids: set[str]) -> dict[str, DeploymentRow]:
+    """The deployments with these ids, by id (who deployed a definition version, and when)."""
+    if not ids:
+        return {}
+    return {row.id: row for row in session.scalars(select(DeploymentRow).where(DeploymentRow.id.in_(sorted(ids))))}
+
+
 # ------------------------------------------------------------------ history and audit
 
 

@@ -93,3 +93,37 @@ def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: s
     return DeployResult(deployment_id, True, results)
 
 
+
+
+def deploy_edited(session: Session, *, key: str, data: bytes, actor: Actor, settings: Settings | None = None,
+                  name: str | None = None) -> DeployResult:
+    """Deploy an edited copy of the file ``key``'s latest version came from (the web modeler's "deploy").
+
+    ``data`` replaces that file (same file name); the deployment's other files go along
+    unchanged so that what it calls or decides with (DMN decisions, called processes in
+    other files) still resolves: every DMN file, and each other BPMN file only while all
+    the definitions it produced are still the latest of their keys (an older file would
+    otherwise become a new version that undoes someone's later deployment). Processes
+    whose content is unchanged keep their versions, as in :func:`deploy`.
+    Raises NotFound for an unknown key and InvalidDefinition (nothing written) when refused.
+    """
+    from engine.commands.instances import latest_definition
+
+    latest = latest_definition(session, key)
+    resources = session.scalars(select(DeploymentResourceRow).where(
+        DeploymentResourceRow.deployment_id == latest.deployment_id).order_by(DeploymentResourceRow.name)).all()
+    produced = session.execute(select(DefinitionRow.resource_name, DefinitionRow.key, DefinitionRow.version)
+                               .where(DefinitionRow.deployment_id == latest.deployment_id)).all()
+    files = [UploadedFile(latest.resource_name, data)]
+    for resource in resources:
+        if resource.name == latest.resource_name:
+            continue
+        mine = [(k, v) for r, k, v in produced if r == resource.name]
+        if all(_newest_version(session, k) == v for k, v in mine):
+            files.append(UploadedFile(resource.name, bytes(resource.content)))
+    return deploy(session, files=files, actor=actor, settings=settings, name=name or f"{latest.resource_name} (edited)")
+
+
+def _newest_version(session: Session, key: str) -> int | None:
+    return session.scalar(select(DefinitionRow.version).where(DefinitionRow.key == key)
+                          .order_by(DefinitionRow.version.desc()).limit(1))
