@@ -1,0 +1,85 @@
+"""The administrator in a real browser: adds a user who then signs in; the SLA and user pages at 1280 and 390 px."""
+from __future__ import annotations
+
+import re
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from tests.browser.helpers import screenshot, signed_in
+
+PHONE = {"width": 390, "height": 844}
+
+
+def _start_some_requests(server) -> None:  # noqa: ANN001 - the LiveServer fixture
+    """A few running procedures with due dates, so the SLA overview has rows."""
+    headers = {"Authorization": f"Bearer {server.tokens['rita']}"}
+    for n in range(2):
+        r = httpx.post(f"{server.base_url}/api/process-definitions/procurement_approval/start", headers=headers,
+                       json={"variables": {}, "business_key": f"PR-ADMIN-{n}"}, timeout=30)
+        assert r.status_code == 201, r.text
+
+
+def _fits_the_width(page: Page) -> bool:
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+def test_the_admin_adds_a_user_who_signs_in_and_sees_the_sla_overview(page: Page, server, console_errors,
+                                                                      blocked_requests) -> None:
+    _start_some_requests(server)
+    signed_in(page, server, "admin")
+    expect(page).to_have_url(re.compile(r"/admin$"))
+    page.locator(".admin-nav").get_by_role("link", name="Users").click()
+    page.get_by_role("link", name="Add a user").click()
+    page.get_by_label("User name").fill("bianca")
+    page.get_by_label("Display name").fill("Bianca, finance")
+    page.get_by_label("Role").select_option("employee")
+    page.get_by_label("Groups").fill("staff, finance")
+    page.get_by_label("Generate a password and show it once").check()
+    page.get_by_role("button", name="Add the user").click()
+    expect(page.get_by_text("The user is added.")).to_be_visible()
+    password = page.locator("#generated-password").inner_text().strip()
+    assert len(password) >= 16
+
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("User name").fill("bianca")
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("link", name="Bianca, finance")).to_be_visible()  # signed in as her
+    page.goto("/admin/users")
+    expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()  # not an admin
+    page.get_by_role("button", name="Sign out").click()
+
+    signed_in(page, server, "admin", next_path="/admin/users")
+    row = page.locator("tr", has=page.get_by_role("link", name="bianca", exact=True))
+    expect(row).to_contain_text("Can sign in")
+    expect(row).to_contain_text("finance, staff")
+    screenshot(page, "admin-users", full_page=True)
+
+    page.locator(".admin-nav").get_by_role("link", name="SLA").click()
+    expect(page.get_by_role("heading", name="Service levels")).to_be_visible()
+    expect(page.get_by_role("heading", name="By procedure and step")).to_be_visible()
+    expect(page.locator("table").first).to_contain_text("procurement_approval")
+    page.get_by_label("Procedure").select_option("procurement_approval")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"definition_key=procurement_approval"))
+    screenshot(page, "admin-sla", full_page=True)
+
+    page.set_viewport_size(PHONE)
+    for path in ("/admin", "/admin/users", "/admin/sla", "/admin/incidents", "/admin/users/bianca", "/notifications"):
+        page.goto(path)
+        assert _fits_the_width(page), f"{path} scrolls sideways at 390 px"
+    page.goto("/admin/sla")
+    screenshot(page, "admin-sla-phone", full_page=True)
+    assert console_errors == [] and blocked_requests == []
+
+
+def test_the_user_form_is_reachable_by_keyboard(page: Page, server) -> None:
+    signed_in(page, server, "admin", next_path="/admin/users/new")
+    page.get_by_label("User name").focus()
+    order = []
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.name"))
+    assert order[:3] == ["display_name", "role", "group"], order
+    assert "mode" in order  # the password choice follows
