@@ -89,11 +89,13 @@ def add_user(session: Session, *, name: str, role: str, groups: list[str] | None
     """Create user ``name`` with ``role`` (one of :data:`ROLES`) in ``groups`` (created when new); audited.
 
     The user has no password and no token yet. InvalidInput names the field (``name``, ``role``,
-    ``group``); Conflict when the name is taken.
+    ``display_name``: at most 200 characters, ``group``); Conflict when the name is taken.
     """
     _check_name(name, "name")
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+    if display_name is not None and len(display_name) > 200:
+        raise InvalidInput("a display name has at most 200 characters", field="display_name")
     if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
         raise Conflict(f"user '{name}' already exists", name=name)
     user = UserRow(name=name, role=role, display_name=display_name, created_at=clock.now())

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from engine import notifications, passwords
-from engine.commands import start_instance
 from engine.commands import external_tasks as ext
+from engine.commands import start_instance
 from engine.config import Settings
 from engine.store.models import AuditEventRow, IncidentRow, TaskRow
 from engine.worker import run_once
@@ -18,7 +18,7 @@ from tests.test_external_tasks import WORKER, fetch, one_service
 from tests.web_helpers import PASSWORD, csrf, make_web, post_login
 
 SETTINGS = Settings(smtp_host="", webhook_url="")
-PAGES = ("/admin", "/admin/users", "/admin/users/new", "/admin/users/rita", "/admin/incidents", "/admin/sla")
+PAGES = ("/admin", "/admin/users", "/admin/add-user", "/admin/users/rita", "/admin/incidents", "/admin/sla")
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_the_overview_counts_and_the_user_list_shows_sign_in_state(web1):
 
 def test_add_a_user_with_a_generated_password_who_then_signs_in(web):
     admin = web.sign_in("admin")
-    r = _post(admin, "/admin/users/new", {"name": "nina", "display_name": "Nina, new hire", "role": "employee",
+    r = _post(admin, "/admin/add-user", {"name": "nina", "display_name": "Nina, new hire", "role": "employee",
                                           "groups": "staff, finance", "mode": "generate"})
     assert r.status_code == 200 and "The user is added." in r.text
     shown = re.search(r'id="generated-password">([^<]+)</code>', r.text)
@@ -100,19 +100,22 @@ def test_add_a_user_with_a_generated_password_who_then_signs_in(web):
 def test_adding_a_user_refuses_bad_input_next_to_the_field_and_writes_nothing(web):
     admin = web.sign_in("admin")
     before = _identity_actions(web.db)
-    short = _post(admin, "/admin/users/new", {"name": "olga", "role": "employee", "mode": "set", "password": "short"})
+    short = _post(admin, "/admin/add-user", {"name": "olga", "role": "employee", "mode": "set", "password": "short"})
     assert short.status_code == 422 and 'id="password-error"' in short.text and "8 to 1000 characters" in short.text
     assert 'value="olga"' in short.text  # what was typed stays
-    bad_name = _post(admin, "/admin/users/new", {"name": "o lga", "role": "employee", "mode": "none"})
+    bad_name = _post(admin, "/admin/add-user", {"name": "o lga", "role": "employee", "mode": "none"})
     assert bad_name.status_code == 422 and 'id="name-error"' in bad_name.text
-    bad_group = _post(admin, "/admin/users/new", {"name": "olga", "role": "employee", "groups": "ok, b/ad",
+    bad_group = _post(admin, "/admin/add-user", {"name": "olga", "role": "employee", "groups": "ok, b/ad",
                                                   "mode": "none"})
     assert bad_group.status_code == 422 and 'id="group-error"' in bad_group.text
-    taken = _post(admin, "/admin/users/new", {"name": "rita", "role": "employee", "mode": "generate"})
+    long_name = _post(admin, "/admin/add-user", {"name": "olga", "role": "employee", "display_name": "O" * 201,
+                                                  "mode": "none"})
+    assert long_name.status_code == 422 and 'id="display_name-error"' in long_name.text
+    taken = _post(admin, "/admin/add-user", {"name": "rita", "role": "employee", "mode": "generate"})
     assert taken.status_code == 409 and "already exists" in taken.text
     assert _identity_actions(web.db) == before
     assert web.anonymous().get("/api/users/olga", headers=web.api("admin")).status_code == 404
-    chosen = _post(admin, "/admin/users/new", {"name": "olga", "role": "auditor", "mode": "set",
+    chosen = _post(admin, "/admin/add-user", {"name": "olga", "role": "auditor", "mode": "set",
                                                "password": "olga's own secret"})
     assert chosen.status_code == 303 and chosen.headers["location"] == "/admin/users/olga?done=added"
     assert post_login(web.anonymous(), "olga", "olga's own secret").headers["location"] == "/instances"

@@ -5,7 +5,6 @@ import re
 
 import httpx
 from playwright.sync_api import Page, expect
-
 from tests.browser.helpers import screenshot, signed_in
 
 PHONE = {"width": 390, "height": 844}
@@ -75,7 +74,7 @@ def test_the_admin_adds_a_user_who_signs_in_and_sees_the_sla_overview(page: Page
 
 
 def test_the_user_form_is_reachable_by_keyboard(page: Page, server) -> None:
-    signed_in(page, server, "admin", next_path="/admin/users/new")
+    signed_in(page, server, "admin", next_path="/admin/add-user")
     page.get_by_label("User name").focus()
     order = []
     for _ in range(6):

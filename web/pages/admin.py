@@ -131,13 +131,13 @@ def _new_user_page(request: Request, *, form: dict[str, str] | None = None, erro
         "min_length": passwords.MIN_LENGTH}, status_code=status_code)
 
 
-@router.get("/admin/users/new")
+@router.get("/admin/add-user")
 def new_user_form(request: Request, actor: PageActorDep) -> Response:
     _admin(actor)
     return _new_user_page(request)
 
 
-@router.post("/admin/users/new")
+@router.post("/admin/add-user")
 def add_user(request: Request, actor: PageActorDep, _csrf: CsrfDep,
              name: Annotated[str, Form(max_length=200)] = "", display_name: Annotated[str, Form(max_length=400)] = "",
              role: Annotated[str, Form(max_length=40)] = "", groups: Annotated[str, Form(max_length=4000)] = "",
