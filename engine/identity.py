@@ -84,18 +84,43 @@ def _ensure_group(session: Session, name: str) -> GroupRow:
     return group
 
 
+def new_user_problems(*, name: str, role: str, groups: list[str] | None = None,
+                      display_name: str | None = None) -> dict[str, str]:
+    """Every reason the fields of a new user are refused, by field (``name``, ``role``, ``display_name``,
+    ``group``); empty when they are fine. Whether the name is taken is not checked here."""
+    problems: dict[str, str] = {}
+    try:
+        _check_name(name, "name")
+    except InvalidInput as exc:
+        problems["name"] = exc.message
+    if role not in ROLES:
+        problems["role"] = f"role must be one of {', '.join(ROLES)}"
+    if display_name is not None and len(display_name) > 200:
+        problems["display_name"] = "a display name has at most 200 characters"
+    for group in groups or []:
+        try:
+            _check_name(group, "group")
+        except InvalidInput as exc:
+            problems.setdefault("group", exc.message)
+    return problems
+
+
+def refuse(problems: dict[str, str]) -> None:
+    """Raise InvalidInput for the first problem (its ``field``), all of them under ``problems``."""
+    if problems:
+        field, message = next(iter(problems.items()))
+        raise InvalidInput(message, field=field, problems=problems if len(problems) > 1 else None)
+
+
 def add_user(session: Session, *, name: str, role: str, groups: list[str] | None = None,
              display_name: str | None = None, actor: Actor) -> UserView:
     """Create user ``name`` with ``role`` (one of :data:`ROLES`) in ``groups`` (created when new); audited.
 
-    The user has no password and no token yet. InvalidInput names the field (``name``, ``role``,
-    ``display_name``: at most 200 characters, ``group``); Conflict when the name is taken.
+    The user has no password and no token yet. InvalidInput names the first bad field (see
+    :func:`new_user_problems`; context ``problems`` lists all when several are); Conflict when
+    the name is taken.
     """
-    _check_name(name, "name")
-    if role not in ROLES:
-        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
-    if display_name is not None and len(display_name) > 200:
-        raise InvalidInput("a display name has at most 200 characters", field="display_name")
+    refuse(new_user_problems(name=name, role=role, groups=groups, display_name=display_name))
     if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
         raise Conflict(f"user '{name}' already exists", name=name)
     user = UserRow(name=name, role=role, display_name=display_name, created_at=clock.now())

@@ -159,12 +159,15 @@ def add_user_with_password(session: Session, *, name: str, role: str, groups: li
 
     ``password`` sets it, ``generate=True`` makes one (returned once, never stored); neither
     leaves the user without sign-in (API tokens only, e.g. an ``integration`` user). Both is
-    InvalidInput (field ``password``). Returns the user and the generated password or None.
+    InvalidInput (field ``password``). Every bad field is reported at once (InvalidInput's
+    ``problems``, as :func:`engine.identity.refuse`). Returns the user and the generated password or None.
     """
+    problems = identity.new_user_problems(name=name, role=role, groups=groups, display_name=display_name)
     if password is not None and generate:
-        raise InvalidInput("give a password or ask for a generated one, not both", field="password")
-    if password is not None and not MIN_LENGTH <= len(password) <= MAX_LENGTH:
-        raise InvalidInput(f"a password needs {MIN_LENGTH} to {MAX_LENGTH} characters", field="password")
+        problems["password"] = "give a password or ask for a generated one, not both"  # noqa: S105 - a message, not a password
+    elif password is not None and not MIN_LENGTH <= len(password) <= MAX_LENGTH:
+        problems["password"] = f"a password needs {MIN_LENGTH} to {MAX_LENGTH} characters"
+    identity.refuse(problems)
     view = identity.add_user(session, name=name, role=role, groups=groups, display_name=display_name, actor=actor)
     if password is None and not generate:
         return view, None

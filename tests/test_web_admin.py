@@ -49,6 +49,7 @@ def _post(client, path: str, data: dict | None = None, csrf_from: str = "/notifi
 
 def test_every_admin_page_renders_for_the_admin_and_is_refused_to_others(web):
     admin, rita, audrey = web.sign_in("admin"), web.sign_in("rita"), web.sign_in("audrey")
+    assert admin.get("/").headers["location"] == "/admin"  # an admin's home
     for path in PAGES:
         page = admin.get(path)
         assert page.status_code == 200, (path, page.text)
@@ -105,6 +106,9 @@ def test_adding_a_user_refuses_bad_input_next_to_the_field_and_writes_nothing(we
     assert 'value="olga"' in short.text  # what was typed stays
     bad_name = _post(admin, "/admin/add-user", {"name": "o lga", "role": "employee", "mode": "none"})
     assert bad_name.status_code == 422 and 'id="name-error"' in bad_name.text
+    several = _post(admin, "/admin/add-user", {"name": "o lga", "role": "king", "mode": "set", "password": "x"})
+    assert several.status_code == 422  # every bad field is named at once, each next to its field
+    assert all(f'id="{field}-error"' in several.text for field in ("name", "role", "password"))
     bad_group = _post(admin, "/admin/add-user", {"name": "olga", "role": "employee", "groups": "ok, b/ad",
                                                   "mode": "none"})
     assert bad_group.status_code == 422 and 'id="group-error"' in bad_group.text

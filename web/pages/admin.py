@@ -153,9 +153,8 @@ def add_user(request: Request, actor: PageActorDep, _csrf: CsrfDep,
             password=password if mode == "set" else None, generate=mode == "generate",
             actor=actor))
     except (InvalidInput, Conflict) as exc:
-        field = str(exc.context.get("field") or "name")
-        return _new_user_page(request, form=form, errors={field: exc.message},
-                              status_code=409 if isinstance(exc, Conflict) else 422)
+        errors = exc.context.get("problems") or {str(exc.context.get("field") or "name"): exc.message}
+        return _new_user_page(request, form=form, errors=errors, status_code=409 if isinstance(exc, Conflict) else 422)
     if generated is None:
         return _see_other(f"/admin/users/{view.name}?done=added")
     return _user_page(request, view.name, generated=generated, notice=N_("The user is added."))
