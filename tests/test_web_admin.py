@@ -290,3 +290,27 @@ def test_notifications_list_link_and_mark_read(web):
     assert sam.post("/notifications/read-all").status_code == 403  # no CSRF token
     api = web.anonymous().post("/api/notifications/read-all", headers=web.api("rita"))
     assert api.json() == {"marked": 1}
+
+
+def test_the_api_twins_do_what_the_pages_do(web):
+    c, h = web.anonymous(), web.api("admin")
+    r = c.post("/api/users", headers=h, json={"name": "pia", "role": "employee", "generate_password": True})
+    assert r.status_code == 201 and r.json()["can_sign_in"] is True
+    assert post_login(web.anonymous(), "pia", r.json()["password"]).status_code == 303
+    both = c.post("/api/users", headers=h, json={"name": "pio", "role": "employee", "password": "long enough secret",
+                                                 "generate_password": True})
+    assert both.status_code == 422 and both.json()["field"] == "password"
+    several = c.post("/api/users", headers=h, json={"name": "p io", "role": "king", "password": "x"})
+    assert several.status_code == 422 and set(several.json()["problems"]) == {"name", "role", "password"}
+    assert c.get("/api/users/pio", headers=h).status_code == 404
+    assert c.put("/api/users/pia/role", headers=h, json={"role": "auditor"}).json()["role"] == "auditor"
+    assert c.put("/api/users/admin/role", headers=h, json={"role": "auditor"}).status_code == 409
+    assert c.put("/api/users/pia/password", headers=h, json={"password": "pia's new secret"}).json() == {
+        "password": None}
+    assert c.put("/api/users/pia/password", headers=h, json={}).status_code == 422
+    for _ in range(passwords.MAX_FAILURES):
+        post_login(web.anonymous(), "pia", "wrong password")
+    assert c.get("/api/users/pia", headers=h).json()["locked_until"] is not None
+    assert c.post("/api/users/pia/unlock", headers=h).json() == {"unlocked": True}
+    assert c.post("/api/users/pia/unlock", headers=h).json() == {"unlocked": False}
+    assert post_login(web.anonymous(), "pia", "pia's new secret").status_code == 303
