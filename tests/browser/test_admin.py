@@ -26,6 +26,22 @@ def _start_some_requests(server) -> None:  # noqa: ANN001 - the LiveServer fixtu
             assert answer.status == 201
 
 
+def _some_late_work(server) -> None:  # noqa: ANN001 - the LiveServer fixture
+    """Two open tasks of a small procedure: one already past due, one at risk (as the clock reads them)."""
+    from engine.actor import Actor
+    from engine.commands import SYSTEM, deploy, start_instance
+    from engine.loading import UploadedFile
+    from tests.bpmnkit import Bpmn
+
+    for key, name, props in (("delivery_check", "Check the delivery", {"dueDate": "PT0S"}),
+                             ("invoice_check", "Check the invoice", {"dueDate": "PT1H", "atRiskFraction": "0.001"})):
+        xml = Bpmn(key).start().user("check", name, props={"assignee": "sam", **props}).end() \
+            .chain("start", "check", "end").xml()
+        server.db.command(lambda s, k=key, x=xml: deploy(s, files=[UploadedFile(f"{k}.bpmn", x)], actor=SYSTEM))
+        rita = Actor("rita", frozenset({"staff"}), frozenset({"employee"}))
+        server.db.command(lambda s, k=key, who=rita: start_instance(s, key=k, actor=who))
+
+
 def _fits_the_width(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
@@ -33,6 +49,7 @@ def _fits_the_width(page: Page) -> bool:
 def test_the_admin_adds_a_user_who_signs_in_and_sees_the_sla_overview(page: Page, server, console_errors,
                                                                       blocked_requests) -> None:
     _start_some_requests(server)
+    _some_late_work(server)
     signed_in(page, server, "admin")
     expect(page).to_have_url(re.compile(r"/admin$"))
     page.locator(".admin-nav").get_by_role("link", name="Users").click()
@@ -67,10 +84,18 @@ def test_the_admin_adds_a_user_who_signs_in_and_sees_the_sla_overview(page: Page
     expect(page.get_by_role("heading", name="Service levels")).to_be_visible()
     expect(page.get_by_role("heading", name="By procedure and step")).to_be_visible()
     expect(page.locator("table").first).to_contain_text("procurement_approval")
+    breach = page.locator("#breaches + p + .table-wrap tr", has_text="Check the delivery")
+    expect(breach).to_contain_text("Open, overdue")
+    expect(page.locator("tr", has_text="Check the invoice").locator(".badge.at_risk")).to_have_text("1")
+    screenshot(page, "admin-sla", full_page=True)
+    breach.get_by_role("link", name="Check the delivery").click()
+    expect(page).to_have_url(re.compile(r"/instances/[0-9a-f-]+$"))  # the breach's instance (auditor's page)
+    console_errors.clear()  # a 404 until the auditor's pages land
+    page.goto("/admin/sla")
     page.get_by_label("Procedure").select_option("procurement_approval")
     page.get_by_role("button", name="Show").click()
     expect(page).to_have_url(re.compile(r"definition_key=procurement_approval"))
-    screenshot(page, "admin-sla", full_page=True)
+    expect(page.get_by_text("Check the delivery")).to_have_count(0)
 
     page.set_viewport_size(PHONE)
     for path in ("/admin", "/admin/users", "/admin/sla", "/admin/incidents", "/admin/users/bianca", "/notifications"):
