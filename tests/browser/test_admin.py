@@ -5,12 +5,9 @@ import json
 import re
 import urllib.request
 
-import pytest
+from playwright.sync_api import Page, expect
 
-pytest.importorskip("playwright", reason="the browser-test infrastructure (branch assets) is not here yet")
-
-from playwright.sync_api import Page, expect  # noqa: E402
-from tests.browser.helpers import screenshot, signed_in  # noqa: E402
+from tests.browser.helpers import screenshot, signed_in
 
 PHONE = {"width": 390, "height": 844}
 
