@@ -184,6 +184,8 @@ class UserCreate(BaseModel):
     role: str
     groups: list[str] = Field(default_factory=list)
     display_name: str | None = Field(None, max_length=200)
+    password: str | None = Field(None, max_length=1000, description="an initial password (8 characters or more)")
+    generate_password: bool = Field(False, description="make a password and answer it once (not with `password`)")
 
 
 class UserRead(BaseModel):
@@ -192,6 +194,32 @@ class UserRead(BaseModel):
     role: str
     groups: list[str]
     display_name: str | None
+    can_sign_in: bool = Field(description="the user has a password for the web application")
+    locked_until: datetime | None = Field(description="sign-in is locked until then after repeated failures")
+    live_tokens: int = Field(description="API tokens not revoked")
+
+
+class UserCreated(UserRead):
+    password: str | None = Field(description="the generated password, shown once; null unless asked for")
+
+
+class RoleUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str
+
+
+class PasswordSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str | None = Field(None, max_length=1000, description="the new password (8 characters or more)")
+    generate: bool = Field(False, description="make a password and answer it once (instead of `password`)")
+
+
+class PasswordSetRead(BaseModel):
+    password: str | None = Field(description="the generated password, shown once; null when one was given")
+
+
+class Unlocked(BaseModel):
+    unlocked: bool = Field(description="false when the account was not locked (nothing changed)")
 
 
 class GroupsUpdate(BaseModel):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from engine import audit, clock
 from engine.actor import Actor
 from engine.audit import Event
+from engine.store.db import rowcount
 from engine.store.models import BrowserSessionRow, GroupRow, MembershipRow, RuntimeSettingRow, UserRow
 
 SIGNING_KEY = "session_signing_key"
@@ -76,6 +77,17 @@ def close_session(session: Session, token: str) -> None:
     session.execute(delete(BrowserSessionRow).where(BrowserSessionRow.token_hash == _hash(token)))
     if found is not None:
         audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.signed_out", found, {"name": found})])
+
+
+def close_sessions_of(session: Session, name: str) -> int:
+    """End every browser session of user ``name`` (after an admin sets their password); returns how many.
+
+    The caller audits (the password change's event records the count).
+    """
+    user_id = session.scalar(select(UserRow.id).where(UserRow.name == name))
+    if user_id is None:
+        return 0
+    return rowcount(session.execute(delete(BrowserSessionRow).where(BrowserSessionRow.user_id == user_id)))
 
 
 def signing_key(session: Session) -> str:

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock
@@ -34,10 +35,28 @@ TOKEN_PREFIX = "sop_"  # noqa: S105 (a visible prefix that tells tokens apart, n
 
 @dataclass(frozen=True)
 class UserView:
+    """A user as the admin pages and ``/api/users`` show them.
+
+    ``can_sign_in``: the user has a password (engine.passwords); ``locked_until``: a UTC instant
+    while sign-in is locked after repeated failures, else None; ``live_tokens``: API tokens not
+    revoked.
+    """
+
     name: str
     role: str
     groups: list[str]
     display_name: str | None
+    can_sign_in: bool = False
+    locked_until: datetime | None = None
+    live_tokens: int = 0
+
+
+def _view(session: Session, user: UserRow) -> UserView:
+    tokens = session.scalar(select(func.count()).select_from(ApiTokenRow).where(
+        ApiTokenRow.user_id == user.id, ApiTokenRow.revoked_at.is_(None))) or 0
+    locked = user.locked_until if user.locked_until is not None and user.locked_until > clock.now() else None
+    return UserView(user.name, user.role, _groups_of(session, user.id), user.display_name,
+                    can_sign_in=user.password_hash is not None, locked_until=locked, live_tokens=tokens)
 
 
 def hash_token(token: str) -> str:
@@ -65,11 +84,43 @@ def _ensure_group(session: Session, name: str) -> GroupRow:
     return group
 
 
+def new_user_problems(*, name: str, role: str, groups: list[str] | None = None,
+                      display_name: str | None = None) -> dict[str, str]:
+    """Every reason the fields of a new user are refused, by field (``name``, ``role``, ``display_name``,
+    ``group``); empty when they are fine. Whether the name is taken is not checked here."""
+    problems: dict[str, str] = {}
+    try:
+        _check_name(name, "name")
+    except InvalidInput as exc:
+        problems["name"] = exc.message
+    if role not in ROLES:
+        problems["role"] = f"role must be one of {', '.join(ROLES)}"
+    if display_name is not None and len(display_name) > 200:
+        problems["display_name"] = "a display name has at most 200 characters"
+    for group in groups or []:
+        try:
+            _check_name(group, "group")
+        except InvalidInput as exc:
+            problems.setdefault("group", exc.message)
+    return problems
+
+
+def refuse(problems: dict[str, str]) -> None:
+    """Raise InvalidInput for the first problem (its ``field``), all of them under ``problems``."""
+    if problems:
+        field, message = next(iter(problems.items()))
+        raise InvalidInput(message, field=field, problems=problems if len(problems) > 1 else None)
+
+
 def add_user(session: Session, *, name: str, role: str, groups: list[str] | None = None,
              display_name: str | None = None, actor: Actor) -> UserView:
-    _check_name(name, "name")
-    if role not in ROLES:
-        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+    """Create user ``name`` with ``role`` (one of :data:`ROLES`) in ``groups`` (created when new); audited.
+
+    The user has no password and no token yet. InvalidInput names the first bad field (see
+    :func:`new_user_problems`; context ``problems`` lists all when several are); Conflict when
+    the name is taken.
+    """
+    refuse(new_user_problems(name=name, role=role, groups=groups, display_name=display_name))
     if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
         raise Conflict(f"user '{name}' already exists", name=name)
     user = UserRow(name=name, role=role, display_name=display_name, created_at=clock.now())
@@ -80,10 +131,14 @@ def add_user(session: Session, *, name: str, role: str, groups: list[str] | None
     session.flush()
     audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.created", actor.name, {
         "name": name, "role": role, "groups": sorted(set(groups or []))})])
-    return UserView(name, role, sorted(set(groups or [])), display_name)
+    return _view(session, user)
 
 
 def set_groups(session: Session, *, name: str, groups: list[str], actor: Actor) -> UserView:
+    """Make ``groups`` the user's groups (replacing the old ones; new groups are created); audited.
+
+    InvalidInput (field ``group``) for a malformed group name, NotFound for an unknown user.
+    """
     user = _user(session, name)
     session.execute(delete(MembershipRow).where(MembershipRow.user_id == user.id))
     for group in sorted(set(groups)):
@@ -91,7 +146,35 @@ def set_groups(session: Session, *, name: str, groups: list[str], actor: Actor) 
     session.flush()
     audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.groups_changed", actor.name, {
         "name": name, "groups": sorted(set(groups))})])
-    return UserView(user.name, user.role, sorted(set(groups)), user.display_name)
+    return _view(session, user)
+
+
+def set_role(session: Session, *, name: str, role: str, actor: Actor) -> UserView:
+    """Give user ``name`` the role ``role`` (one of :data:`ROLES`); audited as ``user.role_changed``.
+
+    The last admin cannot lose the admin role (Conflict): someone must be left to administer.
+    InvalidInput (field ``role``) for an unknown role, NotFound for an unknown user. Setting the
+    role a user already has changes nothing and appends nothing.
+    """
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+    user = _user(session, name)
+    if user.role == role:
+        return _view(session, user)
+    if user.role == "admin":
+        admins = session.scalar(select(func.count()).select_from(UserRow).where(UserRow.role == "admin")) or 0
+        if admins <= 1:
+            raise Conflict(f"'{name}' is the only admin; make another user admin first", name=name)
+    previous, user.role = user.role, role
+    session.flush()
+    audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.role_changed", actor.name, {
+        "name": name, "from": previous, "to": role})])
+    return _view(session, user)
+
+
+def get_user(session: Session, name: str) -> UserView:
+    """One user (NotFound when unknown)."""
+    return _view(session, _user(session, name))
 
 
 def _user(session: Session, name: str) -> UserRow:
@@ -188,8 +271,19 @@ class TokenCache:
 
 
 def list_users(session: Session) -> list[UserView]:
+    """Every user by name, with groups, whether they can sign in, lockout and live token count."""
     users = session.scalars(select(UserRow).order_by(UserRow.name)).all()
-    return [UserView(u.name, u.role, _groups_of(session, u.id), u.display_name) for u in users]
+    groups: dict[int, list[str]] = {}
+    for user_id, group in session.execute(select(MembershipRow.user_id, GroupRow.name)
+                                          .join(GroupRow, GroupRow.id == MembershipRow.group_id)
+                                          .order_by(GroupRow.name)):
+        groups.setdefault(user_id, []).append(group)
+    tokens: dict[int, int] = {user_id: count for user_id, count in session.execute(
+        select(ApiTokenRow.user_id, func.count()).where(ApiTokenRow.revoked_at.is_(None)).group_by(ApiTokenRow.user_id))}
+    now = clock.now()
+    return [UserView(u.name, u.role, groups.get(u.id, []), u.display_name, can_sign_in=u.password_hash is not None,
+                     locked_until=u.locked_until if u.locked_until is not None and u.locked_until > now else None,
+                     live_tokens=tokens.get(u.id, 0)) for u in users]
 
 
 def list_groups(session: Session) -> list[str]:

@@ -224,6 +224,15 @@ def mark_read(session: Session, user: str, ids: list[str]) -> int:
         .values(read_at=clock.now()).execution_options(synchronize_session=False)))
 
 
+def mark_all_read(session: Session, user: str) -> int:
+    """Mark every unread in-app notification of ``user`` read; returns how many changed."""
+    from engine.store.db import rowcount
+
+    return rowcount(session.execute(
+        update(OutboxRow).where(OutboxRow.channel == "inapp", OutboxRow.recipient == user, OutboxRow.read_at.is_(None))
+        .values(read_at=clock.now()).execution_options(synchronize_session=False)))
+
+
 def unread_count(session: Session, user: str) -> int:
     """How many of the user's in-app notifications are unread (the pages' badge)."""
     from sqlalchemy import func

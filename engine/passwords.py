@@ -18,7 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import audit, clock
+from engine import audit, clock, identity
 from engine.actor import Actor
 from engine.audit import Event
 from engine.errors import InvalidInput, NotFound
@@ -113,3 +113,64 @@ def _verify(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password[:MAX_LENGTH])
     except (VerificationError, InvalidHashError):
         return False
+
+
+def reset_password(session: Session, *, name: str, password: str | None, actor: Actor) -> str | None:
+    """An administrator sets user ``name``'s password: ``password``, or a generated one when None.
+
+    Lifts any lockout and ends the user's browser sessions (OWASP: a changed password ends the
+    sessions opened with the old one), audited as ``user.password_set`` plus
+    ``user.sessions_ended`` when some were open. Returns the generated password (shown to the
+    admin once, never stored) or None when ``password`` was given. Errors as :func:`set_password`.
+    """
+    from engine import browser_sessions
+
+    generated = generate_password() if password is None else None
+    set_password(session, name=name, password=generated or password or "", actor=actor)
+    ended = browser_sessions.close_sessions_of(session, name)
+    if ended:
+        audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.sessions_ended", actor.name, {
+            "name": name, "count": ended})])
+    return generated
+
+
+def unlock(session: Session, *, name: str, actor: Actor) -> bool:
+    """Lift user ``name``'s sign-in lockout and reset the failure count; audited as ``user.unlocked``.
+
+    Returns False (and changes and appends nothing) when the account is neither locked nor has
+    failures counted, e.g. the lock ran out meanwhile. NotFound for an unknown user.
+    """
+    user = session.scalar(select(UserRow).where(UserRow.name == name))
+    if user is None:
+        raise NotFound(f"user '{name}' not found", name=name)
+    locked = user.locked_until is not None and user.locked_until > clock.now()
+    if not locked and not user.failed_sign_ins:
+        return False
+    user.locked_until, user.failed_sign_ins = None, 0
+    session.flush()
+    audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.unlocked", actor.name, {"name": name})])
+    return True
+
+
+def add_user_with_password(session: Session, *, name: str, role: str, groups: list[str] | None = None,
+                           display_name: str | None = None, password: str | None = None, generate: bool = False,
+                           actor: Actor) -> tuple[identity.UserView, str | None]:
+    """Create a user (:func:`engine.identity.add_user`) and, in the same transaction, give them a password.
+
+    ``password`` sets it, ``generate=True`` makes one (returned once, never stored); neither
+    leaves the user without sign-in (API tokens only, e.g. an ``integration`` user). Both is
+    InvalidInput (field ``password``). Every bad field is reported at once (InvalidInput's
+    ``problems``, as :func:`engine.identity.refuse`). Returns the user and the generated password or None.
+    """
+    problems = identity.new_user_problems(name=name, role=role, groups=groups, display_name=display_name)
+    if password is not None and generate:
+        problems["password"] = "give a password or ask for a generated one, not both"  # noqa: S105 - a message, not a password
+    elif password is not None and not MIN_LENGTH <= len(password) <= MAX_LENGTH:
+        problems["password"] = f"a password needs {MIN_LENGTH} to {MAX_LENGTH} characters"
+    identity.refuse(problems)
+    view = identity.add_user(session, name=name, role=role, groups=groups, display_name=display_name, actor=actor)
+    if password is None and not generate:
+        return view, None
+    generated = generate_password() if generate else None
+    set_password(session, name=name, password=generated or password or "", actor=actor)
+    return identity.get_user(session, name), generated

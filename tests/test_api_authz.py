@@ -56,6 +56,11 @@ CASES = [
     ("PUT", "/api/users/rita/groups", {"groups": ["staff"]}, {"admin"}),
     ("POST", "/api/users/rita/tokens", None, {"admin"}),
     ("DELETE", "/api/users/fay/tokens", None, {"admin"}),
+    ("GET", "/api/users/rita", None, {"admin"}),
+    ("PUT", "/api/users/fay/role", {"role": "employee"}, {"admin"}),
+    ("PUT", "/api/users/fay/password", {"generate": True}, {"admin"}),
+    ("POST", "/api/users/fay/unlock", None, {"admin"}),
+    ("POST", "/api/notifications/read-all", None, ALL),
     ("GET", "/api/groups", None, {"admin"}),
     ("GET", "/metrics", None, {"admin"}),
     # external tasks: workers (integration) and admins; an unknown id answers 404 to those allowed

@@ -19,13 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.problems import STATUS
 from engine.errors import SopflowError
 from web.deps import SignInRequired
-from web.pages import auditor, designer, diagrams, employee, shell
+from web.pages import admin, auditor, designer, diagrams, employee, shell
 from web.render import render
 
 STATIC = Path(__file__).parent / "static"
 # built by `make assets` from web/frontend/ (git-ignored): the bpmn-js bundle, Swagger UI for /docs
 VENDOR = STATIC / "vendor"
-PAGE_MODULES = (shell, diagrams, employee, designer, auditor)
+PAGE_MODULES = (shell, diagrams, employee, designer, auditor, admin)
 NOT_PAGES = ("/api/", "/engine-rest", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz", "/metrics",
              "/static/")
 

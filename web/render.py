@@ -57,7 +57,10 @@ def nav_for(actor: Actor) -> list[NavItem]:
 
 
 def home_of(actor: Actor) -> str:
-    """Where ``/`` sends a signed-in user: the first page of their menu, else their notifications."""
+    """Where ``/`` sends a signed-in user: admins ``/admin``, others the first page of their menu, else
+    their notifications (docs/notes/web.md's URL map)."""
+    if actor.is_admin:
+        return "/admin"
     items = nav_for(actor)
     return items[0].href if items else "/notifications"
 

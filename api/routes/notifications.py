@@ -43,3 +43,9 @@ def list_notifications(db: DbDep, actor: ActorDep, unread: Annotated[bool, Query
 def mark_read(db: DbDep, actor: ActorDep, body: MarkRead) -> dict[str, int]:
     """Mark your notifications read (ids of others' notifications are ignored); answers how many changed."""
     return {"marked": db.command(lambda s: notifications.mark_read(s, actor.name, body.ids))}
+
+
+@router.post("/read-all")
+def mark_all_read(db: DbDep, actor: ActorDep) -> dict[str, int]:
+    """Mark all your unread notifications read; answers how many changed."""
+    return {"marked": db.command(lambda s: notifications.mark_all_read(s, actor.name))}

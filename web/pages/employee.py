@@ -23,7 +23,6 @@ from starlette.datastructures import FormData, UploadFile
 
 from api.deps import DbDep, SettingsDep, require
 from api.views import download_headers
-from engine import notifications
 from engine.actor import Actor
 from engine.commands import claim_task, complete_task, start_instance, unclaim_task
 from engine.commands.instances import get_start_form
@@ -471,23 +470,3 @@ def requests_page(request: Request, db: DbDep, actor: PageActorDep,
         "rows": rows, "total": page.total, "next_link": f"/requests?cursor={nxt}" if nxt else None,
         "first_link": "/requests" if cursor else None, "done": request.query_params.get("done"),
     })
-
-
-# ------------------------------------------------------------------ notifications
-
-
-@router.get("/notifications")
-def notifications_page(request: Request, db: DbDep, actor: PageActorDep) -> Response:
-    """My in-app notifications, newest first (the last 100)."""
-    with db.read() as s:
-        rows = notifications.list_for(s, actor.name, limit=100)
-    return render(request, "employee/notifications.html", {"items": rows})
-
-
-@router.post("/notifications/read")
-async def notifications_read(request: Request, db: DbDep, actor: PageActorDep, _csrf: CsrfDep) -> Response:
-    """Mark the posted notifications (``id``, repeatable) read; ids of others' notifications change nothing."""
-    data = await request.form()
-    ids = [v for v in data.getlist("id") if isinstance(v, str)][:500]
-    db.command(lambda s: notifications.mark_read(s, actor.name, ids))
-    return _redirect("/notifications")
