@@ -33,7 +33,7 @@ def test_an_auditor_finds_an_instance_reads_its_path_and_verifies_the_trail(
         page: Page, server, request_in_approval, blocked_requests, console_errors):
     signed_in(page, server, "audrey")
     expect(page).to_have_url(server.base_url + "/instances")
-    page.get_by_label("Business key").fill(BUSINESS_KEY)
+    page.get_by_label("Business key", exact=True).fill(BUSINESS_KEY)
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("Instances found: 1")).to_be_visible()
     page.get_by_role("link", name=BUSINESS_KEY).click()
@@ -84,7 +84,7 @@ def test_the_auditor_pages_fit_a_phone_and_work_from_the_keyboard(page: Page, se
     screenshot(page, "auditor-instance-phone", full_page=True)
     # the search form by keyboard alone: tab to the business key, type, Enter submits
     page.goto("/instances")
-    field = page.get_by_label("Business key")
+    field = page.get_by_label("Business key", exact=True)
     for _ in range(30):
         page.keyboard.press("Tab")
         if field.evaluate("el => el === document.activeElement"):

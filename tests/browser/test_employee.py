@@ -33,7 +33,7 @@ def test_a_purchase_request_from_start_to_the_managers_approval(sign_in) -> None
     procurement = rita.locator("#p-procurement_approval")
     procurement.locator("summary").click()
     procurement.get_by_label("Business key (optional)").fill("PR-BROWSER-1")
-    procurement.get_by_role("button", name="Start Procurement approval").click()
+    procurement.get_by_role("button", name="Start Procurement approval", exact=True).click()
     expect(rita.get_by_role("heading", name="Submit the purchase request")).to_be_visible()
 
     # a form error shows next to its field, and what was typed stays
@@ -61,7 +61,7 @@ def test_a_purchase_request_from_start_to_the_managers_approval(sign_in) -> None
     expect(canvas.locator('g.sopflow-current[data-element-id="manager_approval"]')).to_have_count(1)
     screenshot(max_, "task", full_page=True)
     max_.get_by_label("Approved").check()
-    max_.get_by_label("Comment").fill("Fine")
+    max_.get_by_label("Comment", exact=True).fill("Fine")
     max_.get_by_role("button", name="Complete").click()
     expect(max_.get_by_text("Task completed.")).to_be_visible()
     expect(max_.locator(".task-item", has_text="PR-BROWSER-1")).to_have_count(0)
@@ -73,8 +73,8 @@ def test_a_purchase_request_from_start_to_the_managers_approval(sign_in) -> None
 def test_another_employees_task_is_not_found(sign_in) -> None:
     rita = sign_in("rita")
     rita.goto("/start")
-    rita.locator("summary", has_text="Procurement approval").click()
-    rita.get_by_role("button", name="Start Procurement approval").click()
+    rita.locator("#p-procurement_approval summary").click()
+    rita.get_by_role("button", name="Start Procurement approval", exact=True).click()
     expect(rita.get_by_role("heading", name="Submit the purchase request")).to_be_visible()
     task_url = rita.url.split("?")[0]
     paul = sign_in("paul")
@@ -86,8 +86,8 @@ def test_another_employees_task_is_not_found(sign_in) -> None:
 def test_the_inbox_and_task_page_fit_a_phone(sign_in) -> None:
     rita = sign_in("rita", width=390)
     rita.goto("/start")
-    rita.locator("summary", has_text="Procurement approval").click()
-    rita.get_by_role("button", name="Start Procurement approval").click()
+    rita.locator("#p-procurement_approval summary").click()
+    rita.get_by_role("button", name="Start Procurement approval", exact=True).click()
     for path in ("/inbox", rita.url, "/start", "/requests", "/notifications"):
         rita.goto(path)
         assert rita.evaluate("document.documentElement.scrollWidth") <= 390, path
