@@ -125,6 +125,11 @@ def wait_for(db: Database, n: int, timeout: float) -> None:
 def run_embedded(url: str, n: int, window: float, timeout: float) -> dict[str, object]:
     db = Database(url)
     start = seed(db, n, window)
+    return fire_embedded(db, n, start, timeout)
+
+
+def fire_embedded(db: Database, n: int, start: datetime, timeout: float) -> dict[str, object]:
+    """Run the embedded worker thread from just before ``start`` until ``n`` timers fired; the figures."""
     install(db)
     move_clock_to(db, start - timedelta(seconds=1))
     stop = threading.Event()
@@ -146,18 +151,7 @@ def fire_seeded(url: str, timeout: float) -> dict[str, object]:
         start = s.scalar(select(func.min(JobRow.due_at)))
         n = s.scalar(select(func.count()).select_from(JobRow)) or 0
     assert start is not None, "the seeded database has no timers"
-    install(db)
-    move_clock_to(db, start - timedelta(seconds=1))
-    stop = threading.Event()
-    thread = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "settings": Settings()},
-                              daemon=True)
-    thread.start()
-    wake()
-    wait_for(db, n, timeout)
-    stop.set()
-    wake()
-    thread.join(timeout=10)
-    return figures(db, n, start)
+    return fire_embedded(db, n, start, timeout)
 
 
 def compare(other: str, n: int, window: float, rounds: int, timeout: float) -> None:

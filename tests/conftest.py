@@ -156,6 +156,22 @@ def sqlite_db(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
+def web(db, clock):
+    """The web application over each real database, with the demo organisation (tests/web_helpers.py)."""
+    from tests.web_helpers import make_web
+
+    return make_web(db)
+
+
+@pytest.fixture
+def web1(sqlite_db, clock):
+    """The web application over SQLite only, for page tests that store nothing database-specific."""
+    from tests.web_helpers import make_web
+
+    return make_web(sqlite_db)
+
+
+@pytest.fixture
 def api(db, clock):
     """The HTTP API over each real database, with the demo organisation and its tokens."""
     from tests.api_helpers import make_api

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from sqlalchemy import select
 
 from engine import notifications, passwords
@@ -19,16 +18,6 @@ from tests.web_helpers import PASSWORD, csrf, make_web, post_login
 
 SETTINGS = Settings(smtp_host="", webhook_url="")
 PAGES = ("/admin", "/admin/users", "/admin/add-user", "/admin/users/rita", "/admin/incidents", "/admin/sla")
-
-
-@pytest.fixture
-def web(db, clock):
-    return make_web(db)
-
-
-@pytest.fixture
-def web1(sqlite_db, clock):
-    return make_web(sqlite_db)
 
 
 def _identity_actions(db) -> list[str]:

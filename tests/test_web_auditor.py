@@ -12,19 +12,9 @@ import pytest
 from sqlalchemy import update
 
 from engine.store.models import AuditEventRow
-from tests.web_helpers import csrf, make_web
+from tests.web_helpers import csrf
 
 PROCESSES = Path(__file__).resolve().parent.parent / "processes"
-
-
-@pytest.fixture
-def web(db, clock):
-    return make_web(db)
-
-
-@pytest.fixture
-def web1(sqlite_db, clock):
-    return make_web(sqlite_db)
 
 
 def _api(web, user, method, path, **kw):

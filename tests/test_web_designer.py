@@ -5,8 +5,6 @@ import re
 from html import unescape
 from pathlib import Path
 
-import pytest
-
 from engine.commands import SYSTEM, deploy
 from engine.commands.deployments import deploy_edited
 from engine.config import Settings
@@ -26,16 +24,6 @@ REFUSED = (b'<?xml version="1.0"?>\n<bpmn:definitions xmlns:bpmn="http://www.omg
            b'id="d">\n<bpmn:process id="gated" isExecutable="true">\n<bpmn:startEvent id="s"/>\n'
            b'<bpmn:complexGateway id="cg"/>\n'
            b'<bpmn:sequenceFlow id="f" sourceRef="s" targetRef="cg"/>\n</bpmn:process>\n</bpmn:definitions>')
-
-
-@pytest.fixture
-def web(db, clock):
-    return make_web(db)
-
-
-@pytest.fixture
-def web1(sqlite_db, clock):
-    return make_web(sqlite_db)
 
 
 def upload(client, *files: tuple[str, bytes], token: str | None = None):  # noqa: ANN201

@@ -5,23 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from babel.messages.extract import extract_from_dir
 
 from engine import browser_sessions, passwords
 from engine.store.models import AuditEventRow
-from tests.web_helpers import PASSWORD, csrf, hidden, make_web, post_login
+from tests.web_helpers import PASSWORD, csrf, hidden, post_login
 from web import i18n
-
-
-@pytest.fixture
-def web(db, clock):
-    return make_web(db)
-
-
-@pytest.fixture
-def web1(sqlite_db, clock):
-    return make_web(sqlite_db)
 
 
 def test_a_page_without_a_session_sends_the_browser_to_sign_in_and_back(web1):
