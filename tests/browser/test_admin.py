@@ -24,14 +24,18 @@ def _start_some_requests(server) -> None:  # noqa: ANN001 - the LiveServer fixtu
 
 
 def _some_late_work(server) -> None:  # noqa: ANN001 - the LiveServer fixture
-    """Two open tasks of a small procedure: one already past due, one at risk (as the clock reads them)."""
+    """Two open tasks of a small procedure: one already past due, one at risk (as the clock reads them).
+
+    At risk after 0.0001 of an hour (0.36 s): the test signs in several times before it looks, so the
+    task is at risk by then however fast the machine is (0.001, 3.6 s, was too slow on a quiet one).
+    """
     from engine.actor import Actor
     from engine.commands import SYSTEM, deploy, start_instance
     from engine.loading import UploadedFile
     from tests.bpmnkit import Bpmn
 
     for key, name, props in (("delivery_check", "Check the delivery", {"dueDate": "PT0S"}),
-                             ("invoice_check", "Check the invoice", {"dueDate": "PT1H", "atRiskFraction": "0.001"})):
+                             ("invoice_check", "Check the invoice", {"dueDate": "PT1H", "atRiskFraction": "0.0001"})):
         xml = Bpmn(key).start().user("check", name, props={"assignee": "sam", **props}).end() \
             .chain("start", "check", "end").xml()
         server.db.command(lambda s, k=key, x=xml: deploy(s, files=[UploadedFile(f"{k}.bpmn", x)], actor=SYSTEM))
