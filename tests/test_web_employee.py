@@ -426,3 +426,11 @@ def test_comments_and_attachments_on_the_task_page(web):
     assert paul.get(link).status_code == 404  # not his task
     assert paul.post(f"/tasks/{task_id}/comments", {"message": "hi"}).status_code == 404
     assert rita.post(f"/tasks/{task_id}/comments", {"message": "x"}, csrf=False).status_code == 403
+
+
+def test_inbox_date_filters_at_the_calendars_edges_are_ignored_not_a_server_error(web1):
+    """The day after 9999-12-31 or the UTC midnight of 0001-01-01 cannot be computed: such a day is
+    ignored like any bad filter value (the auditor pages answer the same days with a field error)."""
+    rita = sign_in(web1, "rita")
+    for query in ("due_until=9999-12-31", "due_from=0001-01-01", "due_until=0001-01-01", "due_from=20260101"):
+        assert rita.get(f"/inbox?{query}").status_code == 200, query

@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo
 
 from markupsafe import Markup
 
+from web.render import N_
+
 Kind = Literal["text", "textarea", "number", "integer", "checkbox", "select", "date", "datetime", "json"]
 Gettext = Callable[[str], str]
 
@@ -39,6 +41,21 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 def _identity(text: str) -> str:
     return text
 
+
+
+def day_start(value: str, zone: tzinfo) -> datetime:
+    """Midnight (aware) of the calendar day ``value`` (YYYY-MM-DD) in ``zone``: a form's date filter.
+
+    Raises ``ValueError`` whose text is a msgid for the page to translate: not a date, or a year
+    outside 1900-9998 (the calendar's edges overflow once moved to UTC or a day on).
+    """
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(N_("Enter a date as YYYY-MM-DD.")) from None
+    if not 1900 <= day.year <= 9998:
+        raise ValueError(N_("Enter a date between the years 1900 and 9998."))
+    return datetime.combine(day, datetime.min.time(), zone)
 
 @dataclass(frozen=True)
 class Choice:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -42,6 +42,7 @@ from engine.queries import (
     list_instances,
     timeline,
 )
+from web import forms
 from web.deps import PageActorDep, PageSessionDep
 from web.render import N_, render
 
@@ -131,14 +132,10 @@ def _day_start(value: str, time_zone: str | None, field_name: str, errors: dict[
     if not value:
         return None
     try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        errors[field_name] = N_("Enter a date as YYYY-MM-DD.")
+        return forms.day_start(value, ZoneInfo(time_zone or "UTC"))
+    except ValueError as exc:
+        errors[field_name] = str(exc)
         return None
-    if not 1900 <= day.year <= 9998:  # the edges of the calendar would overflow once moved to UTC or a day on
-        errors[field_name] = N_("Enter a date between the years 1900 and 9998.")
-        return None
-    return datetime.combine(day, time(), ZoneInfo(time_zone or "UTC"))
 
 
 def _next_day(start: datetime) -> datetime:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -117,8 +117,9 @@ class InboxQuery:
 
 
 def _day_start(day: str, zone: ZoneInfo) -> datetime | None:
+    """The inbox's date filter: midnight of ``day`` in the user's zone; a bad or out-of-range day is ignored."""
     try:
-        return datetime.combine(date.fromisoformat(day), time(0), tzinfo=zone) if len(day) == 10 else None
+        return forms.day_start(day, zone) if len(day) == 10 else None
     except ValueError:
         return None
 
