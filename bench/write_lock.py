@@ -20,6 +20,8 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
+# bench/ itself must not be on the path: bench/http.py would shadow the standard library's http
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import migrate  # noqa: E402
