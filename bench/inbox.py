@@ -221,12 +221,9 @@ def raw_statements(db: Database, actor: Actor, f: TaskFilter) -> tuple[str, str]
     """The SQL ``list_tasks`` runs for a first page (page, then its capped total), literal."""
     from engine import queries
 
-    branches = queries._branches(actor, f, [])
-    assert branches is not None
-    page_selects = [s for b in branches for s in queries._branch_selects(b, f, None, 51)]
-    page = queries._ordered(select(TaskRow).where(TaskRow.id.in_(queries._union(page_selects))), f).limit(51)
-    count_selects = [s for b in branches for s in queries._branch_selects(b, f, None, queries.COUNT_CAP + 1)]
-    count = select(func.count()).select_from(queries._union(count_selects).limit(queries.COUNT_CAP + 1).subquery())
+    page = queries.page_query(actor, f, limit=51)
+    count = queries.count_query(actor, f, queries.COUNT_CAP)
+    assert page is not None and count is not None
     with db.engine.connect() as conn:
         return tuple(str(q.compile(conn, compile_kwargs={"literal_binds": True})) for q in (page, count))  # type: ignore[return-value]
 
@@ -296,13 +293,10 @@ def explain(db: Database) -> None:
     actor = Actor("alice", groups=frozenset({"g0"}), roles=frozenset({"employee"}))
     from engine import queries
 
-    f = TaskFilter()
-    branches = queries._branches(actor, f, [])
-    assert branches is not None
-    selects = [s for b in branches for s in queries._branch_selects(b, f, None, 51)]
-    query = queries._ordered(select(TaskRow).where(TaskRow.id.in_(queries._union(selects))), f)
+    query = queries.page_query(actor, TaskFilter(), limit=51)
+    assert query is not None
     with db.engine.connect() as conn:
-        compiled = query.limit(51).compile(conn, compile_kwargs={"literal_binds": True})
+        compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
         plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
     print("\nplan of alice's first page (SQLite):")
     for row in plan:

@@ -18,12 +18,14 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal, literal_column, or_, select, true, tuple_, union
+from sqlalchemy import and_, bindparam, exists, func, literal_column, or_, select, true, tuple_, union
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
 
@@ -249,7 +251,7 @@ def _filters(f: TaskFilter) -> list[Any]:
     if f.text and f.text.strip():
         conditions.append(_text_matches(f.text.strip()))
     if f.sla:
-        now = clock.now()
+        now = bindparam(_NOW, type_=TaskRow.due_at.type)  # the clock at execution (see _bind_values)
         if f.sla == "breached":
             conditions.append(TaskRow.due_at <= now)
         elif f.sla == "at_risk":
@@ -382,22 +384,33 @@ def _cursor_of(f: TaskFilter, task: TaskRow) -> str:
                                  task.id]})
 
 
-def _after(key: Any, ident: Any, desc: bool, start: tuple[Any, str]) -> Any:
-    """Rows strictly after ``start`` in (key, id) order, ascending or descending (key not null)."""
-    bound = tuple_(literal(start[0], key.type), literal(start[1], ident.type))
+# named parameters of the task statements, bound at execution (_bind_values), so that one built
+# statement serves every page of a list and every instant of the clock
+_AFTER_KEY, _AFTER_ID, _NOW = "after_key", "after_id", "now"
+
+
+def _after(key: Any, ident: Any, desc: bool) -> Any:
+    """Rows strictly after the keyset start (``after_key``, ``after_id``) in (key, id) order, ascending or
+    descending (key not null)."""
+    bound = tuple_(bindparam(_AFTER_KEY, type_=key.type), bindparam(_AFTER_ID, type_=ident.type))
     return tuple_(key, ident) < bound if desc else tuple_(key, ident) > bound
 
 
-def _branch_selects(branch: _Branch, f: TaskFilter, start: tuple[Any, str] | None, n: int) -> list[Any]:
-    """The branch's task ids in page order, at most ``n`` after ``start``: one select per part
+def _after_id(ident: Any) -> Any:
+    return bindparam(_AFTER_ID, type_=ident.type)
+
+
+def _branch_selects(branch: _Branch, f: TaskFilter, after: str | None, n: int) -> list[Any]:
+    """The branch's (sort key ``k``, task ``id``) pairs in page order, at most ``n`` after the keyset
+    start (``after``: None, or whether its key is a ``"value"`` or ``"null"``): one select per part
     (due dates in order, then tasks without a due date by id, when sorting by due date)."""
     if branch.kind is None:
         key, ident = SORTS[f.sort], TaskRow.id
-        base = select(TaskRow.id.label("id")).where(TaskRow.assignee == branch.name, TaskRow.state == "open",
-                                                   *branch.where)
+        base = select(key.label("k"), TaskRow.id.label("id")).where(
+            TaskRow.assignee == branch.name, TaskRow.state == "open", *branch.where)
     else:
         key, ident = _OFFER_SORTS[f.sort], TaskCandidateRow.task_id
-        base = select(TaskCandidateRow.task_id.label("id")).where(
+        base = select(key.label("k"), TaskCandidateRow.task_id.label("id")).where(
             TaskCandidateRow.kind == branch.kind, TaskCandidateRow.name == branch.name,
             TaskCandidateRow.offered == true())
         if branch.where:
@@ -408,27 +421,37 @@ def _branch_selects(branch: _Branch, f: TaskFilter, start: tuple[Any, str] | Non
         return column.desc() if desc else column.asc()
 
     parts = []
-    if f.sort != "due" or start is None or start[0] is not None:
+    if f.sort != "due" or after != "null":
         part = base.where(key.is_not(None)) if f.sort == "due" else base
-        if start is not None:
-            part = part.where(_after(key, ident, desc, start))
+        if after is not None:
+            part = part.where(_after(key, ident, desc))
         parts.append(part.order_by(direction(key), direction(ident)).limit(n))
     if f.sort == "due":  # no due date: last, whatever the order, by id
         part = base.where(key.is_(None))
-        if start is not None and start[0] is None:
-            part = part.where(ident < start[1] if desc else ident > start[1])
+        if after == "null":
+            part = part.where(ident < _after_id(ident) if desc else ident > _after_id(ident))
         parts.append(part.order_by(direction(ident)).limit(n))
     # columns named, not looked up (``.c``): proxying a subquery's columns costs more than the SQL here
-    return [select(_ID).select_from(p.subquery()) for p in parts]
+    return [select(_KEY, _ID).select_from(p.subquery()) for p in parts]
 
 
 _ID: Any = literal_column("id")
+_KEY: Any = literal_column("k")
 
 
 def _union(selects: list[Any]) -> Any:
-    """``SELECT id FROM (branch part UNION branch part ...)``: the distinct ids of every part."""
-    return select(_ID).select_from(union(*selects).subquery("visible") if len(selects) > 1
-                                   else selects[0].subquery("visible"))
+    """The distinct (``k``, ``id``) pairs of every part, as a subquery named ``visible``."""
+    return union(*selects).subquery("visible") if len(selects) > 1 else selects[0].subquery("visible")
+
+
+def _first_ids(selects: list[Any], f: TaskFilter, n: int) -> Any:
+    """``SELECT id FROM (parts UNION ...) ORDER BY k, id LIMIT n``: the page's ids, merged on the sort
+    keys the indexes carry, so only the page's own rows are read from ``tasks`` afterwards."""
+    desc = f.order == "desc"
+    ordering = [_KEY.desc() if desc else _KEY.asc(), _ID.desc() if desc else _ID.asc()]
+    if f.sort == "due":  # tasks without a due date sort last either way
+        ordering.insert(0, _KEY.is_(None))
+    return select(_ID).select_from(_union(selects)).order_by(*ordering).limit(n)
 
 
 def _ordered(query: Select[Any], f: TaskFilter) -> Select[Any]:
@@ -439,13 +462,13 @@ def _ordered(query: Select[Any], f: TaskFilter) -> Select[Any]:
     return query.order_by(key.is_(None), *ordering) if f.sort == "due" else query.order_by(*ordering)
 
 
-def _plain_after(f: TaskFilter, start: tuple[Any, str]) -> Any:
+def _plain_after(f: TaskFilter, after: str) -> Any:
     key = SORTS[f.sort]
     desc = f.order == "desc"
-    if start[0] is None:  # within the tasks without a due date
-        return and_(key.is_(None), TaskRow.id < start[1] if desc else TaskRow.id > start[1])
-    after = _after(key, TaskRow.id, desc, start)
-    return or_(key.is_(None), after) if f.sort == "due" else after
+    if after == "null":  # within the tasks without a due date
+        return and_(key.is_(None), TaskRow.id < _after_id(TaskRow.id) if desc else TaskRow.id > _after_id(TaskRow.id))
+    later = _after(key, TaskRow.id, desc)
+    return or_(key.is_(None), later) if f.sort == "due" else later
 
 
 def list_tasks(session: Session, actor: Actor, f: TaskFilter, paging: Paging) -> Page:
@@ -460,26 +483,46 @@ def list_tasks(session: Session, actor: Actor, f: TaskFilter, paging: Paging) ->
     InvalidInput (422) for a bad filter value or a cursor this server did not issue for
     this sort order.
     """
-    filters = _filters(f)
     start = _keyset(f, paging)
-    branches = _branches(actor, f, filters)
+    after = None if start is None else "null" if start[0] is None else "value"
     want = paging.limit + 1  # one more says whether a next page exists
-    if branches is None:
-        query = select(TaskRow).where(*_plain_conditions(actor, f))
-        if start is not None:
-            query = query.where(_plain_after(f, start))
-    elif not branches:
+    query = _statement(("page", actor, _frozen(f), after, paging.offset, want),
+                       lambda: page_query(actor, f, after, offset=paging.offset, limit=want))
+    if query is None:
         return Page([], 0)
-    else:
-        selects = [s for b in branches for s in _branch_selects(b, f, start, paging.offset + want)]
-        query = select(TaskRow).where(TaskRow.id.in_(_union(selects)))
-    rows = list(session.scalars(_ordered(query, f).offset(paging.offset).limit(want)))
+    rows = list(session.scalars(query, _bind_values(start)))
     items = rows[:paging.limit]
     nxt = _cursor_of(f, items[-1]) if len(rows) > paging.limit else None
     if start is None and paging.offset == 0 and nxt is None:
         return Page(items, len(items))
     counted = count_tasks(session, actor, f)
     return Page(items, counted.count, nxt, total_capped=counted.capped)
+
+
+def page_query(actor: Actor, f: TaskFilter, after: str | None = None, *, offset: int = 0,
+               limit: int = 51) -> Select[Any] | None:
+    """The statement :func:`list_tasks` runs: ``limit`` TaskRows after ``offset`` in order (and, with
+    ``after`` = ``"value"`` or ``"null"``, after the keyset start bound as ``after_key``/``after_id``;
+    ``now`` is bound for an ``sla`` filter); None when no task can match. Raises InvalidInput for a bad
+    filter value.
+
+    For an employee's open tasks it is the branches' union: each branch reads at most
+    ``offset + limit`` (key, id) entries from its index, the union is merged and cut on those keys,
+    and only the remaining ids are read from ``tasks``.
+    """
+    filters = _filters(f)
+    branches = _branches(actor, f, filters)
+    if branches is None:
+        query = select(TaskRow).where(*_plain_conditions(actor, f))
+        if after is not None:
+            query = query.where(_plain_after(f, after))
+    elif not branches:
+        return None
+    else:
+        n = offset + limit
+        selects = [s for b in branches for s in _branch_selects(b, f, after, n)]
+        query = select(TaskRow).where(TaskRow.id.in_(_first_ids(selects, f, n)))
+    return _ordered(query, f).offset(offset).limit(limit)
 
 
 def count_tasks(session: Session, actor: Actor, f: TaskFilter, *, cap: int | None = None) -> TaskCount:
@@ -491,17 +534,59 @@ def count_tasks(session: Session, actor: Actor, f: TaskFilter, *, cap: int | Non
     reads at most ``cap + 1`` index entries) instead of a scan of every open task.
     """
     cap = COUNT_CAP if cap is None else cap
+    query = _statement(("count", actor, _frozen(f), cap), lambda: count_query(actor, f, cap))
+    found = (session.scalar(query, _bind_values(None)) or 0) if query is not None else 0
+    return TaskCount(min(found, cap), found > cap)
+
+
+def _frozen(f: TaskFilter) -> tuple[Any, ...]:
+    return tuple(f.__dict__.values())
+
+
+def _bind_values(start: tuple[Any, str] | None) -> dict[str, Any]:
+    """The values of a task statement's named parameters: the keyset start and the clock."""
+    values: dict[str, Any] = {_NOW: clock.now()}
+    if start is not None:
+        values[_AFTER_KEY], values[_AFTER_ID] = start
+    return values
+
+
+# Built task statements by (kind, actor, filter, keyset shape, paging): building the union of an
+# employee's branches and computing its SQLAlchemy cache key cost more CPU than running it, and an
+# inbox asks the same few questions again and again. A statement holds no data of its own.
+_STATEMENTS: OrderedDict[tuple[Any, ...], Select[Any] | None] = OrderedDict()
+_STATEMENTS_MAX = 512
+_STATEMENTS_LOCK = threading.Lock()
+
+
+def _statement(key: tuple[Any, ...], build: Callable[[], Select[Any] | None]) -> Select[Any] | None:
+    """The statement built for ``key`` (least recently used ones dropped beyond ``_STATEMENTS_MAX``)."""
+    with _STATEMENTS_LOCK:
+        if key in _STATEMENTS:
+            _STATEMENTS.move_to_end(key)
+            return _STATEMENTS[key]
+    statement = build()  # outside the lock: it may raise InvalidInput (not cached)
+    with _STATEMENTS_LOCK:
+        _STATEMENTS[key] = statement
+        while len(_STATEMENTS) > _STATEMENTS_MAX:
+            _STATEMENTS.popitem(last=False)
+    return statement
+
+
+def count_query(actor: Actor, f: TaskFilter, cap: int) -> Select[Any] | None:
+    """The statement :func:`count_tasks` runs: the number of matching tasks, counting at most ``cap + 1``;
+    None when no task can match."""
     filters = _filters(f)
     branches = _branches(actor, f, filters)
     if branches is None:
         matching = select(TaskRow.id).where(*_plain_conditions(actor, f))
     elif not branches:
-        return TaskCount(0)
+        return None
     else:
         plain = TaskFilter(**{**f.__dict__, "sort": "created", "order": "asc"})  # any one index order
-        matching = _union([s for b in branches for s in _branch_selects(b, plain, None, cap + 1)])
-    found = session.scalar(select(func.count()).select_from(matching.limit(cap + 1).subquery())) or 0
-    return TaskCount(min(found, cap), found > cap)
+        matching = select(_ID).select_from(_union([s for b in branches
+                                                   for s in _branch_selects(b, plain, None, cap + 1)]))
+    return select(func.count()).select_from(matching.limit(cap + 1).subquery())
 
 
 def sla_state(task: TaskRow, now: datetime | None = None) -> str | None:

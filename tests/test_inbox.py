@@ -240,3 +240,21 @@ def test_keyset_cursor_refusals(db, clock):
             with pytest.raises(InvalidInput) as refused:
                 list_tasks(s, actor, TaskFilter(sort=sort), Paging.parse(limit=2, cursor=cursor))
             assert refused.value.context.get("field") == "cursor", cursor
+
+
+def test_a_reused_statement_binds_the_clock_and_the_cursor_of_each_call(db, clock):
+    """Task statements are built once per (actor, filter, paging shape) and reused (queries._statement):
+    the SLA filter's "now" and the keyset start are bound at each call, never frozen into the statement."""
+    _seed(db, clock, random.Random(5), n=40)  # noqa: S311
+    actor = Actor("u1", groups=frozenset(GROUPS), roles=frozenset({"employee"}))
+    f = TaskFilter(sla="breached", sort="due")
+    answers = []
+    for _ in range(3):
+        now = clock.now()
+        with db.read() as s:
+            expected = _reference(list(s.scalars(select(TaskRow))), actor, f, now)
+            assert _page_through(s, actor, f, 2) == expected
+            assert count_tasks(s, actor, f).count == len(expected)
+        answers.append(len(expected))
+        clock.advance(hours=6)
+    assert answers[0] < answers[-1]  # tasks became breached as the clock moved, and the lists followed
