@@ -79,8 +79,8 @@ def _evaluate(task: Task, expression: str, initiator: str | None, what: str) -> 
         return script_engine().environment.evaluate(expression, context)
     except (ScriptRefused, Exception) as exc:  # noqa: BLE001 - any failure is the diagram's, reported as such
         raise ScriptError(
-            f"user task '{task.task_spec.bpmn_id}': the {what} expression '{expression}' failed: {exc}",
-            element_id=task.task_spec.bpmn_id,
+            "user task '{bpmn_id}': the {what} expression '{expression}' failed: {exc}",
+            element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "expression": expression, "exc": exc},
         ) from None
 
 
@@ -97,8 +97,8 @@ def _instant(value: Any, base: datetime, task: Task, what: str) -> datetime | No
         in_range = False
     if not in_range:
         raise ScriptError(
-            f"user task '{task.task_spec.bpmn_id}': {what} '{str(value)[:100]}' is more than 100 years away "
-            "from the task's creation", element_id=task.task_spec.bpmn_id,
+            "user task '{bpmn_id}': {what} '{value}' is more than 100 years away "
+            "from the task's creation", element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": str(value)[:100]},
         )
     return instant
 
@@ -120,8 +120,8 @@ def _parse_instant(value: Any, base: datetime, task: Task, what: str) -> datetim
         return parsed_dt.astimezone(UTC) if parsed_dt.tzinfo else parsed_dt.replace(tzinfo=UTC)
     except (ValueError, TypeError):
         raise ScriptError(
-            f"user task '{task.task_spec.bpmn_id}': {what} '{text}' is not an ISO 8601 duration or instant",
-            element_id=task.task_spec.bpmn_id,
+            "user task '{bpmn_id}': {what} '{text}' is not an ISO 8601 duration or instant",
+            element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "text": text},
         ) from None
 
 
@@ -151,8 +151,8 @@ def _checked_names(names: list[str], task: Task, what: str, limit: int) -> list[
         if len(name) > limit or not limits.valid_text(name):
             why = (f"is longer than {limit} characters" if len(name) > limit
                    else "is not valid Unicode text (it holds a lone surrogate)")
-            raise ScriptError(f"user task '{task.task_spec.bpmn_id}': the {what} {name[:60]!r} {why}",
-                              element_id=task.task_spec.bpmn_id)
+            raise ScriptError("user task '{bpmn_id}': the {what} {value!r} {why}",
+                              element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": name[:60], "why": why})
     return names
 
 
@@ -180,11 +180,11 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
     try:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
     except (TypeError, ValueError, OverflowError):
-        raise ScriptError(f"user task '{meta.element_id}': priority '{str(priority_raw)[:100]}' is not a number",
-                          element_id=meta.element_id) from None
+        raise ScriptError("user task '{element_id}': priority '{value}' is not a number",
+                          element_id=meta.element_id, params={"element_id": meta.element_id, "value": str(priority_raw)[:100]}) from None
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise ScriptError(f"user task '{meta.element_id}': priority {str(priority)[:40]} is outside "
-                          f"{PRIORITY_MIN}..{PRIORITY_MAX} (a 32-bit integer)", element_id=meta.element_id)
+        raise ScriptError("user task '{element_id}': priority {value} is outside "
+                          "{priority_min}..{priority_max} (a 32-bit integer)", element_id=meta.element_id, params={"element_id": meta.element_id, "value": str(priority)[:40], "priority_min": PRIORITY_MIN, "priority_max": PRIORITY_MAX})
     due_at, at_risk_at = sla.due_and_at_risk(
         sla.task_properties(task), _instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date"),
         now, at_risk_fraction, meta.element_id)

@@ -194,8 +194,8 @@ def evaluate(task: Task, source: Any, context: dict[str, Any], what: str) -> Any
         return task.workflow.script_engine.environment.evaluate(match.group(1), dict(context))
     except Exception as exc:  # noqa: BLE001 - any failure is the diagram's, reported as such
         element = getattr(task.task_spec, "bpmn_id", None)
-        raise ScriptError(f"element '{element}': the {what} '{source.strip()}' failed: {exc}",
-                          element_id=element) from None
+        raise ScriptError("element '{element}': the {what} '{value}' failed: {exc}",
+                          element_id=element, params={"element": element, "what": what, "value": source.strip(), "exc": exc}) from None
 
 
 def locals_of(task: Task) -> dict[str, Any]:

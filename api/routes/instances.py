@@ -69,7 +69,7 @@ def get_instances(
             value = raw
         problem = limits.find_problem(value, max_depth=1)
         if problem is not None:  # e.g. "\ud800" as a JSON escape, or NaN
-            raise InvalidInput(f"variable filter '{name}': {problem.describe('the value')}", field="variable")
+            raise InvalidInput("variable filter '{name}': {value}", field="variable", params={"name": name, "value": problem.describe('the value')})
         variables[name] = value
     f = InstanceFilter(definition_key=definition_key, status=status_, business_key=business_key,
                        started_by=started_by, started_before=started_before, started_after=started_after,

@@ -35,8 +35,10 @@ def latest_definition(session: Session, key: str, version: int | None = None) ->
 
 
 def _no_definition(key: str, version: int | None) -> NotFound:
-    suffix = f" version {version}" if version else ""
-    return NotFound(f"no process definition with key '{key}'{suffix}", key=key)
+    if version:
+        return NotFound("no process definition with key '{key}' version {version}", key=key,
+                        params={"key": key, "version": version})
+    return NotFound("no process definition with key '{key}'", key=key, params={"key": key})
 
 
 def _definition_for_start(session: Session, key: str, version: int | None) -> DefinitionInfo:

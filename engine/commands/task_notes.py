@@ -50,17 +50,17 @@ def check_text(value: Any, what: str, *, max_chars: int, required: bool) -> str 
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be text", field=what)
+        raise InvalidInput("{what} must be text", field=what, params={"what": what})
     text = value.strip()
     if not text:
         if required:
-            raise InvalidInput(f"{what} is empty; write at least one character", field=what)
+            raise InvalidInput("{what} is empty; write at least one character", field=what, params={"what": what})
         return None
     if len(text) > max_chars:
-        raise InvalidInput(f"{what} is {len(text)} characters long; at most {max_chars} are allowed", field=what)
+        raise InvalidInput("{what} is {text_count} characters long; at most {max_chars} are allowed", field=what, params={"what": what, "text_count": len(text), "max_chars": max_chars})
     for ch in text:
         if ch not in _ALLOWED_CONTROLS and unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co"):
-            raise InvalidInput(f"{what} holds the control character U+{ord(ch):04X}; use plain text", field=what)
+            raise InvalidInput("{what} holds the control character U+{ch:04X}; use plain text", field=what, params={"what": what, "ch": ord(ch)})
     return text
 
 
@@ -73,12 +73,17 @@ def _open_task(session: Session, actor: Actor, task_id: str, doing: str) -> tupl
     task = visible_task(session, actor, task_id)
     instance = session.get(InstanceRow, task.instance_id)
     if instance is None:  # the task row references it; only a concurrent delete could get here
-        raise StaleInstance(f"process instance {task.instance_id} is gone", instance_id=task.instance_id)
+        raise StaleInstance("process instance {instance_id} is gone", instance_id=task.instance_id, params={"instance_id": task.instance_id})
     seen_seq = instance.audit_seq or 0
     state = session.scalar(select(TaskRow.state).where(TaskRow.id == task_id))
+    if state != "open" and doing == "commenting":
+        raise Conflict("task '{name}' is {state}: its comments and attachments stay readable, but "
+                       "commenting is only possible while it is open", task_id=task_id, state=state,
+                       params={"name": task.name, "state": state})
     if state != "open":
-        raise Conflict(f"task '{task.name}' is {state}: its comments and attachments stay readable, but "
-                       f"{doing} is only possible while it is open", task_id=task_id, state=state)
+        raise Conflict("task '{name}' is {state}: its comments and attachments stay readable, but "
+                       "attaching a file is only possible while it is open", task_id=task_id, state=state,
+                       params={"name": task.name, "state": state})
     return task, instance, seen_seq
 
 

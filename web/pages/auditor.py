@@ -153,7 +153,7 @@ def _variable_value(raw: str) -> Any:
         return raw
     problem = limits.find_problem(value, max_depth=1)
     if problem is not None:
-        raise InvalidInput(problem.describe("the value"), field="variable")
+        raise InvalidInput("variable filter: {problem}", field="variable", params={"problem": problem.describe("the value")})
     return value
 
 
@@ -353,7 +353,7 @@ def instance_attachment(request: Request, actor: PageActorDep, instance_id: str,
     with request.app.state.db.read() as s:
         row = get_attachment(s, actor, attachment_id[:64])
         if row.instance_id != instance_id:
-            raise NotFound(f"attachment {attachment_id[:64]} not found", attachment_id=attachment_id[:64])
+            raise NotFound("attachment {value} not found", attachment_id=attachment_id[:64], params={"value": attachment_id[:64]})
         return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
 
@@ -411,7 +411,7 @@ def audit_export(request: Request, found: PageSessionDep) -> Response:
         raise InvalidInput("format must be csv or jsonl", field="format")
     if errors:
         field_name, message = next(iter(errors.items()))
-        raise InvalidInput(f"{field_name}: {message}", field=field_name)
+        raise InvalidInput("{field_name}: {message}", field=field_name, params={"field_name": field_name, "message": message})
     return export_response(request.app.state.db, actor, f, fmt)
 
 

@@ -77,7 +77,7 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
     sent = [f for f in files or [] if f.filename]
     names = [str(f.filename) for f in sent]
     if len(sent) > MAX_FILES:
-        return _refused(request, names, InvalidDefinition(f"upload at most {MAX_FILES} files at once"))
+        return _refused(request, names, InvalidDefinition("upload at most {max_files} files at once", params={"max_files": MAX_FILES}))
     uploads: list[UploadedFile] = []
     try:
         for f in sent:
@@ -92,7 +92,7 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
 async def _read(f: UploadFile, limit: int) -> UploadedFile:
     data = await f.read(limit + 1)
     if len(data) > limit:
-        raise InvalidDefinition(f"{f.filename} is larger than {limit} bytes", file=f.filename)
+        raise InvalidDefinition("{filename} is larger than {limit} bytes", file=f.filename, params={"filename": f.filename, "limit": limit})
     return UploadedFile(f.filename or "upload.bpmn", data)
 
 
@@ -161,7 +161,7 @@ def procedure(request: Request, actor: PageActorDep, key: Key,
     with request.app.state.db.read() as s:
         page = list_definitions(s, key=key, latest=False, paging=Paging.parse(limit=100, cursor=cursor))
         if not page.items and not cursor:
-            raise NotFound(f"no process definition with key '{key}'", key=key)
+            raise NotFound("no process definition with key '{key}'", key=key, params={"key": key})
         deployments = deployments_of(s, {d.deployment_id for d in page.items})
         latest = latest_definition(s, key)
     return render(request, "designer/procedure.html", {
@@ -280,7 +280,7 @@ async def deploy_from_modeler(request: Request, actor: PageActorDep, _csrf: Csrf
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            return _json_refusal(InvalidDefinition(f"the diagram is larger than {limit} bytes"))
+            return _json_refusal(InvalidDefinition("the diagram is larger than {limit} bytes", params={"limit": limit}))
     try:
         result = request.app.state.db.command(lambda s: deploy_edited(
             s, key=key, data=bytes(body), actor=actor, settings=settings))
