@@ -54,7 +54,23 @@ class SopflowError(Exception):
         return f"{self.message} ({where})"
 
 
-def N_(text: str) -> str:
+class Phrase(str):
+    """A translatable piece of a message, given as a param (``Phrase("due date")``,
+    ``Phrase("task '{name}'", name=...)``): a ``str`` holding the English text, which also keeps
+    its ``template`` and ``params`` so that the web pages translate it with the message around it.
+    Like a message, its template is a string literal (extracted by ``make messages``)."""
+
+    template: str
+    params: dict[str, Any]
+
+    def __new__(cls, template: str, **params: Any) -> Phrase:
+        text = super().__new__(cls, template.format(**params))
+        text.template = template
+        text.params = params
+        return text
+
+
+def reason(text: str) -> str:
     """Mark a literal as a message id for ``make messages`` (a refusal's per-field reason); returns it as is."""
     return text
 

@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from engine import templates
-from engine.errors import N_, InvalidInput, ScriptError
+from engine.errors import InvalidInput, ScriptError, reason
 from engine.evaluator import EvaluatorUnavailable
 from engine.sandbox import ScriptBudgetExceeded
 
@@ -106,32 +106,32 @@ def check_writes(what: str, form: dict[str, Any] | None, writes: list[str] | Non
         return
     listed = ", ".join(f"'{n}'" for n in unknown)
     if form and allowed:
-        reason = N_("is not a field of this form")
+        why = reason("is not a field of this form")
         raise InvalidInput("{what}: the form has no field {listed}; it accepts {accepts}", field=unknown[0],
-                           errors={n: reason for n in unknown},
+                           errors={n: why for n in unknown},
                            params={"what": what, "listed": listed, "accepts": ", ".join(sorted(allowed))})
     if form:
-        reason = N_("is not a field of this form")
+        why = reason("is not a field of this form")
         raise InvalidInput("{what}: the form has no field {listed}; it accepts nothing", field=unknown[0],
-                           errors={n: reason for n in unknown}, params={"what": what, "listed": listed})
-    reason = N_("this step accepts no such variable")
+                           errors={n: why for n in unknown}, params={"what": what, "listed": listed})
+    why = reason("this step accepts no such variable")
     params = {"what": what, "listed": listed, "form_key": form_key, "allowed": ", ".join(sorted(allowed))}
     if form_key and allowed:
         raise InvalidInput("{what} has no form (its form key '{form_key}' names no form in the forms folder), "
                            "so it accepts no variables other than {allowed}; {listed} given. "
                            "A designer can allow names with the property writes (names separated by commas, or *)",
-                           field=unknown[0], errors={n: reason for n in unknown}, params=params)
+                           field=unknown[0], errors={n: why for n in unknown}, params=params)
     if form_key:
         raise InvalidInput("{what} has no form (its form key '{form_key}' names no form in the forms folder), "
                            "so it accepts no variables; {listed} given. "
                            "A designer can allow names with the property writes (names separated by commas, or *)",
-                           field=unknown[0], errors={n: reason for n in unknown}, params=params)
+                           field=unknown[0], errors={n: why for n in unknown}, params=params)
     if allowed:
         raise InvalidInput("{what} has no form, so it accepts no variables other than {allowed}; {listed} given. "
-                           "A designer can allow names with the property writes (names separated by commas, or *)", field=unknown[0], errors={n: reason for n in unknown}, params=params)
+                           "A designer can allow names with the property writes (names separated by commas, or *)", field=unknown[0], errors={n: why for n in unknown}, params=params)
     raise InvalidInput("{what} has no form, so it accepts no variables; {listed} given. "
                            "A designer can allow names with the property writes (names separated by commas, or *)",
-                       field=unknown[0], errors={n: reason for n in unknown}, params=params)
+                       field=unknown[0], errors={n: why for n in unknown}, params=params)
 
 
 def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser, SpiffProcessPars
 
 from engine import clock, external, sandbox, xmlsafe
 from engine.config import Settings
-from engine.errors import InvalidDefinition
+from engine.errors import InvalidDefinition, Phrase
 from engine.message_events import adopt_camunda_messages
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -443,8 +443,8 @@ def _check_dmn(name: str, root: etree._Element) -> None:
             expressions = _dmn_children(column, "inputExpression")
             text, source = _dmn_text(expressions[0]) if expressions else (column, "")
             if not source.strip():
-                raise refuse(text, "input expression", source, ValueError("it is empty"))
-            compile_or_refuse(text, "input expression", source, source.strip())
+                raise refuse(text, Phrase("input expression"), source, ValueError("it is empty"))
+            compile_or_refuse(text, Phrase("input expression"), source, source.strip())
             inputs.append(source.strip())
         for rule in _dmn_children(table, "rule"):
             for column_source, entry in zip(inputs, _dmn_children(rule, "inputEntry"), strict=False):
@@ -454,18 +454,18 @@ def _check_dmn(name: str, root: etree._Element) -> None:
                     continue  # any value matches
                 placeholder = _DMN_PLACEHOLDER.sub("dmninputexpr", source)
                 if "dmninputexpr" in placeholder:
-                    compile_or_refuse(text, "input entry", source, placeholder)
+                    compile_or_refuse(text, Phrase("input entry"), source, placeholder)
                     continue
                 try:
                     sandbox.check(source, "eval")
-                    compile_or_refuse(text, "input entry", source, f"({column_source}) == ({source})")
+                    compile_or_refuse(text, Phrase("input entry"), source, f"({column_source}) == ({source})")
                 except sandbox.ScriptRefused:
-                    compile_or_refuse(text, "input entry", source, f"{column_source} {source}")
+                    compile_or_refuse(text, Phrase("input entry"), source, f"{column_source} {source}")
                     text.text = f" {source}"
             for entry in _dmn_children(rule, "outputEntry"):
                 text, source = _dmn_text(entry)
                 if source.strip():
-                    compile_or_refuse(text, "output entry", source, source.strip())
+                    compile_or_refuse(text, Phrase("output entry"), source, source.strip())
 
 
 def _check_task_expression(meta: UserTaskMeta, attr: str, text: str, file_name: str | None,
@@ -567,7 +567,7 @@ def _check_timer_literals(name: str, root: etree._Element) -> None:
             raise InvalidDefinition(
                 "{name}: timer '{element}' has the value {value!r}, which is not an ISO 8601 "
                 "{value2} "
-                "SpiffWorkflow can schedule", file=name, element_id=_owner_id(el), line=_line(el), params={"name": name, "element": _owner_id(el), "value": value[:60], "value2": 'duration' if kind == 'timeDuration' else 'date' if kind == 'timeDate' else 'cycle'},
+                "SpiffWorkflow can schedule", file=name, element_id=_owner_id(el), line=_line(el), params={"name": name, "element": _owner_id(el), "value": value[:60], "value2": Phrase("duration") if kind == "timeDuration" else Phrase("date") if kind == "timeDate" else Phrase("cycle")},
             ) from None
         if far and (kind != "timeDate" or due > now):  # a date in the past fires at once; that is fine
             raise InvalidDefinition(
@@ -786,20 +786,20 @@ def _call_mappings(name: str, root: etree._Element) -> dict[str, dict[str, Any]]
                     entry[kind].append({"all": True})
                     continue
                 target, source, expression = m.get("target"), m.get("source"), m.get("sourceExpression")
-                problem = None
+                problem: Phrase | None = None
                 if not target or not target.isidentifier() or target.startswith("_"):
-                    problem = f"needs a target that is a variable name (got '{target}')"
+                    problem = Phrase("needs a target that is a variable name (got '{target}')", target=target)
                 elif expression is not None:
                     text = expression.strip()
                     if not (text.startswith("${") and text.endswith("}")):
-                        problem = "has a sourceExpression that is not ${...}"
+                        problem = Phrase("has a sourceExpression that is not ${{...}}")
                     else:
                         try:
                             sandbox.check(text[2:-1], "eval")
                         except sandbox.ScriptRefused as exc:
-                            problem = f"has an invalid sourceExpression: {exc}"
+                            problem = Phrase("has an invalid sourceExpression: {exc}", exc=exc)
                 elif not source:
-                    problem = "needs source, sourceExpression or variables=\"all\""
+                    problem = Phrase("needs source, sourceExpression or variables=\"all\"")
                 if problem:
                     raise InvalidDefinition("{name}: camunda:{kind} of call activity '{value}' {problem}",
                                             file=name, element_id=call.get("id"), line=_line(m), params={"name": name, "kind": kind, "value": call.get('id'), "problem": problem})

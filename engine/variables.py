@@ -60,7 +60,7 @@ from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
 
 from engine import audit
-from engine.errors import ScriptError
+from engine.errors import Phrase, ScriptError
 
 PVARS = "_pvars"  # key of the process variables in the top workflow's data
 LOCALS = "_sopflow_locals"  # key of a task's local variables in its internal data
@@ -334,7 +334,7 @@ def _commit(task: Task, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
         context = {**view(task), **task.data}
         for param in outputs:
             name = param["name"]
-            value = evaluate(task, param["value"], context, f"output parameter '{name}'")
+            value = evaluate(task, param["value"], context, Phrase("output parameter '{name}'", name=name))
             scope = target(name)
             if scope.get(name, object()) != value:
                 changes[name] = {"from": scope.get(name), "to": value}

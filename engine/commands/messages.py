@@ -41,7 +41,7 @@ from engine.commands import unit
 from engine.commands.instances import begin
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptError, StaleInstance
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, Phrase, ScriptError, StaleInstance
 from engine.message_events import correlation_matches, event_correlations, same_json
 from engine.queries import instance_scope
 from engine.store.models import DefinitionRow, InstanceRow, SubscriptionRow
@@ -319,7 +319,8 @@ def take_thrown(session: Session, loaded: unit.Loaded, actor: Actor) -> list[Out
         to = [i for i in _find_thrown_targets(session, name, correlations) if i != loaded.row.id]
         starts = [] if to else [d.id for d in _start_candidates(session, name)]
         if len(to) > 1 or len(starts) > 1:
-            what = f"{len(to)} waiting instances" if to else f"{len(starts)} processes that start with it"
+            what = (Phrase("{count} waiting instances", count=len(to)) if to
+                    else Phrase("{count} processes that start with it", count=len(starts)))
             raise ScriptError("message '{name}' thrown by instance {id} matches {what}; give the "
                               "message correlation properties so that it reaches exactly one",
                               message_name=name, params={"name": name, "id": loaded.row.id, "what": what})

@@ -19,7 +19,7 @@ from engine.audit import Event
 from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleInstance
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, Phrase, StaleInstance
 from engine.projections import set_offered
 from engine.store.db import rowcount
 from engine.store.models import InstanceRecord, InstanceRow, TaskRow
@@ -170,7 +170,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     loaded = unit.load(session, row.instance_id)
     meta = loaded.definition.user_tasks.get(row.meta_key) or {}
     form = forms.form_for(row.form_key, meta.get("form_fields"))
-    data = forms.check_submission(f"task '{row.name}'", form, meta.get("form_fields"), meta.get("writes"), data,
+    data = forms.check_submission(Phrase("task '{name}'", name=row.name), form, meta.get("form_fields"), meta.get("writes"), data,
                                   form_key=row.form_key)
     task = unit.find_task(loaded.workflow, UUID(task_id))
     if task is None or task.state != TaskState.READY or not task.task_spec.manual:

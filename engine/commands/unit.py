@@ -40,7 +40,7 @@ from engine.actor import Actor
 from engine.audit import Event
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, InvalidInput, NotFound, ScriptError, SopflowError, StaleInstance
+from engine.errors import Conflict, InvalidInput, NotFound, Phrase, ScriptError, SopflowError, StaleInstance
 from engine.execution import BudgetExceeded, EngineBudget, run_engine
 from engine.sandbox import ScriptBudgetExceeded, ScriptRefused, ScriptResultError
 from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_state, load_state
@@ -386,8 +386,9 @@ def check_task_data(tasks: Any) -> None:
         problem = limits.find_problem_in_variables(task.data)
         if problem is not None:
             element = getattr(task.task_spec, "bpmn_id", None) or task.task_spec.name
-            raise ScriptError("element '{element}' left data that cannot be stored: "
-                              "{value}", element_id=element, variable=problem.path, params={"element": element, "value": problem.describe('the variable')})
+            what = Phrase("the variable")
+            raise ScriptError("element '{element}' left data that cannot be stored: {value}", element_id=element,
+                              variable=problem.path, params={"element": element, "value": problem.describe(what)})
 
 
 def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
