@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from engine import audit, clock
 from engine.actor import Actor
 from engine.audit import Event
-from engine.errors import Conflict, InvalidInput, NotFound
+from engine.errors import Conflict, InvalidInput, NotFound, Phrase
 from engine.store.db import rowcount
 from engine.store.models import ApiTokenRow, GroupRow, MembershipRow, UserRow
 
@@ -63,10 +63,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# What a name is called in a refusal, by field (a Phrase: translated on the pages).
+_NAME_LABELS = {"name": Phrase("name"), "group": Phrase("group")}
+
+
 def _check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise InvalidInput("{what} '{value}' is not valid: use letters, digits, '.', '_', '@' or '-' "
-                           "(at most 100 characters)", field=what, params={"what": what, "value": value})
+                           "(at most 100 characters)", field=what,
+                           params={"what": _NAME_LABELS.get(what, what), "value": value})
     return value
 
 

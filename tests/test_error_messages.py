@@ -153,3 +153,14 @@ def test_error_text_translates_the_template_and_its_phrases_but_not_outside_text
     assert i18n.error_text(outside, "zh-Hans") == "流程图被拒绝：bad thing"
     unknown = InvalidInput("no such template {x}", params={"x": 1})
     assert i18n.error_text(unknown, "zh-Hans") == "no such template 1"
+
+
+def test_errors_po_agrees_with_the_page_catalogs_on_shared_msgids() -> None:
+    """The catalogs are merged into one: a msgid in errors.po and a page's catalog (e.g. "priority")
+    must read the same in both, or one page would silently change."""
+    catalogs = i18n.catalogs()
+    errors = next(catalog for path, catalog in catalogs if path.name == "errors.po")
+    clashes = [f"{path.name}: {message.id!r}" for path, catalog in catalogs if path.name != "errors.po"
+               for message in catalog if message.id and message.id in errors
+               and errors[message.id].string != message.string]
+    assert not clashes
