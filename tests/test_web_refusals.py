@@ -97,6 +97,10 @@ def test_attachments_too_large_or_of_a_refused_type(sqlite_db, clock):
     fake = rita.post(f"/tasks/{task_id}/attachments", files={"file": ("evil.pdf", b"MZ\x90\x00", "application/pdf")})
     assert fake.status_code == 415
     assert "“evil.pdf”的内容与其 .pdf 扩展名不符；可接受：" in text_of(fake.text)
+    blank = rita.post(f"/tasks/{task_id}/comments", {"message": "   "})
+    assert blank.status_code == 422 and "评论内容为空；请至少写一个字符" in text_of(blank.text)
+    assert "message is empty; write at least one character" in text_of(
+        rita_en.post(f"/tasks/{task_id}/comments", {"message": "   "}).text)
     english = rita_en.post(f"/tasks/{task_id}/attachments", files={"file": ("evil.pdf", b"MZ\x90\x00", "x/y")})
     assert "the content of 'evil.pdf' does not match its .pdf extension; accepted:" in text_of(english.text)
 
@@ -145,6 +149,10 @@ def test_a_form_sent_for_a_task_that_is_already_completed(web1):
     english = rita_en.post(f"/tasks/{task_id}/complete", values)
     assert english.status_code == 409
     assert "task 'Submit the purchase request' is already completed" in text_of(english.text)
+    closed = rita.post(f"/tasks/{task_id}/comments", {"message": "还有一件事"})
+    assert closed.status_code == 409
+    assert "任务“Submit the purchase request”的状态是 completed：其评论和附件仍可查看，但只有在任务未完成时才能发表评论" \
+        in text_of(closed.text)
 
 
 def test_a_bad_filter_on_the_auditor_search(web1):

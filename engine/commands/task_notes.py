@@ -30,7 +30,7 @@ from engine.audit import Event
 from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, InvalidInput, StaleInstance
+from engine.errors import Conflict, InvalidInput, Phrase, StaleInstance
 from engine.ids import time_ordered_id
 from engine.queries import visible_task
 from engine.store.models import AttachmentRow, CommentRow, InstanceRow, TaskRow
@@ -40,6 +40,10 @@ MAX_DESCRIPTION_CHARS = 1000
 _ALLOWED_CONTROLS = {"\n", "\r", "\t"}
 
 
+# How a field is called in a refusal (a Phrase: translated on the pages; English = the field's id).
+_FIELD_LABELS = {"message": Phrase("message"), "description": Phrase("description")}
+
+
 def check_text(value: Any, what: str, *, max_chars: int, required: bool) -> str | None:
     """Plain text as stored: trimmed, 1..``max_chars`` characters (or None when not ``required`` and blank).
 
@@ -47,20 +51,23 @@ def check_text(value: Any, what: str, *, max_chars: int, required: bool) -> str 
     text over the limit, and control, format or surrogate characters other than line
     breaks and tabs (nothing can hide in a comment the way a bidi override hides text).
     """
+    field, what = what, _FIELD_LABELS.get(what, what)
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise InvalidInput("{what} must be text", field=what, params={"what": what})
+        raise InvalidInput("{what} must be text", field=field, params={"what": what})
     text = value.strip()
     if not text:
         if required:
-            raise InvalidInput("{what} is empty; write at least one character", field=what, params={"what": what})
+            raise InvalidInput("{what} is empty; write at least one character", field=field, params={"what": what})
         return None
     if len(text) > max_chars:
-        raise InvalidInput("{what} is {text_count} characters long; at most {max_chars} are allowed", field=what, params={"what": what, "text_count": len(text), "max_chars": max_chars})
+        raise InvalidInput("{what} is {length} characters long; at most {max_chars} are allowed", field=field,
+                           params={"what": what, "length": len(text), "max_chars": max_chars})
     for ch in text:
         if ch not in _ALLOWED_CONTROLS and unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co"):
-            raise InvalidInput("{what} holds the control character U+{ch:04X}; use plain text", field=what, params={"what": what, "ch": ord(ch)})
+            raise InvalidInput("{what} holds the control character U+{ch:04X}; use plain text", field=field,
+                               params={"what": what, "ch": ord(ch)})
     return text
 
 
