@@ -291,7 +291,8 @@ def _where(error: BudgetExceeded, tb: TracebackType | None) -> BudgetExceeded:
     if task is None:
         return error
     element = task.task_spec.bpmn_id
-    return BudgetExceeded("{message} (while running element '{element}')", element_id=element, params={"message": error.message, "element": element})
+    return BudgetExceeded("{message} (while running element '{element}')", element_id=element,
+                          params={"message": Phrase(error.template, **error.params), "element": element})
 
 
 @contextmanager
