@@ -252,7 +252,8 @@ class EngineBudget:
         if self.steps > self.max_steps:
             self._fail(BudgetExceeded(
                 "the instance ran {max_steps} engine steps in one command without reaching a wait "
-                "state; it looks like an endless loop (last element '{element}')", element_id=element, params={"max_steps": self.max_steps, "element": element}))
+                "state; it looks like an endless loop (last element '{element}')", element_id=element,
+                params={"max_steps": self.max_steps, "element": element}))
         self.tick(task)
 
     def tick(self, task: Task | None = None) -> None:

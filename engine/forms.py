@@ -128,7 +128,8 @@ def check_writes(what: str, form: dict[str, Any] | None, writes: list[str] | Non
                            field=unknown[0], errors={n: why for n in unknown}, params=params)
     if allowed:
         raise InvalidInput("{what} has no form, so it accepts no variables other than {allowed}; {listed} given. "
-                           "A designer can allow names with the property writes (names separated by commas, or *)", field=unknown[0], errors={n: why for n in unknown}, params=params)
+                           "A designer can allow names with the property writes (names separated by commas, or *)", field=unknown[0], errors={n: why for n in unknown},
+                           params=params)
     raise InvalidInput("{what} has no form, so it accepts no variables; {listed} given. "
                            "A designer can allow names with the property writes (names separated by commas, or *)",
                        field=unknown[0], errors={n: why for n in unknown}, params=params)
@@ -141,7 +142,8 @@ def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
     try:
         validator = Draft202012Validator(form["schema"])
     except SchemaError as exc:  # a broken form file is the operator's problem, reported plainly
-        raise InvalidInput("the task's form schema is invalid: {message}", params={"message": exc.message}) from None
+        raise InvalidInput("the task's form schema is invalid: {message}",
+                           params={"message": exc.message}) from None
     errors: dict[str, str] = {}
     for err in sorted(validator.iter_errors(variables), key=lambda e: list(e.path)):
         if err.validator == "required":
@@ -205,7 +207,8 @@ def render_sop(text: str | None, variables: dict[str, Any], element_id: str | No
     try:
         return templates.render(text, {k: v for k, v in variables.items() if k.isidentifier()})
     except ScriptBudgetExceeded as exc:
-        raise ScriptError("user task '{element_id}': its SOP text {exc}", element_id=element_id, params={"element_id": element_id, "exc": exc}) from None
+        raise ScriptError("user task '{element_id}': its SOP text {exc}", element_id=element_id,
+                          params={"element_id": element_id, "exc": exc}) from None
     except EvaluatorUnavailable:
         raise
     except Exception:  # noqa: BLE001 - a template or data error: the text as written is still useful

@@ -171,7 +171,8 @@ def set_role(session: Session, *, name: str, role: str, actor: Actor) -> UserVie
     if user.role == "admin":
         admins = session.scalar(select(func.count()).select_from(UserRow).where(UserRow.role == "admin")) or 0
         if admins <= 1:
-            raise Conflict("'{name}' is the only admin; make another user admin first", name=name, params={"name": name})
+            raise Conflict("'{name}' is the only admin; make another user admin first", name=name,
+                           params={"name": name})
     previous, user.role = user.role, role
     session.flush()
     audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.role_changed", actor.name, {
@@ -340,7 +341,8 @@ def set_preferences(session: Session, *, name: str, locale: str | None, time_zon
     from zoneinfo import available_timezones
 
     if locale is not None and locale not in LOCALES:
-        raise InvalidInput("language must be one of {locales}", field="locale", params={"locales": ', '.join(LOCALES)})
+        raise InvalidInput("language must be one of {locales}", field="locale",
+                           params={"locales": ', '.join(LOCALES)})
     if time_zone is not None and time_zone not in available_timezones():
         raise InvalidInput("'{value}' is not a known time zone (e.g. Europe/Berlin, Asia/Shanghai)",
                            field="time_zone", params={"value": time_zone[:64]})

@@ -208,11 +208,13 @@ def _camunda_loops(name: str, root: etree._Element) -> None:
                         "{name}: multi-instance element '{owner}' has camunda:{attribute}=\"{raw}\" (the list to "
                         "run once per item); sopflow reads it as a process variable name, e.g. "
                         "camunda:{attribute}=\"approvers\" or \"${{approvers}}\"; compute any other list into a "
-                        "variable in an earlier step", file=name, element_id=owner, line=_line(loop), params=params)
+                        "variable in an earlier step", file=name, element_id=owner, line=_line(loop),
+                        params=params)
                 raise InvalidDefinition(
                     "{name}: multi-instance element '{owner}' has camunda:{attribute}=\"{raw}\" (the name each "
                     "instance sees its item under); sopflow reads it as a process variable name, e.g. "
-                    "camunda:{attribute}=\"approvers\"", file=name, element_id=owner, line=_line(loop), params=params)
+                    "camunda:{attribute}=\"approvers\"", file=name, element_id=owner, line=_line(loop),
+                    params=params)
 
 
 class SopflowSpiffParser(SpiffBpmnParser):
@@ -355,12 +357,14 @@ def _check_expressions(name: str, root: etree._Element) -> None:
             raise InvalidDefinition(
                 "{name}: timer '{element}' has the bare value {text}; timer expressions are Python, "
                 'so write it quoted, e.g. "PT24H"',
-                file=name, element_id=_owner_id(el), line=_line(el), params={"name": name, "element": _owner_id(el), "text": text},
+                file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el), "text": text},
             )
         if mode == "eval" and not source.strip():
             raise InvalidDefinition(
                 "{name}: empty expression in element '{element}'",
-                file=name, element_id=_owner_id(el), line=_line(el), params={"name": name, "element": _owner_id(el)},
+                file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el)},
             )
         try:
             sandbox.check(source.strip() if mode == "eval" else source, mode)
@@ -369,7 +373,8 @@ def _check_expressions(name: str, root: etree._Element) -> None:
             line = start + (exc.line - 1 if exc.line else 0) if start else None
             raise InvalidDefinition(
                 "{name}: element '{element}' has an invalid script or expression: {exc}",
-                file=name, element_id=_owner_id(el), line=line, params={"name": name, "element": _owner_id(el), "exc": exc},
+                file=name, element_id=_owner_id(el), line=line,
+                params={"name": name, "element": _owner_id(el), "exc": exc},
             ) from None
 
 
@@ -397,7 +402,8 @@ def _check_templates(name: str, root: etree._Element) -> None:
         line = start + (offset - 1 if offset else 0) if start else None
         raise InvalidDefinition(
             "{name}: the SOP text of '{element}' cannot be used: {message}",
-            file=name, element_id=_owner_id(el), line=line, params={"name": name, "element": _owner_id(el), "message": message},
+            file=name, element_id=_owner_id(el), line=line,
+            params={"name": name, "element": _owner_id(el), "message": message},
         )
 
 
@@ -428,7 +434,8 @@ def _check_dmn(name: str, root: etree._Element) -> None:
     def refuse(el: etree._Element, what: str, source: str, exc: Exception) -> InvalidDefinition:
         return InvalidDefinition(
             "{name}: {what} '{value}' of '{element}' is not a valid expression: {exc}",
-            file=name, element_id=_owner_id(el), line=_line(el), params={"name": name, "what": what, "value": source.strip(), "element": _owner_id(el), "exc": exc},
+            file=name, element_id=_owner_id(el), line=_line(el),
+            params={"name": name, "what": what, "value": source.strip(), "element": _owner_id(el), "exc": exc},
         )
 
     def compile_or_refuse(el: etree._Element, what: str, source: str, expression: str) -> None:
@@ -478,7 +485,8 @@ def _check_task_expression(meta: UserTaskMeta, attr: str, text: str, file_name: 
     except sandbox.ScriptRefused as exc:
         raise InvalidDefinition(
             "user task '{element_id}': {attr} expression is invalid: {exc}",
-            file=file_name, element_id=meta.element_id, line=line, params={"element_id": meta.element_id, "attr": attr, "exc": exc},
+            file=file_name, element_id=meta.element_id, line=line,
+            params={"element_id": meta.element_id, "attr": attr, "exc": exc},
         ) from None
     return True
 
@@ -496,7 +504,8 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
             if not _ISO_DURATION.match(text):
                 raise InvalidDefinition(
                     "user task '{element_id}': {attr} '{text}' is not an ISO 8601 duration",
-                    file=file_name, element_id=meta.element_id, line=line, params={"element_id": meta.element_id, "attr": attr, "text": text},
+                    file=file_name, element_id=meta.element_id, line=line,
+                    params={"element_id": meta.element_id, "attr": attr, "text": text},
                 )
             _check_horizon(meta, attr, text, lambda now, t=text: duration_from(t, now), file_name, line)
         else:
@@ -506,7 +515,8 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
                 raise InvalidDefinition(
                     "user task '{element_id}': {attr} '{text}' is neither an ISO 8601 duration, "
                     "an ISO instant nor a ${{expression}}",
-                    file=file_name, element_id=meta.element_id, line=line, params={"element_id": meta.element_id, "attr": attr, "text": text},
+                    file=file_name, element_id=meta.element_id, line=line,
+                    params={"element_id": meta.element_id, "attr": attr, "text": text},
                 ) from None
             _check_horizon(meta, attr, text, lambda _now, i=instant: i if i.tzinfo else i.replace(tzinfo=UTC),
                            file_name, line)
@@ -567,12 +577,14 @@ def _check_timer_literals(name: str, root: etree._Element) -> None:
             raise InvalidDefinition(
                 "{name}: timer '{element}' has the value {value!r}, which is not an ISO 8601 "
                 "{value2} "
-                "SpiffWorkflow can schedule", file=name, element_id=_owner_id(el), line=_line(el), params={"name": name, "element": _owner_id(el), "value": value[:60], "value2": Phrase("duration") if kind == "timeDuration" else Phrase("date") if kind == "timeDate" else Phrase("cycle")},
+                "SpiffWorkflow can schedule", file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el), "value": value[:60], "value2": Phrase("duration") if kind == "timeDuration" else Phrase("date") if kind == "timeDate" else Phrase("cycle")},
             ) from None
         if far and (kind != "timeDate" or due > now):  # a date in the past fires at once; that is fine
             raise InvalidDefinition(
                 "{name}: timer '{element}' is due more than 100 years from now ({value!r})",
-                file=name, element_id=_owner_id(el), line=_line(el), params={"name": name, "element": _owner_id(el), "value": value[:60]},
+                file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el), "value": value[:60]},
             )
 
 
@@ -586,7 +598,8 @@ def _check_horizon(meta: UserTaskMeta, attr: str, text: str, instant: Any, file_
     if far:
         raise InvalidDefinition(
             "user task '{element_id}': {attr} '{text}' is more than 100 years away",
-            file=file_name, element_id=meta.element_id, line=line, params={"element_id": meta.element_id, "attr": attr, "text": text},
+            file=file_name, element_id=meta.element_id, line=line,
+            params={"element_id": meta.element_id, "attr": attr, "text": text},
         )
 
 
@@ -601,7 +614,8 @@ def _check_priority(meta: UserTaskMeta, locate: _Locator) -> None:
     if not re.fullmatch(r"[+-]?\d{1,12}", text) or not low <= int(text) <= high:
         raise InvalidDefinition(
             "user task '{element_id}': priority '{value}' is not an integer between {low} and {high}",
-            file=file_name, element_id=meta.element_id, line=line, params={"element_id": meta.element_id, "value": text[:40], "low": low, "high": high},
+            file=file_name, element_id=meta.element_id, line=line,
+            params={"element_id": meta.element_id, "value": text[:40], "low": low, "high": high},
         )
 
 
@@ -673,7 +687,8 @@ def _check_writes(meta: UserTaskMeta, locate: _Locator) -> None:
             raise InvalidDefinition(
                 "user task '{element_id}': property writes names '{name}', which is not a variable name "
                 "(list names separated by commas, or write *)",
-                file=file_name, element_id=meta.element_id, line=line, params={"element_id": meta.element_id, "name": name},
+                file=file_name, element_id=meta.element_id, line=line,
+                params={"element_id": meta.element_id, "name": name},
             )
 
 
@@ -752,7 +767,8 @@ def _input_output(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
                 if not pname.isidentifier() or pname.startswith("_"):
                     raise InvalidDefinition(
                         "{name}: element '{value}' has a camunda:{tag} named '{pname}', which is not "
-                        "a variable name", file=name, element_id=element.get("id"), line=_line(param), params={"name": name, "value": element.get('id'), "tag": tag, "pname": pname})
+                        "a variable name", file=name, element_id=element.get("id"), line=_line(param),
+                        params={"name": name, "value": element.get('id'), "tag": tag, "pname": pname})
                 try:
                     value = _parameter_value(param)
                     for text in _texts(value):
@@ -762,7 +778,8 @@ def _input_output(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
                 except (ValueError, sandbox.ScriptRefused) as exc:
                     raise InvalidDefinition(
                         "{name}: camunda:{tag} '{pname}' of element '{value}' is invalid: {exc}",
-                        file=name, element_id=element.get("id"), line=_line(param), params={"name": name, "tag": tag, "pname": pname, "value": element.get('id'), "exc": exc}) from None
+                        file=name, element_id=element.get("id"), line=_line(param),
+                        params={"name": name, "tag": tag, "pname": pname, "value": element.get('id'), "exc": exc}) from None
                 entry[kind].append({"name": pname, "value": value})
         found[f"{scope.get('id')}/{element.get('id')}"] = entry
     return found
@@ -802,7 +819,8 @@ def _call_mappings(name: str, root: etree._Element) -> dict[str, dict[str, Any]]
                     problem = Phrase("needs source, sourceExpression or variables=\"all\"")
                 if problem:
                     raise InvalidDefinition("{name}: camunda:{kind} of call activity '{value}' {problem}",
-                                            file=name, element_id=call.get("id"), line=_line(m), params={"name": name, "kind": kind, "value": call.get('id'), "problem": problem})
+                                            file=name, element_id=call.get("id"), line=_line(m),
+                                            params={"name": name, "kind": kind, "value": call.get('id'), "problem": problem})
                 entry[kind].append({"target": target, "source": source, "expression": expression})
         found[f"{scope.get('id')}/{call.get('id')}"] = entry
     return found
@@ -827,14 +845,16 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
     trees: dict[str, etree._Element] = {}
     for f in files:
         if not f.name.lower().endswith((".bpmn", ".dmn", ".xml")):
-            raise InvalidDefinition("{name}: only .bpmn and .dmn files can be deployed", file=f.name, params={"name": f.name})
+            raise InvalidDefinition("{name}: only .bpmn and .dmn files can be deployed", file=f.name,
+                                    params={"name": f.name})
         trees[f.name] = xmlsafe.parse(f.data, f.name, max_bytes=settings.max_upload_bytes,
                                       max_depth=settings.max_xml_depth)
     bpmn = {n: r for n, r in trees.items() if not _is_dmn(r)}
     dmn = {n: r for n, r in trees.items() if _is_dmn(r)}
     for name, root in bpmn.items():
         if etree.QName(root).namespace != BPMN_NS or etree.QName(root).localname != "definitions":
-            raise InvalidDefinition("{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root), params={"name": name})
+            raise InvalidDefinition("{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root),
+                                    params={"name": name})
         _check_expressions(name, root)
         _check_timer_literals(name, root)
         _check_templates(name, root)
@@ -906,11 +926,13 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
         file_name, line = locate.find(exc.id or None, exc.file_name or None)
         raise InvalidDefinition(
             "{value}: {exc}", file=exc.file_name or file_name,
-            element_id=exc.id or None, line=line, params={"value": exc.file_name or file_name or 'upload', "exc": exc},
+            element_id=exc.id or None, line=line,
+            params={"value": exc.file_name or file_name or 'upload', "exc": exc},
         ) from None
     except SpiffWorkflowException as exc:
         raise InvalidDefinition("the diagram was refused: {exc}", params={"exc": exc}) from None
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
         # SpiffWorkflow's parser assumes well-formed BPMN; anything it trips on is the upload's fault
-        raise InvalidDefinition("the diagram could not be read ({exc_type}: {exc})", params={"exc_type": type(exc).__name__, "exc": exc}) from None
+        raise InvalidDefinition("the diagram could not be read ({exc_type}: {exc})",
+                                params={"exc_type": type(exc).__name__, "exc": exc}) from None
     return ParsedBundle(dialect, processes, bundle_checksum(files))

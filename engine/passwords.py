@@ -45,7 +45,8 @@ def set_password(session: Session, *, name: str, password: str, actor: Actor) ->
     ``MIN_LENGTH`` or longer than ``MAX_LENGTH`` characters.
     """
     if not isinstance(password, str) or not MIN_LENGTH <= len(password) <= MAX_LENGTH:
-        raise InvalidInput("a password needs {min_length} to {max_length} characters", field="password", params={"min_length": MIN_LENGTH, "max_length": MAX_LENGTH})
+        raise InvalidInput("a password needs {min_length} to {max_length} characters", field="password",
+                           params={"min_length": MIN_LENGTH, "max_length": MAX_LENGTH})
     user = session.scalar(select(UserRow).where(UserRow.name == name))
     if user is None:
         raise NotFound("user '{name}' not found", name=name, params={"name": name})

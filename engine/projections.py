@@ -80,7 +80,8 @@ def _evaluate(task: Task, expression: str, initiator: str | None, what: str) -> 
     except (ScriptRefused, Exception) as exc:  # noqa: BLE001 - any failure is the diagram's, reported as such
         raise ScriptError(
             "user task '{bpmn_id}': the {what} expression '{expression}' failed: {exc}",
-            element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "expression": expression, "exc": exc},
+            element_id=task.task_spec.bpmn_id,
+            params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "expression": expression, "exc": exc},
         ) from None
 
 
@@ -98,7 +99,8 @@ def _instant(value: Any, base: datetime, task: Task, what: str) -> datetime | No
     if not in_range:
         raise ScriptError(
             "user task '{bpmn_id}': {what} '{value}' is more than 100 years away "
-            "from the task's creation", element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": str(value)[:100]},
+            "from the task's creation", element_id=task.task_spec.bpmn_id,
+            params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": str(value)[:100]},
         )
     return instant
 
@@ -121,7 +123,8 @@ def _parse_instant(value: Any, base: datetime, task: Task, what: str) -> datetim
     except (ValueError, TypeError):
         raise ScriptError(
             "user task '{bpmn_id}': {what} '{text}' is not an ISO 8601 duration or instant",
-            element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "text": text},
+            element_id=task.task_spec.bpmn_id,
+            params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "text": text},
         ) from None
 
 
@@ -152,7 +155,8 @@ def _checked_names(names: list[str], task: Task, what: str, limit: int) -> list[
             why = (Phrase("is longer than {limit} characters", limit=limit) if len(name) > limit
                    else Phrase("is not valid Unicode text (it holds a lone surrogate)"))
             raise ScriptError("user task '{bpmn_id}': the {what} {value!r} {why}",
-                              element_id=task.task_spec.bpmn_id, params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": name[:60], "why": why})
+                              element_id=task.task_spec.bpmn_id,
+                              params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": name[:60], "why": why})
     return names
 
 
@@ -181,10 +185,12 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
     except (TypeError, ValueError, OverflowError):
         raise ScriptError("user task '{element_id}': priority '{value}' is not a number",
-                          element_id=meta.element_id, params={"element_id": meta.element_id, "value": str(priority_raw)[:100]}) from None
+                          element_id=meta.element_id,
+                          params={"element_id": meta.element_id, "value": str(priority_raw)[:100]}) from None
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise ScriptError("user task '{element_id}': priority {value} is outside "
-                          "{priority_min}..{priority_max} (a 32-bit integer)", element_id=meta.element_id, params={"element_id": meta.element_id, "value": str(priority)[:40], "priority_min": PRIORITY_MIN, "priority_max": PRIORITY_MAX})
+                          "{priority_min}..{priority_max} (a 32-bit integer)", element_id=meta.element_id,
+                          params={"element_id": meta.element_id, "value": str(priority)[:40], "priority_min": PRIORITY_MIN, "priority_max": PRIORITY_MAX})
     due_at, at_risk_at = sla.due_and_at_risk(
         sla.task_properties(task), _instant(_resolve(task, meta.due_date, initiator, Phrase("due date")), now, task, Phrase("due date")),
         now, at_risk_fraction, meta.element_id)

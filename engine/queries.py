@@ -82,10 +82,12 @@ class Paging:
               max_results: int | None = None) -> Paging:
         size = max_results if max_results is not None else (limit if limit is not None else 50)
         if size < 1 or size > MAX_LIMIT:
-            raise InvalidInput("limit must be between 1 and {max_limit}", field="limit", params={"max_limit": MAX_LIMIT})
+            raise InvalidInput("limit must be between 1 and {max_limit}", field="limit",
+                               params={"max_limit": MAX_LIMIT})
         offset = first_result or 0
         if offset < 0 or offset > MAX_OFFSET:
-            raise InvalidInput("first_result must be between 0 and {max_offset}", field="first_result", params={"max_offset": MAX_OFFSET})
+            raise InvalidInput("first_result must be between 0 and {max_offset}", field="first_result",
+                               params={"max_offset": MAX_OFFSET})
         if cursor:
             data = _decode_cursor(cursor)
             if "o" in data:
@@ -132,11 +134,13 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
 def _aware(value: datetime, name: str) -> datetime:
     """A filter instant in UTC; one without a time zone is refused (it would be read in some unknown zone)."""
     if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput("{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name, params={"name": name})
+        raise InvalidInput("{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name,
+                           params={"name": name})
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput("{name} is out of range once converted to UTC", field=name, params={"name": name}) from None
+        raise InvalidInput("{name} is out of range once converted to UTC", field=name,
+                           params={"name": name}) from None
 
 
 def _page(session: Session, query: Select[Any], paging: Paging, *, scalars: bool = True) -> Page:
@@ -360,7 +364,8 @@ def _keyset(f: TaskFilter, paging: Paging) -> tuple[Any, str] | None:
     sort, order, value, task_id = paging.after
     if (sort, order) != (f.sort, f.order):
         raise InvalidInput("this cursor pages tasks sorted by {sort} {order}, not by {sort2} {order2}; "
-                           "start again without a cursor", field="cursor", params={"sort": sort, "order": order, "sort2": f.sort, "order2": f.order})
+                           "start again without a cursor", field="cursor",
+                           params={"sort": sort, "order": order, "sort2": f.sort, "order2": f.order})
     refused = InvalidInput("cursor is not one this server issued (pass next_cursor from the previous page "
                            "unchanged)", field="cursor")
     if sort == "priority":
@@ -682,7 +687,8 @@ def _variable_equals(name: str, value: Any) -> Any:
         return element.as_boolean() == value
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:
-            raise InvalidInput("variable filter '{name}' compares with a number out of range", field="variable", params={"name": name})
+            raise InvalidInput("variable filter '{name}' compares with a number out of range", field="variable",
+                               params={"name": name})
         return element.as_integer() == value
     if isinstance(value, float):
         return element.as_float() == value
@@ -712,7 +718,8 @@ def list_instances(session: Session, actor: Actor, f: InstanceFilter, paging: Pa
 def visible_instance(session: Session, actor: Actor, instance_id: str) -> InstanceRow:
     row = session.scalar(select(InstanceRow).where(InstanceRow.id == instance_id, instance_scope(actor)))
     if row is None:
-        raise NotFound("process instance {instance_id} not found", instance_id=instance_id, params={"instance_id": instance_id})
+        raise NotFound("process instance {instance_id} not found", instance_id=instance_id,
+                       params={"instance_id": instance_id})
     return row
 
 
@@ -722,7 +729,8 @@ def definition_source(session: Session, definition: DefinitionRow) -> bytes:
         DeploymentResourceRow.deployment_id == definition.deployment_id,
         DeploymentResourceRow.name == definition.resource_name))
     if content is None:
-        raise NotFound("the source of {key} v{version} is not stored", key=definition.key, params={"key": definition.key, "version": definition.version})
+        raise NotFound("the source of {key} v{version} is not stored", key=definition.key,
+                       params={"key": definition.key, "version": definition.version})
     return bytes(content)
 
 
@@ -731,7 +739,8 @@ def instance_diagram(session: Session, actor: Actor, instance_id: str) -> bytes:
     instance = visible_instance(session, actor, instance_id)
     definition = session.get(DefinitionRow, instance.definition_id)
     if definition is None:
-        raise NotFound("the definition of process instance {instance_id} is gone", instance_id=instance_id, params={"instance_id": instance_id})
+        raise NotFound("the definition of process instance {instance_id} is gone", instance_id=instance_id,
+                       params={"instance_id": instance_id})
     return definition_source(session, definition)
 
 
@@ -948,7 +957,8 @@ def get_attachment(session: Session, actor: Actor, attachment_id: str, *, conten
     (:func:`visible_instance`), i.e. whoever is shown it in either list. Anything else,
     and an unknown id, raises NotFound (404) naming the attachment only.
     """
-    missing = NotFound("attachment {attachment_id} not found", attachment_id=attachment_id, params={"attachment_id": attachment_id})
+    missing = NotFound("attachment {attachment_id} not found", attachment_id=attachment_id,
+                       params={"attachment_id": attachment_id})
     row = session.scalar(select(AttachmentRow).where(AttachmentRow.id == attachment_id))
     if row is None:
         raise missing

@@ -101,7 +101,8 @@ def dump_specs(dialect: str, spec: Any, subprocess_specs: dict[str, Any],
     except (TypeError, ValueError) as exc:
         raise InvalidDefinition(
             "process '{name}' uses an element sopflow cannot store in the {dialect} dialect ({exc}); "
-            "remove or replace that element", process=spec.name, params={"name": spec.name, "dialect": dialect, "exc": exc}) from None
+            "remove or replace that element", process=spec.name,
+            params={"name": spec.name, "dialect": dialect, "exc": exc}) from None
 
 
 @dataclass(frozen=True)

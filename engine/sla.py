@@ -71,7 +71,8 @@ def due_and_at_risk(props: dict[str, str], due_at: datetime | None, now: datetim
             allowed = cal.working_time_between(now, due)
             return due, cal.add_working_time(now, allowed * fraction)
         except InvalidInput as exc:
-            raise ScriptError("user task '{element_id}': {exc}", element_id=element_id, params={"element_id": element_id, "exc": exc}) from None
+            raise ScriptError("user task '{element_id}': {exc}", element_id=element_id,
+                              params={"element_id": element_id, "exc": exc}) from None
     if due_at is None:
         return None, None
     return due_at, now + (due_at - now) * fraction
@@ -86,7 +87,8 @@ def reminder_offsets(props: dict[str, str], element_id: str) -> list[str]:
             duration_from(text, datetime(2000, 1, 1, tzinfo=UTC))
         except (ValueError, OverflowError):
             raise ScriptError("user task '{element_id}': reminder '{value}' is not an ISO 8601 duration",
-                              element_id=element_id, params={"element_id": element_id, "value": text[:40]}) from None
+                              element_id=element_id,
+                              params={"element_id": element_id, "value": text[:40]}) from None
     return found
 
 

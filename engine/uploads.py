@@ -149,7 +149,8 @@ def check_file(filename: str | None, data: bytes, *, max_bytes: int, allowed: tu
     """
     if len(data) > max_bytes:
         raise TooLarge("the file is larger than the limit of {max_bytes} bytes ({size})",
-                       field="file", limit=max_bytes, params={"max_bytes": max_bytes, "size": _mib(max_bytes)})
+                       field="file", limit=max_bytes,
+                       params={"max_bytes": max_bytes, "size": _mib(max_bytes)})
     if not data:
         raise InvalidInput("the file is empty", field="file")
     name = sanitize_filename(filename)

@@ -195,7 +195,8 @@ def evaluate(task: Task, source: Any, context: dict[str, Any], what: str) -> Any
     except Exception as exc:  # noqa: BLE001 - any failure is the diagram's, reported as such
         element = getattr(task.task_spec, "bpmn_id", None)
         raise ScriptError("element '{element}': the {what} '{value}' failed: {exc}",
-                          element_id=element, params={"element": element, "what": what, "value": source.strip(), "exc": exc}) from None
+                          element_id=element,
+                          params={"element": element, "what": what, "value": source.strip(), "exc": exc}) from None
 
 
 def locals_of(task: Task) -> dict[str, Any]:

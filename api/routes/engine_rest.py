@@ -124,16 +124,19 @@ def from_camunda(variables: Any, what: str = "variables") -> dict[str, Any]:
     if variables is None:
         return {}
     if not isinstance(variables, dict):
-        raise InvalidInput("{what} must be an object of {{name: {{value, type}}}}", field=what, params={"what": what})
+        raise InvalidInput("{what} must be an object of {{name: {{value, type}}}}", field=what,
+                           params={"what": what})
     out: dict[str, Any] = {}
     for name, typed in variables.items():
         if not isinstance(typed, dict) or "value" not in typed:
-            raise InvalidInput("variable '{name}' must be {{\"value\": ..., \"type\": ...}}", field=name, params={"name": name})
+            raise InvalidInput("variable '{name}' must be {{\"value\": ..., \"type\": ...}}", field=name,
+                               params={"name": name})
         kind = str(typed.get("type") or "").lower()
         value = typed["value"]
 
         def bad(expected: str, name: str = name, kind: str = kind) -> InvalidInput:
-            return InvalidInput("variable '{name}' of type {value} must hold {expected}", field=name, params={"name": name, "value": kind or 'untyped', "expected": expected})
+            return InvalidInput("variable '{name}' of type {value} must hold {expected}", field=name,
+                                params={"name": name, "value": kind or 'untyped', "expected": expected})
 
         if value is None or kind == "null":
             out[name] = None
@@ -170,7 +173,8 @@ def from_camunda(variables: Any, what: str = "variables") -> dict[str, Any]:
                 raise bad("JSON text") from None
         else:
             raise InvalidInput("variable '{name}' has type {value}, which sopflow does not store "
-                               "(use String, Integer, Long, Double, Boolean, Date, Json or Null)", field=name, params={"name": name, "value": typed.get('type')})
+                               "(use String, Integer, Long, Double, Boolean, Date, Json or Null)", field=name,
+                               params={"name": name, "value": typed.get('type')})
     return out
 
 

@@ -137,9 +137,11 @@ def get_external_task(session: Session, task_id: str) -> ExternalTaskRow:
 def _require_lock(row: ExternalTaskRow, worker_id: str) -> None:
     """Only the worker holding the lock may act on the task (Camunda compares the worker id)."""
     if row.state != "open":
-        raise Conflict("external task '{name}' is already {state}", task_id=row.id, state=row.state, params={"name": row.name, "state": row.state})
+        raise Conflict("external task '{name}' is already {state}", task_id=row.id, state=row.state,
+                       params={"name": row.name, "state": row.state})
     if row.worker_id is None:
-        raise Conflict("external task '{name}' is not locked; fetch and lock it first", task_id=row.id, params={"name": row.name})
+        raise Conflict("external task '{name}' is not locked; fetch and lock it first", task_id=row.id,
+                       params={"name": row.name})
     if row.worker_id != worker_id:
         raise Conflict("external task '{name}' is locked by another worker", task_id=row.id,
                        worker_id=row.worker_id, params={"name": row.name})
@@ -154,13 +156,15 @@ def _guarded(row: ExternalTaskRow, **values: Any) -> Any:
 
 def _apply(session: Session, row: ExternalTaskRow, **values: Any) -> None:
     if rowcount(session.execute(_guarded(row, **values))) != 1:
-        raise StaleInstance("external task {id} was changed by someone else", task_id=row.id, params={"id": row.id})
+        raise StaleInstance("external task {id} was changed by someone else", task_id=row.id,
+                            params={"id": row.id})
 
 
 def _audit(session: Session, instance_id: str, events: list[Event]) -> None:
     instance = session.get(InstanceRow, instance_id, populate_existing=True)
     if instance is None:
-        raise StaleInstance("process instance {instance_id} is gone", instance_id=instance_id, params={"instance_id": instance_id})
+        raise StaleInstance("process instance {instance_id} is gone", instance_id=instance_id,
+                            params={"instance_id": instance_id})
     unit.append_events(session, instance, instance.audit_seq or 0, events)
 
 
@@ -196,7 +200,8 @@ def fetch_and_lock(session: Session, *, worker_id: str, topics: list[TopicReques
     """
     worker_id = _worker(worker_id)
     if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or not 0 <= max_tasks <= MAX_TASKS:
-        raise InvalidInput("maxTasks must be between 0 and {max_tasks}", field="maxTasks", params={"max_tasks": MAX_TASKS})
+        raise InvalidInput("maxTasks must be between 0 and {max_tasks}", field="maxTasks",
+                           params={"max_tasks": MAX_TASKS})
     if not topics:
         raise InvalidInput("name at least one topic to fetch", field="topics")
     for topic in topics:
@@ -407,7 +412,8 @@ def set_retries(session: Session, *, task_id: str, retries: Any, actor: Actor,
     left = _retries(retries)
     row = get_external_task(session, task_id)
     if row.state != "open":
-        raise Conflict("external task '{name}' is already {state}", task_id=row.id, state=row.state, params={"name": row.name, "state": row.state})
+        raise Conflict("external task '{name}' is already {state}", task_id=row.id, state=row.state,
+                       params={"name": row.name, "state": row.state})
     events = [Event("external_task.retries_set", actor.name, {"element_id": row.element_id, "retries": left},
                     task_id=row.id)]
     open_incident = session.scalar(select(IncidentRow.id).where(IncidentRow.external_task_id == row.id,
@@ -435,10 +441,12 @@ def retry_incident(session: Session, *, incident_id: str, retries: Any, actor: A
         raise InvalidInput("retries must be 1 or more to retry an incident", field="retries")
     incident = session.get(IncidentRow, incident_id)
     if incident is None:
-        raise NotFound("incident {incident_id} not found", incident_id=incident_id, params={"incident_id": incident_id})
+        raise NotFound("incident {incident_id} not found", incident_id=incident_id,
+                       params={"incident_id": incident_id})
     if incident.resolved_at is not None:
         raise Conflict("incident {incident_id} is already resolved ({resolution})",
-                       incident_id=incident_id, params={"incident_id": incident_id, "resolution": incident.resolution})
+                       incident_id=incident_id,
+                       params={"incident_id": incident_id, "resolution": incident.resolution})
     if incident.external_task_id is None and incident.job_id is not None:  # a job out of attempts
         from engine.commands import sla  # late: sla builds on the worker's modules
 
@@ -446,7 +454,8 @@ def retry_incident(session: Session, *, incident_id: str, retries: Any, actor: A
         return incident
     if incident.external_task_id is None:
         raise Conflict("incident {incident_id} ({kind}) is not an external task's; it cannot be "
-                       "retried here", incident_id=incident_id, params={"incident_id": incident_id, "kind": incident.kind})
+                       "retried here", incident_id=incident_id,
+                       params={"incident_id": incident_id, "kind": incident.kind})
     set_retries(session, task_id=incident.external_task_id, retries=retries, actor=actor)
     resolved = session.get(IncidentRow, incident_id, populate_existing=True)
     assert resolved is not None  # noqa: S101 - read just above, in this transaction

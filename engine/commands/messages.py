@@ -121,7 +121,8 @@ def correlate_message(session: Session, *, name: str, actor: Actor, business_key
                                  all_matches=all_matches, settings=settings)
     if len(matched) > 1 and not all_matches:
         raise Conflict("{matched_count} instances wait for message '{name}'; narrow it with a business key "
-                       "or correlation keys, or deliver to all", message_name=name, matches=len(matched), params={"matched_count": len(matched), "name": name})
+                       "or correlation keys, or deliver to all", message_name=name, matches=len(matched),
+                       params={"matched_count": len(matched), "name": name})
     sender = {"user": actor.name}
     for instance_id in matched:
         loaded = unit.load(session, instance_id)
@@ -214,7 +215,8 @@ def _deliver(loaded: unit.Loaded, name: str, payload: Any, correlations: dict[st
         element = waiting[0].task_spec.bpmn_id
         raise ScriptError("element '{element}' could not take message '{name}': the message's correlation "
                           "properties cannot be read from its payload ({exc_type}: {exc})",
-                          element_id=element, params={"element": element, "name": name, "exc_type": type(exc).__name__, "exc": exc}) from None
+                          element_id=element,
+                          params={"element": element, "name": name, "exc_type": type(exc).__name__, "exc": exc}) from None
     for task in waiting:
         if task.state == TaskState.WAITING:
             continue  # not this one (another correlation)
@@ -225,7 +227,8 @@ def _deliver(loaded: unit.Loaded, name: str, payload: Any, correlations: dict[st
                 raise ScriptError(
                     "message '{name}' carries a value that is not an object, and element "
                     "'{bpmn_id}' names no variable to put it in (add a messageVariable)",
-                    element_id=task.task_spec.bpmn_id, params={"name": name, "bpmn_id": task.task_spec.bpmn_id})
+                    element_id=task.task_spec.bpmn_id,
+                    params={"name": name, "bpmn_id": task.task_spec.bpmn_id})
             pvars.write(loaded.workflow, payload)  # a process-variable write (engine.variables)
     loaded.events.append(Event("message.correlated", actor.name, {
         "message": name, "variables": unit.json_safe(payload) if isinstance(payload, dict) else payload,
@@ -244,7 +247,8 @@ def _start_candidates(session: Session, name: str) -> list[DefinitionRow]:
 
 def _no_match(name: str) -> NotFound:
     return NotFound("no running instance is waiting for message '{name}' with that business key and those "
-                    "correlation keys, and no process starts with it", message_name=name, params={"name": name})
+                    "correlation keys, and no process starts with it", message_name=name,
+                    params={"name": name})
 
 
 def _start_by_message(session: Session, *, name: str, actor: Actor, business_key: str | None,
@@ -256,10 +260,12 @@ def _start_by_message(session: Session, *, name: str, actor: Actor, business_key
     if not may_correlate_anywhere(actor):
         raise Forbidden("no running instance you may see waits for message '{name}', and starting a process "
                         "by message needs the integration or admin role; start it with "
-                        "POST /api/process-definitions/{{key}}/start", message_name=name, params={"name": name})
+                        "POST /api/process-definitions/{{key}}/start", message_name=name,
+                        params={"name": name})
     if len(candidates) > 1 and not all_matches:
         raise Conflict("{candidates_count} processes start with message '{name}'; deliver to all or rename one",
-                       message_name=name, matches=len(candidates), params={"candidates_count": len(candidates), "name": name})
+                       message_name=name, matches=len(candidates),
+                       params={"candidates_count": len(candidates), "name": name})
     started = []
     for d in candidates:
         loaded = _begin_by_message(session, d, name, data, business_key, actor, settings)
@@ -372,9 +378,11 @@ def _count_delivery(session: Session, name: str, depth: int) -> None:
     if depth > MAX_CASCADE_DEPTH:
         raise ScriptError("message '{name}' is the {depth}th hop of messages between instances in one command "
                           "(at most {max_cascade_depth}); the diagrams send messages in a loop",
-                          message_name=name, params={"name": name, "depth": depth, "max_cascade_depth": MAX_CASCADE_DEPTH})
+                          message_name=name,
+                          params={"name": name, "depth": depth, "max_cascade_depth": MAX_CASCADE_DEPTH})
     count = session.info.get("sopflow_message_deliveries", 0) + 1
     session.info["sopflow_message_deliveries"] = count
     if count > MAX_CASCADE_DELIVERIES:
         raise ScriptError("one command would deliver more than {max_cascade_deliveries} messages between "
-                          "instances; the diagrams send messages in a loop or fan out too far", message_name=name, params={"max_cascade_deliveries": MAX_CASCADE_DELIVERIES})
+                          "instances; the diagrams send messages in a loop or fan out too far", message_name=name,
+                          params={"max_cascade_deliveries": MAX_CASCADE_DELIVERIES})

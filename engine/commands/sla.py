@@ -107,7 +107,8 @@ def _escalate(session: Session, task: TaskRow, props: dict[str, str], actor: Act
     changed = rowcount(session.execute(update(TaskRow).where(TaskRow.id == task.id, TaskRow.state == "open")
                                        .values(**values).execution_options(synchronize_session=False)))
     if changed != 1:
-        raise StaleInstance("task {id} changed while it was escalated", task_id=task.id, params={"id": task.id})
+        raise StaleInstance("task {id} changed while it was escalated", task_id=task.id,
+                            params={"id": task.id})
     if group:  # the inbox's offers follow the new candidates
         session.execute(delete(TaskCandidateRow).where(TaskCandidateRow.task_id == task.id))
         row = {"id": task.id, "state": "open", "assignee": None, "created_at": task.created_at,

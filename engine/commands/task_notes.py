@@ -59,7 +59,8 @@ def check_text(value: Any, what: str, *, max_chars: int, required: bool) -> str 
     text = value.strip()
     if not text:
         if required:
-            raise InvalidInput("{what} is empty; write at least one character", field=field, params={"what": what})
+            raise InvalidInput("{what} is empty; write at least one character", field=field,
+                               params={"what": what})
         return None
     if len(text) > max_chars:
         raise InvalidInput("{what} is {length} characters long; at most {max_chars} are allowed", field=field,
@@ -80,7 +81,8 @@ def _open_task(session: Session, actor: Actor, task_id: str, doing: str) -> tupl
     task = visible_task(session, actor, task_id)
     instance = session.get(InstanceRow, task.instance_id)
     if instance is None:  # the task row references it; only a concurrent delete could get here
-        raise StaleInstance("process instance {instance_id} is gone", instance_id=task.instance_id, params={"instance_id": task.instance_id})
+        raise StaleInstance("process instance {instance_id} is gone", instance_id=task.instance_id,
+                            params={"instance_id": task.instance_id})
     seen_seq = instance.audit_seq or 0
     state = session.scalar(select(TaskRow.state).where(TaskRow.id == task_id))
     if state != "open" and doing == "commenting":

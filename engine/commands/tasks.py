@@ -62,7 +62,8 @@ def check_reach(row: Any, actor: Actor) -> None:
 
 def _require_open(row: TaskRow) -> None:
     if row.state != "open":
-        raise Conflict("task '{name}' is already {state}", task_id=row.id, state=row.state, params={"name": row.name, "state": row.state})
+        raise Conflict("task '{name}' is already {state}", task_id=row.id, state=row.state,
+                       params={"name": row.name, "state": row.state})
 
 
 def may_work_on(row: TaskRow, actor: Actor) -> bool:
@@ -84,7 +85,8 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     """
     instance = session.get(InstanceRow, row.instance_id)  # one read: the chain head and its sequence
     if instance is None:  # the task row references it; only a concurrent delete could get here
-        raise StaleInstance("process instance {instance_id} is gone", instance_id=row.instance_id, params={"instance_id": row.instance_id})
+        raise StaleInstance("process instance {instance_id} is gone", instance_id=row.instance_id,
+                            params={"instance_id": row.instance_id})
     seen_seq = instance.audit_seq or 0
     unit.append_events(session, instance, seen_seq, [event])
     changed = rowcount(session.execute(
@@ -109,7 +111,8 @@ def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
         raise Conflict("task '{name}' is already claimed by {assignee}", task_id=row.id,
                        assignee=row.assignee, params={"name": row.name, "assignee": row.assignee})
     if not (is_candidate(row, actor) or actor.is_admin):
-        raise Forbidden("you are not a candidate for task '{name}'", task_id=row.id, params={"name": row.name})
+        raise Forbidden("you are not a candidate for task '{name}'", task_id=row.id,
+                        params={"name": row.name})
     return _change_task(session, row, Event("task.claimed", actor.name, {"assignee": actor.name}, task_id=row.id),
                         assignee=actor.name, claimed_at=clock.now())
 

@@ -58,7 +58,8 @@ def check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
     if variables is None:
         return {}
     if not isinstance(variables, dict):
-        raise InvalidInput("{what} must be an object mapping names to values", field=what, params={"what": what})
+        raise InvalidInput("{what} must be an object mapping names to values", field=what,
+                           params={"what": what})
 
     def ok(value: Any, depth: int = 0) -> bool:
         if depth > 20:
@@ -76,7 +77,8 @@ def check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
             raise InvalidInput("'{name}' is not a valid variable name (letters, digits and _, not starting "
                                "with _ or a digit)", field=str(name), params={"name": name})
         if not ok(value):
-            raise InvalidInput("variable '{name}' holds a value that cannot be stored", field=name, params={"name": name})
+            raise InvalidInput("variable '{name}' holds a value that cannot be stored", field=name,
+                               params={"name": name})
     return dict(variables)
 
 
@@ -122,7 +124,8 @@ def get_definition(session: Session, definition_id: str) -> DefinitionInfo:
         return info
     row = session.get(DefinitionRow, definition_id)
     if row is None:
-        raise NotFound("process definition {definition_id} not found", params={"definition_id": definition_id})
+        raise NotFound("process definition {definition_id} not found",
+                       params={"definition_id": definition_id})
     return definition_info(row)
 
 
@@ -167,7 +170,8 @@ def load(session: Session, instance_id: str, *, running: bool = True, record: In
     if record is None:
         data = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).mappings().first()
         if data is None:
-            raise NotFound("process instance {instance_id} not found", instance_id=instance_id, params={"instance_id": instance_id})
+            raise NotFound("process instance {instance_id} not found", instance_id=instance_id,
+                           params={"instance_id": instance_id})
         record = InstanceRecord(**data)
     row = record
     if running and row.status != "running":
@@ -260,7 +264,8 @@ def _collection_fault(task: Task | None) -> ScriptError | None:
     return ScriptError(
         "multi-instance element '{bpmn_id}' runs once per item of the variable '{name}', which is {value}, "
         "not a list; give '{name}' a list (in the start variables or an earlier step)", element_id=spec.bpmn_id,
-        variable=name, params={"bpmn_id": spec.bpmn_id, "name": name, "value": json.dumps(value, default=str)[:60]})
+        variable=name,
+        params={"bpmn_id": spec.bpmn_id, "name": name, "value": json.dumps(value, default=str)[:60]})
 
 
 def spiff_error(exc: Exception) -> ScriptError:
@@ -389,7 +394,8 @@ def check_task_data(tasks: Any) -> None:
             element = getattr(task.task_spec, "bpmn_id", None) or task.task_spec.name
             what = Phrase("the variable")
             raise ScriptError("element '{element}' left data that cannot be stored: {value}", element_id=element,
-                              variable=problem.path, params={"element": element, "value": problem.describe(what)})
+                              variable=problem.path,
+                              params={"element": element, "value": problem.describe(what)})
 
 
 def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
@@ -447,7 +453,8 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
             "b_id": row.id, "b_revision": loaded.seen_revision, "b_audit_seq": loaded.seen_audit_seq, **values,
         }).rowcount
         if moved != 1:
-            raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id, params={"id": row.id})
+            raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id,
+                                params={"id": row.id})
     if ended:
         projections.clear(session, row, workflow)
     for statement, params in held:
@@ -494,7 +501,8 @@ def append_events(session: Session, row: InstanceRecord | InstanceRow, seen_seq:
         .values(**head).execution_options(synchronize_session=False)
     ))
     if moved != 1:
-        raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id, params={"id": row.id})
+        raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id,
+                            params={"id": row.id})
     _insert_events(session)
 
 

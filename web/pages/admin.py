@@ -328,7 +328,8 @@ def _local_instant(text: str, time_zone: str | None) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInput("'{value}' is not a date and time like 2026-03-01T09:00", field="set", params={"value": text[:40]}) from None
+        raise InvalidInput("'{value}' is not a date and time like 2026-03-01T09:00", field="set",
+                           params={"value": text[:40]}) from None
     return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(time_zone or "UTC"))
 
 

@@ -154,7 +154,8 @@ def _variable_value(raw: str) -> Any:
     problem = limits.find_problem(value, max_depth=1)
     if problem is not None:
         what = Phrase("the value")
-        raise InvalidInput("variable filter: {problem}", field="variable", params={"problem": problem.describe(what)})
+        raise InvalidInput("variable filter: {problem}", field="variable",
+                           params={"problem": problem.describe(what)})
     return value
 
 
@@ -354,7 +355,8 @@ def instance_attachment(request: Request, actor: PageActorDep, instance_id: str,
     with request.app.state.db.read() as s:
         row = get_attachment(s, actor, attachment_id[:64])
         if row.instance_id != instance_id:
-            raise NotFound("attachment {value} not found", attachment_id=attachment_id[:64], params={"value": attachment_id[:64]})
+            raise NotFound("attachment {value} not found", attachment_id=attachment_id[:64],
+                           params={"value": attachment_id[:64]})
         return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
 

@@ -78,7 +78,8 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
     sent = [f for f in files or [] if f.filename]
     names = [str(f.filename) for f in sent]
     if len(sent) > MAX_FILES:
-        return _refused(request, names, InvalidDefinition("upload at most {max_files} files at once", params={"max_files": MAX_FILES}))
+        return _refused(request, names, InvalidDefinition("upload at most {max_files} files at once",
+                                                          params={"max_files": MAX_FILES}))
     uploads: list[UploadedFile] = []
     try:
         for f in sent:
@@ -93,7 +94,8 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
 async def _read(f: UploadFile, limit: int) -> UploadedFile:
     data = await f.read(limit + 1)
     if len(data) > limit:
-        raise InvalidDefinition("{filename} is larger than {limit} bytes", file=f.filename, params={"filename": f.filename, "limit": limit})
+        raise InvalidDefinition("{filename} is larger than {limit} bytes", file=f.filename,
+                                params={"filename": f.filename, "limit": limit})
     return UploadedFile(f.filename or "upload.bpmn", data)
 
 

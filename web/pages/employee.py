@@ -279,7 +279,8 @@ async def attach(request: Request, db: DbDep, settings: SettingsDep, actor: Page
         await form.close()  # the upload's spooled temporary file
     try:
         if len(data) > limit:
-            raise TooLarge("the file is larger than the limit of {limit} bytes", field="file", limit=limit, params={"limit": limit})
+            raise TooLarge("the file is larger than the limit of {limit} bytes", field="file", limit=limit,
+                           params={"limit": limit})
         db.command(lambda s: add_attachment(s, task_id=task_id, actor=actor, filename=filename, data=data,
                                             description=description or None, settings=settings))
     except InvalidInput as exc:
@@ -294,7 +295,8 @@ def download(request: Request, db: DbDep, actor: PageActorDep, task_id: str, att
     with db.read() as s:
         row = get_attachment(s, actor, attachment_id)
         if row.task_id != task_id:
-            raise NotFound("attachment {attachment_id} not found", attachment_id=attachment_id, params={"attachment_id": attachment_id})
+            raise NotFound("attachment {attachment_id} not found", attachment_id=attachment_id,
+                           params={"attachment_id": attachment_id})
         return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
 
