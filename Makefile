@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test migrate deploy bench lint clean assets
+.PHONY: run test migrate deploy bench lint clean assets messages
 
 # Front-end assets (web/static/vendor/, git-ignored): bpmn-js + Swagger UI from the pinned
 # web/frontend/package-lock.json, built with the machine's node/npm when missing or older
@@ -44,6 +44,20 @@ test: $(STAMP) $(ASSETS_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+# The engine's refusal messages (templates with {placeholders}, see engine/errors.py) into the
+# Chinese catalog web/locale/zh_Hans/LC_MESSAGES/errors.po: new ones are added untranslated,
+# existing translations kept, gone ones dropped. tests/test_error_messages.py fails until each
+# has a translation with the same placeholders.
+ERROR_KEYWORDS := Phrase SopflowError NotFound Conflict Forbidden InvalidInput InvalidDefinition ScriptError \
+	StaleInstance TooLarge UnsupportedType BudgetExceeded Unauthorized _Unauthorized reason
+ERRORS_PO := web/locale/zh_Hans/LC_MESSAGES/errors.po
+
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --no-default-keywords $(addprefix -k ,$(ERROR_KEYWORDS)) \
+		--no-location --omit-header --sort-output -o $(VENV)/errors.pot engine api web
+	$(BIN)/pybabel update --no-fuzzy-matching --ignore-obsolete -l zh_Hans -D errors -d web/locale \
+		-i $(VENV)/errors.pot --init-missing
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine api web tests bench

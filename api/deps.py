@@ -83,4 +83,6 @@ def require(actor: Actor, *roles: str) -> None:
     """Admins pass every check; others need one of ``roles``."""
     if actor.is_admin or actor.roles & set(roles):
         return
-    raise Forbidden(f"this needs the {' or '.join(roles)} role" if roles else "this needs the admin role")
+    if not roles:
+        raise Forbidden("this needs the admin role")
+    raise Forbidden("this needs the {roles} role", params={"roles": " or ".join(roles)})

@@ -120,7 +120,7 @@ def append_global(session: Session, chain: str, events: list[Event],
             .execution_options(synchronize_session=False)
         ))
         if moved != 1:
-            raise StaleInstance(f"audit chain {chain} moved; retrying")
+            raise StaleInstance("audit chain {chain} moved; retrying", params={"chain": chain})
     insert_rows(session, rows)
 
 

@@ -75,7 +75,8 @@ class BusinessCalendar:
                     return local
             day += timedelta(days=1)
             local = self._at(day, time(0, 0))
-        raise InvalidInput(f"calendar '{self.name}' has no working time within {MAX_DAYS} days")
+        raise InvalidInput("calendar '{name}' has no working time within {max_days} days",
+                           params={"name": self.name, "max_days": MAX_DAYS})
 
     def add_working_time(self, start: datetime, amount: timedelta) -> datetime:
         """``start`` moved by ``amount`` of working time, counted as elapsed time (UTC result).
@@ -94,7 +95,8 @@ class BusinessCalendar:
                 return at + left
             left -= end - at
             at = self.next_open(end).astimezone(UTC)  # closing time is outside working time: the next opening
-        raise InvalidInput(f"calendar '{self.name}' cannot fit {amount} of working time")
+        raise InvalidInput("calendar '{name}' cannot fit {amount} of working time",
+                           params={"name": self.name, "amount": amount})
 
     def add_working_days(self, start: datetime, days: int) -> datetime:
         """``start`` (moved to the next opening if outside working time) plus ``days`` working days, same time of day."""
@@ -107,7 +109,8 @@ class BusinessCalendar:
                 day += timedelta(days=1)
                 steps += 1
                 if steps > MAX_DAYS:
-                    raise InvalidInput(f"calendar '{self.name}' has no working day within {MAX_DAYS} days")
+                    raise InvalidInput("calendar '{name}' has no working day within {max_days} days",
+                                       params={"name": self.name, "max_days": MAX_DAYS})
         return datetime.combine(day, clock_time, tzinfo=self.zone).astimezone(UTC)
 
     def add(self, start: datetime, duration: str) -> datetime:
@@ -115,14 +118,15 @@ class BusinessCalendar:
         try:
             parts = TimerEventDefinition.parse_iso_duration(duration.strip())
         except Exception:  # noqa: BLE001 - SpiffWorkflow raises a bare Exception
-            raise InvalidInput(f"'{duration[:60]}' is not an ISO 8601 duration like P2D or PT4H",
-                               field="businessDue") from None
+            raise InvalidInput("'{value}' is not an ISO 8601 duration like P2D or PT4H",
+                               field="businessDue", params={"value": duration[:60]}) from None
         if parts.get("years") or parts.get("months"):
-            raise InvalidInput(f"'{duration[:60]}': a business duration counts days, weeks and hours, "
-                               "not years or months", field="businessDue")
+            raise InvalidInput("'{value}': a business duration counts days, weeks and hours, "
+                               "not years or months", field="businessDue", params={"value": duration[:60]})
         days = parts.get("days", 0) + 5 * parts.get("weeks", 0)
         if days != int(days):
-            raise InvalidInput(f"'{duration[:60]}': business days must be whole", field="businessDue")
+            raise InvalidInput("'{value}': business days must be whole", field="businessDue",
+                               params={"value": duration[:60]})
         at = self.add_working_days(start, int(days)) if days else start
         hours = timedelta(hours=parts.get("hours", 0), minutes=parts.get("minutes", 0),
                           seconds=parts.get("seconds", 0))
@@ -146,7 +150,8 @@ def _clock_time(text: str, what: str) -> time:
     try:
         return time.fromisoformat(text)
     except ValueError:
-        raise InvalidInput(f"calendar {what} '{text}' is not a time like 09:00") from None
+        raise InvalidInput("calendar {what} '{text}' is not a time like 09:00",
+                           params={"what": what, "text": text}) from None
 
 
 def _read_holiday_file(path: str) -> set[date]:
@@ -166,15 +171,20 @@ def _public_holidays(name: str, country: Any, subdivision: Any) -> Any:
     """
     if not country:
         if subdivision:
-            raise InvalidInput(f"calendar '{name}': a subdivision ('{subdivision}') needs a country")
+            raise InvalidInput("calendar '{name}': a subdivision ('{subdivision}') needs a country",
+                               params={"name": name, "subdivision": subdivision})
         return None
     import holidays  # late: only calendars that name a country need it
 
     try:
         found = holidays.country_holidays(str(country).upper(), subdiv=str(subdivision) if subdivision else None)
     except NotImplementedError as exc:  # the package's way of saying "no such country/subdivision"
-        raise InvalidInput(f"calendar '{name}': no public holidays known for country '{country}'"
-                           + (f", subdivision '{subdivision}'" if subdivision else "") + f" ({exc})") from None
+        if subdivision:
+            raise InvalidInput("calendar '{name}': no public holidays known for country '{country}', "
+                               "subdivision '{subdivision}' ({exc})",
+                               params={"name": name, "country": country, "subdivision": subdivision, "exc": exc}) from None
+        raise InvalidInput("calendar '{name}': no public holidays known for country '{country}' ({exc})",
+                           params={"name": name, "country": country, "exc": exc}) from None
     return found
 
 
@@ -182,7 +192,8 @@ def _build(name: str, spec: dict[str, Any]) -> BusinessCalendar:
     try:
         zone = ZoneInfo(str(spec.get("timezone") or "UTC"))
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput(f"calendar '{name}': unknown time zone '{spec.get('timezone')}'") from None
+        raise InvalidInput("calendar '{name}': unknown time zone '{value}'",
+                           params={"name": name, "value": spec.get('timezone')}) from None
     holidays = {date.fromisoformat(d) for d in spec.get("holidays", [])}
     if spec.get("holidays_file"):
         holidays |= _read_holiday_file(str(spec["holidays_file"]))
@@ -192,7 +203,8 @@ def _build(name: str, spec: dict[str, Any]) -> BusinessCalendar:
                            holidays=frozenset(holidays),
                            public_holidays=_public_holidays(name, spec.get("country"), spec.get("subdivision")))
     if cal.close <= cal.open or not cal.workdays <= set(range(1, 8)) or not cal.workdays:
-        raise InvalidInput(f"calendar '{name}': needs open before close and workdays among 1..7")
+        raise InvalidInput("calendar '{name}': needs open before close and workdays among 1..7",
+                           params={"name": name})
     return cal
 
 
@@ -217,5 +229,6 @@ def get(name: str | None) -> BusinessCalendar:
     known = calendars()
     cal = known.get(name or "default")
     if cal is None:
-        raise InvalidInput(f"unknown calendar '{name}'; configured: {', '.join(sorted(known))}", field="calendar")
+        raise InvalidInput("unknown calendar '{name}'; configured: {known}", field="calendar",
+                           params={"name": name, "known": ', '.join(sorted(known))})
     return cal

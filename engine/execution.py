@@ -251,8 +251,9 @@ class EngineBudget:
         element = task.task_spec.bpmn_id
         if self.steps > self.max_steps:
             self._fail(BudgetExceeded(
-                f"the instance ran {self.max_steps} engine steps in one command without reaching a wait "
-                f"state; it looks like an endless loop (last element '{element}')", element_id=element))
+                "the instance ran {max_steps} engine steps in one command without reaching a wait "
+                "state; it looks like an endless loop (last element '{element}')", element_id=element,
+                params={"max_steps": self.max_steps, "element": element}))
         self.tick(task)
 
     def tick(self, task: Task | None = None) -> None:
@@ -260,10 +261,14 @@ class EngineBudget:
             raise self.exceeded
         if time.monotonic() > self.deadline:
             element = getattr(getattr(task, "task_spec", None), "bpmn_id", None)
-            where = f" (last element '{element}')" if element else ""
+            if element:
+                self._fail(BudgetExceeded(
+                    "the instance ran for more than {max_seconds:g}s in one command without reaching a "
+                    "wait state (last element '{element}'); nothing was stored", element_id=element,
+                    params={"max_seconds": self.max_seconds, "element": element}))
             self._fail(BudgetExceeded(
-                f"the instance ran for more than {self.max_seconds:g}s in one command without reaching a "
-                f"wait state{where}; nothing was stored", element_id=element))
+                "the instance ran for more than {max_seconds:g}s in one command without reaching a "
+                "wait state; nothing was stored", params={"max_seconds": self.max_seconds}))
 
 
 def _budgeted(step: Callable[[Any], Task]) -> Callable[[Any], Task]:

@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from engine import templates
-from engine.errors import InvalidInput, ScriptError
+from engine.errors import InvalidInput, ScriptError, reason
 from engine.evaluator import EvaluatorUnavailable
 from engine.sandbox import ScriptBudgetExceeded
 
@@ -105,17 +105,34 @@ def check_writes(what: str, form: dict[str, Any] | None, writes: list[str] | Non
     if not unknown:
         return
     listed = ", ".join(f"'{n}'" for n in unknown)
+    if form and allowed:
+        why = reason("is not a field of this form")
+        raise InvalidInput("{what}: the form has no field {listed}; it accepts {accepts}", field=unknown[0],
+                           errors={n: why for n in unknown},
+                           params={"what": what, "listed": listed, "accepts": ", ".join(sorted(allowed))})
     if form:
-        accepts = ", ".join(sorted(allowed)) or "nothing"
-        message = f"{what}: the form has no field {listed}; it accepts {accepts}"
-        reason = "is not a field of this form"
-    else:
-        unresolved = f" (its form key '{form_key}' names no form in the forms folder)" if form_key else ""
-        also = f" other than {', '.join(sorted(allowed))}" if allowed else ""
-        message = (f"{what} has no form{unresolved}, so it accepts no variables{also}; {listed} given. "
-                   "A designer can allow names with the property writes (names separated by commas, or *)")
-        reason = "this step accepts no such variable"
-    raise InvalidInput(message, field=unknown[0], errors={n: reason for n in unknown})
+        why = reason("is not a field of this form")
+        raise InvalidInput("{what}: the form has no field {listed}; it accepts nothing", field=unknown[0],
+                           errors={n: why for n in unknown}, params={"what": what, "listed": listed})
+    why = reason("this step accepts no such variable")
+    params = {"what": what, "listed": listed, "form_key": form_key, "allowed": ", ".join(sorted(allowed))}
+    if form_key and allowed:
+        raise InvalidInput("{what} has no form (its form key '{form_key}' names no form in the forms folder), "
+                           "so it accepts no variables other than {allowed}; {listed} given. "
+                           "A designer can allow names with the property writes (names separated by commas, or *)",
+                           field=unknown[0], errors={n: why for n in unknown}, params=params)
+    if form_key:
+        raise InvalidInput("{what} has no form (its form key '{form_key}' names no form in the forms folder), "
+                           "so it accepts no variables; {listed} given. "
+                           "A designer can allow names with the property writes (names separated by commas, or *)",
+                           field=unknown[0], errors={n: why for n in unknown}, params=params)
+    if allowed:
+        raise InvalidInput("{what} has no form, so it accepts no variables other than {allowed}; {listed} given. "
+                           "A designer can allow names with the property writes (names separated by commas, or *)", field=unknown[0], errors={n: why for n in unknown},
+                           params=params)
+    raise InvalidInput("{what} has no form, so it accepts no variables; {listed} given. "
+                           "A designer can allow names with the property writes (names separated by commas, or *)",
+                       field=unknown[0], errors={n: why for n in unknown}, params=params)
 
 
 def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
@@ -125,7 +142,8 @@ def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
     try:
         validator = Draft202012Validator(form["schema"])
     except SchemaError as exc:  # a broken form file is the operator's problem, reported plainly
-        raise InvalidInput(f"the task's form schema is invalid: {exc.message}") from None
+        raise InvalidInput("the task's form schema is invalid: {message}",
+                           params={"message": exc.message}) from None
     errors: dict[str, str] = {}
     for err in sorted(validator.iter_errors(variables), key=lambda e: list(e.path)):
         if err.validator == "required":
@@ -135,7 +153,8 @@ def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
             name = ".".join(str(p) for p in err.path) or "(form)"
             errors.setdefault(name, err.message)
     if errors:
-        raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
+        raise InvalidInput("the form has invalid fields: {fields}",
+                           params={"fields": "; ".join(f"{k} {v}" for k, v in errors.items())},
                            field=next(iter(errors)), errors=errors)
 
 def coerce_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +190,8 @@ def coerce_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> di
             errors[fid] = f"must be a {ftype}"
     if errors:
         first = next(iter(errors))
-        raise InvalidInput("the form has invalid fields: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
+        raise InvalidInput("the form has invalid fields: {fields}",
+                           params={"fields": "; ".join(f"{k} {v}" for k, v in errors.items())},
                            field=first, errors=errors)
     return out
 
@@ -187,7 +207,8 @@ def render_sop(text: str | None, variables: dict[str, Any], element_id: str | No
     try:
         return templates.render(text, {k: v for k, v in variables.items() if k.isidentifier()})
     except ScriptBudgetExceeded as exc:
-        raise ScriptError(f"user task '{element_id}': its SOP text {exc}", element_id=element_id) from None
+        raise ScriptError("user task '{element_id}': its SOP text {exc}", element_id=element_id,
+                          params={"element_id": element_id, "exc": exc}) from None
     except EvaluatorUnavailable:
         raise
     except Exception:  # noqa: BLE001 - a template or data error: the text as written is still useful

@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from engine import audit, clock
 from engine.actor import Actor
 from engine.audit import Event
-from engine.errors import Conflict, InvalidInput, NotFound
+from engine.errors import Conflict, InvalidInput, NotFound, Phrase
 from engine.store.db import rowcount
 from engine.store.models import ApiTokenRow, GroupRow, MembershipRow, UserRow
 
@@ -63,10 +63,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# What a name is called in a refusal, by field (a Phrase: translated on the pages).
+_NAME_LABELS = {"name": Phrase("name"), "group": Phrase("group")}
+
+
 def _check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
-        raise InvalidInput(f"{what} '{value}' is not valid: use letters, digits, '.', '_', '@' or '-' "
-                           "(at most 100 characters)", field=what)
+        raise InvalidInput("{what} '{value}' is not valid: use letters, digits, '.', '_', '@' or '-' "
+                           "(at most 100 characters)", field=what,
+                           params={"what": _NAME_LABELS.get(what, what), "value": value})
     return value
 
 
@@ -85,31 +90,33 @@ def _ensure_group(session: Session, name: str) -> GroupRow:
 
 
 def new_user_problems(*, name: str, role: str, groups: list[str] | None = None,
-                      display_name: str | None = None) -> dict[str, str]:
+                      display_name: str | None = None) -> dict[str, InvalidInput]:
     """Every reason the fields of a new user are refused, by field (``name``, ``role``, ``display_name``,
     ``group``); empty when they are fine. Whether the name is taken is not checked here."""
-    problems: dict[str, str] = {}
+    problems: dict[str, InvalidInput] = {}
     try:
         _check_name(name, "name")
     except InvalidInput as exc:
-        problems["name"] = exc.message
+        problems["name"] = exc
     if role not in ROLES:
-        problems["role"] = f"role must be one of {', '.join(ROLES)}"
+        problems["role"] = InvalidInput("role must be one of {roles}", params={"roles": ", ".join(ROLES)})
     if display_name is not None and len(display_name) > 200:
-        problems["display_name"] = "a display name has at most 200 characters"
+        problems["display_name"] = InvalidInput("a display name has at most 200 characters")
     for group in groups or []:
         try:
             _check_name(group, "group")
         except InvalidInput as exc:
-            problems.setdefault("group", exc.message)
+            problems.setdefault("group", exc)
     return problems
 
 
-def refuse(problems: dict[str, str]) -> None:
-    """Raise InvalidInput for the first problem (its ``field``), all of them under ``problems``."""
+def refuse(problems: Mapping[str, InvalidInput]) -> None:
+    """Raise InvalidInput for the first problem (its ``field``), all of them under ``problems`` (their
+    messages) and ``details`` (the errors, for translation)."""
     if problems:
-        field, message = next(iter(problems.items()))
-        raise InvalidInput(message, field=field, problems=problems if len(problems) > 1 else None)
+        field, first = next(iter(problems.items()))
+        raise InvalidInput(first.template, field=field, params=first.params, details=problems,
+                           problems={k: e.message for k, e in problems.items()} if len(problems) > 1 else None)
 
 
 def add_user(session: Session, *, name: str, role: str, groups: list[str] | None = None,
@@ -122,7 +129,7 @@ def add_user(session: Session, *, name: str, role: str, groups: list[str] | None
     """
     refuse(new_user_problems(name=name, role=role, groups=groups, display_name=display_name))
     if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
-        raise Conflict(f"user '{name}' already exists", name=name)
+        raise Conflict("user '{name}' already exists", name=name, params={"name": name})
     user = UserRow(name=name, role=role, display_name=display_name, created_at=clock.now())
     session.add(user)
     session.flush()
@@ -157,14 +164,15 @@ def set_role(session: Session, *, name: str, role: str, actor: Actor) -> UserVie
     role a user already has changes nothing and appends nothing.
     """
     if role not in ROLES:
-        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+        raise InvalidInput("role must be one of {roles}", field="role", params={"roles": ', '.join(ROLES)})
     user = _user(session, name)
     if user.role == role:
         return _view(session, user)
     if user.role == "admin":
         admins = session.scalar(select(func.count()).select_from(UserRow).where(UserRow.role == "admin")) or 0
         if admins <= 1:
-            raise Conflict(f"'{name}' is the only admin; make another user admin first", name=name)
+            raise Conflict("'{name}' is the only admin; make another user admin first", name=name,
+                           params={"name": name})
     previous, user.role = user.role, role
     session.flush()
     audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.role_changed", actor.name, {
@@ -180,7 +188,7 @@ def get_user(session: Session, name: str) -> UserView:
 def _user(session: Session, name: str) -> UserRow:
     user = session.scalar(select(UserRow).where(UserRow.name == name))
     if user is None:
-        raise NotFound(f"user '{name}' not found", name=name)
+        raise NotFound("user '{name}' not found", name=name, params={"name": name})
     return user
 
 
@@ -333,10 +341,11 @@ def set_preferences(session: Session, *, name: str, locale: str | None, time_zon
     from zoneinfo import available_timezones
 
     if locale is not None and locale not in LOCALES:
-        raise InvalidInput(f"language must be one of {', '.join(LOCALES)}", field="locale")
+        raise InvalidInput("language must be one of {locales}", field="locale",
+                           params={"locales": ', '.join(LOCALES)})
     if time_zone is not None and time_zone not in available_timezones():
-        raise InvalidInput(f"'{time_zone[:64]}' is not a known time zone (e.g. Europe/Berlin, Asia/Shanghai)",
-                           field="time_zone")
+        raise InvalidInput("'{value}' is not a known time zone (e.g. Europe/Berlin, Asia/Shanghai)",
+                           field="time_zone", params={"value": time_zone[:64]})
     user = _user(session, name)
     user.locale, user.time_zone = locale, time_zone
     session.flush()

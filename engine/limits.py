@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import Phrase
+
 MAX_DEPTH = 20
 MAX_NODES = 100_000
 
@@ -38,8 +40,11 @@ class DataProblem:
     reason: str
 
     def describe(self, what: str) -> str:
-        where = f"{what} at '{self.path}'" if self.path else what
-        return f"{where} {self.reason}"
+        """``what`` (a :class:`~engine.errors.Phrase` such as "the value") and where it breaks which bound,
+        as a Phrase (translated on the web pages with the message it goes into)."""
+        if self.path:
+            return Phrase("{what} at '{path}' {reason}", what=what, path=self.path, reason=self.reason)
+        return Phrase("{what} {reason}", what=what, reason=self.reason)
 
 
 def valid_text(text: str) -> bool:
@@ -53,7 +58,8 @@ def valid_text(text: str) -> bool:
     return True
 
 
-NOT_UNICODE = "is not valid Unicode text (it holds a lone surrogate such as \\ud800)"
+NOT_UNICODE = Phrase("is not valid Unicode text (it holds a lone surrogate such as \\ud800)")
+NAME_NOT_UNICODE = Phrase("has a name that is not valid Unicode text (it holds a lone surrogate such as \\ud800)")
 
 # Values a script can leave that neither SpiffWorkflow's serializer nor the audit trail can store.
 _UNSTORABLE = (bytes, bytearray, memoryview, complex, range, frozenset)
@@ -98,7 +104,7 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
         item, depth, place = stack.pop()
         nodes += 1
         if nodes > max_nodes:
-            return DataProblem(root, f"holds more than {max_nodes} values")
+            return DataProblem(root, Phrase("holds more than {max_nodes} values", max_nodes=max_nodes))
         kind = type(item)
         if kind is str:
             if not item.isascii() and not valid_text(item):
@@ -106,9 +112,9 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
         elif kind is dict or kind is list or kind is tuple or isinstance(item, (dict, list, tuple, set)):
             here = id(item)
             if _inside(place, here):
-                return DataProblem(_path(root, place), "contains itself")
+                return DataProblem(_path(root, place), Phrase("contains itself"))
             if depth >= max_depth:
-                return DataProblem(_path(root, place), f"is nested deeper than {max_depth} levels")
+                return DataProblem(_path(root, place), Phrase("is nested deeper than {max_depth} levels", max_depth=max_depth))
             if isinstance(item, (dict, set)):
                 mixed = _mixed_types(item, dict_keys=isinstance(item, dict))
                 if mixed is not None:
@@ -116,7 +122,7 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
             if isinstance(item, dict):
                 for key, child in item.items():
                     if isinstance(key, str) and not key.isascii() and not valid_text(key):
-                        return DataProblem(_path(root, place), "has a name that " + NOT_UNICODE)
+                        return DataProblem(_path(root, place), NAME_NOT_UNICODE)
                     stack.append((child, depth + 1, (place, here, key)))
             else:
                 stack.extend((child, depth + 1, (place, here, index)) for index, child in enumerate(item))
@@ -124,10 +130,10 @@ def find_problem(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX
             if not valid_text(item):
                 return DataProblem(_path(root, place), NOT_UNICODE)
         elif isinstance(item, float) and not math.isfinite(item):
-            return DataProblem(_path(root, place), "is not a finite number")
+            return DataProblem(_path(root, place), Phrase("is not a finite number"))
         elif isinstance(item, _UNSTORABLE):
-            return DataProblem(_path(root, place), f"holds a value of type {type(item).__name__}, which a process "
-                                                   "cannot store (use text, numbers, lists or objects)")
+            return DataProblem(_path(root, place), Phrase("holds a value of type {type}, which a process cannot store "
+                                                          "(use text, numbers, lists or objects)", type=type(item).__name__))
     return None
 
 
@@ -137,10 +143,12 @@ def _mixed_types(container: dict[Any, Any] | set[Any], *, dict_keys: bool) -> st
     if dict_keys:
         odd = next((t for t in types if t not in _KEY_TYPES), None)
         if odd is not None:
-            return f"has a name of type {odd.__name__}; names must be text"
+            return Phrase("has a name of type {type}; names must be text", type=odd.__name__)
     if len(types) > 1:
-        what = "names" if dict_keys else "items"
-        return f"mixes {what} of different types ({', '.join(sorted(t.__name__ for t in types))}); use text"
+        listed = ", ".join(sorted(t.__name__ for t in types))
+        if dict_keys:
+            return Phrase("mixes names of different types ({types}); use text", types=listed)
+        return Phrase("mixes items of different types ({types}); use text", types=listed)
     return None
 
 
@@ -150,7 +158,7 @@ def find_problem_in_variables(variables: dict[Any, Any], *, max_depth: int = MAX
     and each value may nest ``max_depth`` levels and hold ``max_nodes`` values."""
     for name, value in variables.items():
         if isinstance(name, str) and not valid_text(name):
-            return DataProblem("", "has a name that " + NOT_UNICODE)
+            return DataProblem("", NAME_NOT_UNICODE)
         found = find_problem(value, max_depth=max_depth, max_nodes=max_nodes, root=str(name))
         if found is not None:
             return found

@@ -41,7 +41,7 @@ from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser, SpiffProcessPars
 
 from engine import clock, external, sandbox, xmlsafe
 from engine.config import Settings
-from engine.errors import InvalidDefinition
+from engine.errors import InvalidDefinition, Phrase
 from engine.message_events import adopt_camunda_messages
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -191,8 +191,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _camunda_loops(name: str, root: etree._Element) -> None:
     """Hand SpiffWorkflow multi-instance collections it can read: ``${approvers}`` -> ``approvers``."""
     for loop in _elements(root, "//bpmn:multiInstanceLoopCharacteristics", namespaces={"bpmn": BPMN_NS}):
-        for attribute, what in (("collection", "the list to run once per item"),
-                                ("elementVariable", "the name each instance sees its item under")):
+        for attribute in ("collection", "elementVariable"):
             key = f"{{{CAMUNDA_NS}}}{attribute}"
             raw = loop.get(key)
             if raw is None:
@@ -203,12 +202,19 @@ def _camunda_loops(name: str, root: etree._Element) -> None:
                 loop.set(key, match.group(1))
             elif not _IDENTIFIER.match(value):
                 owner = _owner_id(loop)
+                params = {"name": name, "owner": owner, "attribute": attribute, "raw": raw}
+                if attribute == "collection":
+                    raise InvalidDefinition(
+                        "{name}: multi-instance element '{owner}' has camunda:{attribute}=\"{raw}\" (the list to "
+                        "run once per item); sopflow reads it as a process variable name, e.g. "
+                        "camunda:{attribute}=\"approvers\" or \"${{approvers}}\"; compute any other list into a "
+                        "variable in an earlier step", file=name, element_id=owner, line=_line(loop),
+                        params=params)
                 raise InvalidDefinition(
-                    f"{name}: multi-instance element '{owner}' has camunda:{attribute}=\"{raw}\" ({what}); "
-                    f"sopflow reads it as a process variable name, e.g. camunda:{attribute}=\"approvers\""
-                    + (" or \"${approvers}\"; compute any other list into a variable in an earlier step"
-                       if attribute == "collection" else ""),
-                    file=name, element_id=owner, line=_line(loop))
+                    "{name}: multi-instance element '{owner}' has camunda:{attribute}=\"{raw}\" (the name each "
+                    "instance sees its item under); sopflow reads it as a process variable name, e.g. "
+                    "camunda:{attribute}=\"approvers\"", file=name, element_id=owner, line=_line(loop),
+                    params=params)
 
 
 class SopflowSpiffParser(SpiffBpmnParser):
@@ -349,14 +355,16 @@ def _check_expressions(name: str, root: etree._Element) -> None:
         text = source.strip()
         if el.tag in timer_tags and _UNQUOTED_TIME.match(text):
             raise InvalidDefinition(
-                f"{name}: timer '{_owner_id(el)}' has the bare value {text}; timer expressions are Python, "
-                f'so write it quoted, e.g. "PT24H"',
+                "{name}: timer '{element}' has the bare value {text}; timer expressions are Python, "
+                'so write it quoted, e.g. "PT24H"',
                 file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el), "text": text},
             )
         if mode == "eval" and not source.strip():
             raise InvalidDefinition(
-                f"{name}: empty expression in element '{_owner_id(el)}'",
+                "{name}: empty expression in element '{element}'",
                 file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el)},
             )
         try:
             sandbox.check(source.strip() if mode == "eval" else source, mode)
@@ -364,8 +372,9 @@ def _check_expressions(name: str, root: etree._Element) -> None:
             start = _line(el)
             line = start + (exc.line - 1 if exc.line else 0) if start else None
             raise InvalidDefinition(
-                f"{name}: element '{_owner_id(el)}' has an invalid script or expression: {exc}",
+                "{name}: element '{element}' has an invalid script or expression: {exc}",
                 file=name, element_id=_owner_id(el), line=line,
+                params={"name": name, "element": _owner_id(el), "exc": exc},
             ) from None
 
 
@@ -392,8 +401,9 @@ def _check_templates(name: str, root: etree._Element) -> None:
         start = _line(el)
         line = start + (offset - 1 if offset else 0) if start else None
         raise InvalidDefinition(
-            f"{name}: the SOP text of '{_owner_id(el)}' cannot be used: {message}",
+            "{name}: the SOP text of '{element}' cannot be used: {message}",
             file=name, element_id=_owner_id(el), line=line,
+            params={"name": name, "element": _owner_id(el), "message": message},
         )
 
 
@@ -423,8 +433,9 @@ def _check_dmn(name: str, root: etree._Element) -> None:
 
     def refuse(el: etree._Element, what: str, source: str, exc: Exception) -> InvalidDefinition:
         return InvalidDefinition(
-            f"{name}: {what} '{source.strip()}' of '{_owner_id(el)}' is not a valid expression: {exc}",
+            "{name}: {what} '{value}' of '{element}' is not a valid expression: {exc}",
             file=name, element_id=_owner_id(el), line=_line(el),
+            params={"name": name, "what": what, "value": source.strip(), "element": _owner_id(el), "exc": exc},
         )
 
     def compile_or_refuse(el: etree._Element, what: str, source: str, expression: str) -> None:
@@ -439,8 +450,8 @@ def _check_dmn(name: str, root: etree._Element) -> None:
             expressions = _dmn_children(column, "inputExpression")
             text, source = _dmn_text(expressions[0]) if expressions else (column, "")
             if not source.strip():
-                raise refuse(text, "input expression", source, ValueError("it is empty"))
-            compile_or_refuse(text, "input expression", source, source.strip())
+                raise refuse(text, Phrase("input expression"), source, ValueError("it is empty"))
+            compile_or_refuse(text, Phrase("input expression"), source, source.strip())
             inputs.append(source.strip())
         for rule in _dmn_children(table, "rule"):
             for column_source, entry in zip(inputs, _dmn_children(rule, "inputEntry"), strict=False):
@@ -450,18 +461,18 @@ def _check_dmn(name: str, root: etree._Element) -> None:
                     continue  # any value matches
                 placeholder = _DMN_PLACEHOLDER.sub("dmninputexpr", source)
                 if "dmninputexpr" in placeholder:
-                    compile_or_refuse(text, "input entry", source, placeholder)
+                    compile_or_refuse(text, Phrase("input entry"), source, placeholder)
                     continue
                 try:
                     sandbox.check(source, "eval")
-                    compile_or_refuse(text, "input entry", source, f"({column_source}) == ({source})")
+                    compile_or_refuse(text, Phrase("input entry"), source, f"({column_source}) == ({source})")
                 except sandbox.ScriptRefused:
-                    compile_or_refuse(text, "input entry", source, f"{column_source} {source}")
+                    compile_or_refuse(text, Phrase("input entry"), source, f"{column_source} {source}")
                     text.text = f" {source}"
             for entry in _dmn_children(rule, "outputEntry"):
                 text, source = _dmn_text(entry)
                 if source.strip():
-                    compile_or_refuse(text, "output entry", source, source.strip())
+                    compile_or_refuse(text, Phrase("output entry"), source, source.strip())
 
 
 def _check_task_expression(meta: UserTaskMeta, attr: str, text: str, file_name: str | None,
@@ -473,8 +484,9 @@ def _check_task_expression(meta: UserTaskMeta, attr: str, text: str, file_name: 
         sandbox.check(text[2:-1], "eval")
     except sandbox.ScriptRefused as exc:
         raise InvalidDefinition(
-            f"user task '{meta.element_id}': {attr} expression is invalid: {exc}",
+            "user task '{element_id}': {attr} expression is invalid: {exc}",
             file=file_name, element_id=meta.element_id, line=line,
+            params={"element_id": meta.element_id, "attr": attr, "exc": exc},
         ) from None
     return True
 
@@ -491,8 +503,9 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
         if text.startswith(("P", "-P")):
             if not _ISO_DURATION.match(text):
                 raise InvalidDefinition(
-                    f"user task '{meta.element_id}': {attr} '{text}' is not an ISO 8601 duration",
+                    "user task '{element_id}': {attr} '{text}' is not an ISO 8601 duration",
                     file=file_name, element_id=meta.element_id, line=line,
+                    params={"element_id": meta.element_id, "attr": attr, "text": text},
                 )
             _check_horizon(meta, attr, text, lambda now, t=text: duration_from(t, now), file_name, line)
         else:
@@ -500,9 +513,10 @@ def _check_task_dates(meta: UserTaskMeta, locate: _Locator) -> None:
                 instant = datetime.fromisoformat(text)
             except ValueError:
                 raise InvalidDefinition(
-                    f"user task '{meta.element_id}': {attr} '{text}' is neither an ISO 8601 duration, "
+                    "user task '{element_id}': {attr} '{text}' is neither an ISO 8601 duration, "
                     "an ISO instant nor a ${{expression}}",
                     file=file_name, element_id=meta.element_id, line=line,
+                    params={"element_id": meta.element_id, "attr": attr, "text": text},
                 ) from None
             _check_horizon(meta, attr, text, lambda _now, i=instant: i if i.tzinfo else i.replace(tzinfo=UTC),
                            file_name, line)
@@ -561,14 +575,16 @@ def _check_timer_literals(name: str, root: etree._Element) -> None:
             far = not now - DATE_HORIZON <= due <= now + DATE_HORIZON
         except Exception:  # noqa: BLE001 - SpiffWorkflow's parsers raise bare Exception, ValueError, OverflowError
             raise InvalidDefinition(
-                f"{name}: timer '{_owner_id(el)}' has the value {value[:60]!r}, which is not an ISO 8601 "
-                f"{'duration' if kind == 'timeDuration' else 'date' if kind == 'timeDate' else 'cycle'} "
+                "{name}: timer '{element}' has the value {value!r}, which is not an ISO 8601 "
+                "{value2} "
                 "SpiffWorkflow can schedule", file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el), "value": value[:60], "value2": Phrase("duration") if kind == "timeDuration" else Phrase("date") if kind == "timeDate" else Phrase("cycle")},
             ) from None
         if far and (kind != "timeDate" or due > now):  # a date in the past fires at once; that is fine
             raise InvalidDefinition(
-                f"{name}: timer '{_owner_id(el)}' is due more than 100 years from now ({value[:60]!r})",
+                "{name}: timer '{element}' is due more than 100 years from now ({value!r})",
                 file=name, element_id=_owner_id(el), line=_line(el),
+                params={"name": name, "element": _owner_id(el), "value": value[:60]},
             )
 
 
@@ -581,8 +597,9 @@ def _check_horizon(meta: UserTaskMeta, attr: str, text: str, instant: Any, file_
         far = True
     if far:
         raise InvalidDefinition(
-            f"user task '{meta.element_id}': {attr} '{text}' is more than 100 years away",
+            "user task '{element_id}': {attr} '{text}' is more than 100 years away",
             file=file_name, element_id=meta.element_id, line=line,
+            params={"element_id": meta.element_id, "attr": attr, "text": text},
         )
 
 
@@ -596,8 +613,9 @@ def _check_priority(meta: UserTaskMeta, locate: _Locator) -> None:
     low, high = PRIORITY_RANGE
     if not re.fullmatch(r"[+-]?\d{1,12}", text) or not low <= int(text) <= high:
         raise InvalidDefinition(
-            f"user task '{meta.element_id}': priority '{text[:40]}' is not an integer between {low} and {high}",
+            "user task '{element_id}': priority '{value}' is not an integer between {low} and {high}",
             file=file_name, element_id=meta.element_id, line=line,
+            params={"element_id": meta.element_id, "value": text[:40], "low": low, "high": high},
         )
 
 
@@ -667,9 +685,10 @@ def _check_writes(meta: UserTaskMeta, locate: _Locator) -> None:
         if name != "*" and (not name.isidentifier() or name.startswith("_")):
             file_name, line = locate.find(meta.element_id)
             raise InvalidDefinition(
-                f"user task '{meta.element_id}': property writes names '{name}', which is not a variable name "
+                "user task '{element_id}': property writes names '{name}', which is not a variable name "
                 "(list names separated by commas, or write *)",
                 file=file_name, element_id=meta.element_id, line=line,
+                params={"element_id": meta.element_id, "name": name},
             )
 
 
@@ -747,8 +766,9 @@ def _input_output(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
                 pname = param.get("name") or ""
                 if not pname.isidentifier() or pname.startswith("_"):
                     raise InvalidDefinition(
-                        f"{name}: element '{element.get('id')}' has a camunda:{tag} named '{pname}', which is not "
-                        "a variable name", file=name, element_id=element.get("id"), line=_line(param))
+                        "{name}: element '{value}' has a camunda:{tag} named '{pname}', which is not "
+                        "a variable name", file=name, element_id=element.get("id"), line=_line(param),
+                        params={"name": name, "value": element.get('id'), "tag": tag, "pname": pname})
                 try:
                     value = _parameter_value(param)
                     for text in _texts(value):
@@ -757,8 +777,9 @@ def _input_output(name: str, root: etree._Element) -> dict[str, dict[str, Any]]:
                             sandbox.check(expression[2:-1], "eval")
                 except (ValueError, sandbox.ScriptRefused) as exc:
                     raise InvalidDefinition(
-                        f"{name}: camunda:{tag} '{pname}' of element '{element.get('id')}' is invalid: {exc}",
-                        file=name, element_id=element.get("id"), line=_line(param)) from None
+                        "{name}: camunda:{tag} '{pname}' of element '{value}' is invalid: {exc}",
+                        file=name, element_id=element.get("id"), line=_line(param),
+                        params={"name": name, "tag": tag, "pname": pname, "value": element.get('id'), "exc": exc}) from None
                 entry[kind].append({"name": pname, "value": value})
         found[f"{scope.get('id')}/{element.get('id')}"] = entry
     return found
@@ -782,23 +803,24 @@ def _call_mappings(name: str, root: etree._Element) -> dict[str, dict[str, Any]]
                     entry[kind].append({"all": True})
                     continue
                 target, source, expression = m.get("target"), m.get("source"), m.get("sourceExpression")
-                problem = None
+                problem: Phrase | None = None
                 if not target or not target.isidentifier() or target.startswith("_"):
-                    problem = f"needs a target that is a variable name (got '{target}')"
+                    problem = Phrase("needs a target that is a variable name (got '{target}')", target=target)
                 elif expression is not None:
                     text = expression.strip()
                     if not (text.startswith("${") and text.endswith("}")):
-                        problem = "has a sourceExpression that is not ${...}"
+                        problem = Phrase("has a sourceExpression that is not ${{...}}")
                     else:
                         try:
                             sandbox.check(text[2:-1], "eval")
                         except sandbox.ScriptRefused as exc:
-                            problem = f"has an invalid sourceExpression: {exc}"
+                            problem = Phrase("has an invalid sourceExpression: {exc}", exc=exc)
                 elif not source:
-                    problem = "needs source, sourceExpression or variables=\"all\""
+                    problem = Phrase("needs source, sourceExpression or variables=\"all\"")
                 if problem:
-                    raise InvalidDefinition(f"{name}: camunda:{kind} of call activity '{call.get('id')}' {problem}",
-                                            file=name, element_id=call.get("id"), line=_line(m))
+                    raise InvalidDefinition("{name}: camunda:{kind} of call activity '{value}' {problem}",
+                                            file=name, element_id=call.get("id"), line=_line(m),
+                                            params={"name": name, "kind": kind, "value": call.get('id'), "problem": problem})
                 entry[kind].append({"target": target, "source": source, "expression": expression})
         found[f"{scope.get('id')}/{call.get('id')}"] = entry
     return found
@@ -823,14 +845,16 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
     trees: dict[str, etree._Element] = {}
     for f in files:
         if not f.name.lower().endswith((".bpmn", ".dmn", ".xml")):
-            raise InvalidDefinition(f"{f.name}: only .bpmn and .dmn files can be deployed", file=f.name)
+            raise InvalidDefinition("{name}: only .bpmn and .dmn files can be deployed", file=f.name,
+                                    params={"name": f.name})
         trees[f.name] = xmlsafe.parse(f.data, f.name, max_bytes=settings.max_upload_bytes,
                                       max_depth=settings.max_xml_depth)
     bpmn = {n: r for n, r in trees.items() if not _is_dmn(r)}
     dmn = {n: r for n, r in trees.items() if _is_dmn(r)}
     for name, root in bpmn.items():
         if etree.QName(root).namespace != BPMN_NS or etree.QName(root).localname != "definitions":
-            raise InvalidDefinition(f"{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root))
+            raise InvalidDefinition("{name} is neither a BPMN 2.0 nor a DMN document", file=name, line=_line(root),
+                                    params={"name": name})
         _check_expressions(name, root)
         _check_timer_literals(name, root)
         _check_templates(name, root)
@@ -901,12 +925,14 @@ def parse_bundle(files: list[UploadedFile], settings: Settings) -> ParsedBundle:
     except ValidationException as exc:
         file_name, line = locate.find(exc.id or None, exc.file_name or None)
         raise InvalidDefinition(
-            f"{exc.file_name or file_name or 'upload'}: {exc}", file=exc.file_name or file_name,
+            "{value}: {exc}", file=exc.file_name or file_name,
             element_id=exc.id or None, line=line,
+            params={"value": exc.file_name or file_name or 'upload', "exc": exc},
         ) from None
     except SpiffWorkflowException as exc:
-        raise InvalidDefinition(f"the diagram was refused: {exc}") from None
+        raise InvalidDefinition("the diagram was refused: {exc}", params={"exc": exc}) from None
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
         # SpiffWorkflow's parser assumes well-formed BPMN; anything it trips on is the upload's fault
-        raise InvalidDefinition(f"the diagram could not be read ({type(exc).__name__}: {exc})") from None
+        raise InvalidDefinition("the diagram could not be read ({exc_type}: {exc})",
+                                params={"exc_type": type(exc).__name__, "exc": exc}) from None
     return ParsedBundle(dialect, processes, bundle_checksum(files))

@@ -45,10 +45,11 @@ def set_password(session: Session, *, name: str, password: str, actor: Actor) ->
     ``MIN_LENGTH`` or longer than ``MAX_LENGTH`` characters.
     """
     if not isinstance(password, str) or not MIN_LENGTH <= len(password) <= MAX_LENGTH:
-        raise InvalidInput(f"a password needs {MIN_LENGTH} to {MAX_LENGTH} characters", field="password")
+        raise InvalidInput("a password needs {min_length} to {max_length} characters", field="password",
+                           params={"min_length": MIN_LENGTH, "max_length": MAX_LENGTH})
     user = session.scalar(select(UserRow).where(UserRow.name == name))
     if user is None:
-        raise NotFound(f"user '{name}' not found", name=name)
+        raise NotFound("user '{name}' not found", name=name, params={"name": name})
     user.password_hash = _hasher.hash(password)
     user.failed_sign_ins = 0
     user.locked_until = None
@@ -142,7 +143,7 @@ def unlock(session: Session, *, name: str, actor: Actor) -> bool:
     """
     user = session.scalar(select(UserRow).where(UserRow.name == name))
     if user is None:
-        raise NotFound(f"user '{name}' not found", name=name)
+        raise NotFound("user '{name}' not found", name=name, params={"name": name})
     locked = user.locked_until is not None and user.locked_until > clock.now()
     if not locked and not user.failed_sign_ins:
         return False
@@ -164,9 +165,10 @@ def add_user_with_password(session: Session, *, name: str, role: str, groups: li
     """
     problems = identity.new_user_problems(name=name, role=role, groups=groups, display_name=display_name)
     if password is not None and generate:
-        problems["password"] = "give a password or ask for a generated one, not both"  # noqa: S105 - a message, not a password
+        problems["password"] = InvalidInput("give a password or ask for a generated one, not both")
     elif password is not None and not MIN_LENGTH <= len(password) <= MAX_LENGTH:
-        problems["password"] = f"a password needs {MIN_LENGTH} to {MAX_LENGTH} characters"
+        problems["password"] = InvalidInput("a password needs {min_length} to {max_length} characters",
+                                            params={"min_length": MIN_LENGTH, "max_length": MAX_LENGTH})
     identity.refuse(problems)
     view = identity.add_user(session, name=name, role=role, groups=groups, display_name=display_name, actor=actor)
     if password is None and not generate:

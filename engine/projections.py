@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from engine import audit, clock, limits, sla, variables
 from engine.audit import Event, canonical
-from engine.errors import ScriptError
+from engine.errors import Phrase, ScriptError
 from engine.external import ExternalTaskMixin, is_waiting_external
 from engine.ids import time_ordered_id
 from engine.loading import UserTaskMeta, duration_from
@@ -79,8 +79,9 @@ def _evaluate(task: Task, expression: str, initiator: str | None, what: str) -> 
         return script_engine().environment.evaluate(expression, context)
     except (ScriptRefused, Exception) as exc:  # noqa: BLE001 - any failure is the diagram's, reported as such
         raise ScriptError(
-            f"user task '{task.task_spec.bpmn_id}': the {what} expression '{expression}' failed: {exc}",
+            "user task '{bpmn_id}': the {what} expression '{expression}' failed: {exc}",
             element_id=task.task_spec.bpmn_id,
+            params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "expression": expression, "exc": exc},
         ) from None
 
 
@@ -97,8 +98,9 @@ def _instant(value: Any, base: datetime, task: Task, what: str) -> datetime | No
         in_range = False
     if not in_range:
         raise ScriptError(
-            f"user task '{task.task_spec.bpmn_id}': {what} '{str(value)[:100]}' is more than 100 years away "
+            "user task '{bpmn_id}': {what} '{value}' is more than 100 years away "
             "from the task's creation", element_id=task.task_spec.bpmn_id,
+            params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": str(value)[:100]},
         )
     return instant
 
@@ -120,8 +122,9 @@ def _parse_instant(value: Any, base: datetime, task: Task, what: str) -> datetim
         return parsed_dt.astimezone(UTC) if parsed_dt.tzinfo else parsed_dt.replace(tzinfo=UTC)
     except (ValueError, TypeError):
         raise ScriptError(
-            f"user task '{task.task_spec.bpmn_id}': {what} '{text}' is not an ISO 8601 duration or instant",
+            "user task '{bpmn_id}': {what} '{text}' is not an ISO 8601 duration or instant",
             element_id=task.task_spec.bpmn_id,
+            params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "text": text},
         ) from None
 
 
@@ -149,10 +152,11 @@ def _checked_names(names: list[str], task: Task, what: str, limit: int) -> list[
     ScriptError naming the user task (a computed name is stored and indexed as it is)."""
     for name in names:
         if len(name) > limit or not limits.valid_text(name):
-            why = (f"is longer than {limit} characters" if len(name) > limit
-                   else "is not valid Unicode text (it holds a lone surrogate)")
-            raise ScriptError(f"user task '{task.task_spec.bpmn_id}': the {what} {name[:60]!r} {why}",
-                              element_id=task.task_spec.bpmn_id)
+            why = (Phrase("is longer than {limit} characters", limit=limit) if len(name) > limit
+                   else Phrase("is not valid Unicode text (it holds a lone surrogate)"))
+            raise ScriptError("user task '{bpmn_id}': the {what} {value!r} {why}",
+                              element_id=task.task_spec.bpmn_id,
+                              params={"bpmn_id": task.task_spec.bpmn_id, "what": what, "value": name[:60], "why": why})
     return names
 
 
@@ -167,26 +171,28 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
     :func:`engine.sla.due_and_at_risk`.
     """
     initiator = instance.started_by
-    assignee = _resolve(task, meta.assignee, initiator, "assignee")
+    assignee = _resolve(task, meta.assignee, initiator, Phrase("assignee"))
     if assignee not in (None, ""):
-        _checked_names([str(assignee)], task, "assignee", ASSIGNEE_MAX)
+        _checked_names([str(assignee)], task, Phrase("assignee"), ASSIGNEE_MAX)
     users = _checked_names([n for raw in meta.candidate_users
-                            for n in _names(_resolve(task, raw, initiator, "candidate users"))],
+                            for n in _names(_resolve(task, raw, initiator, Phrase("candidate users")))],
                            task, "candidate user", CANDIDATE_MAX)
     groups = _checked_names([n for raw in meta.candidate_groups
-                             for n in _names(_resolve(task, raw, initiator, "candidate groups"))],
+                             for n in _names(_resolve(task, raw, initiator, Phrase("candidate groups")))],
                             task, "candidate group", CANDIDATE_MAX)
-    priority_raw = _resolve(task, meta.priority, initiator, "priority")
+    priority_raw = _resolve(task, meta.priority, initiator, Phrase("priority"))
     try:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
     except (TypeError, ValueError, OverflowError):
-        raise ScriptError(f"user task '{meta.element_id}': priority '{str(priority_raw)[:100]}' is not a number",
-                          element_id=meta.element_id) from None
+        raise ScriptError("user task '{element_id}': priority '{value}' is not a number",
+                          element_id=meta.element_id,
+                          params={"element_id": meta.element_id, "value": str(priority_raw)[:100]}) from None
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise ScriptError(f"user task '{meta.element_id}': priority {str(priority)[:40]} is outside "
-                          f"{PRIORITY_MIN}..{PRIORITY_MAX} (a 32-bit integer)", element_id=meta.element_id)
+        raise ScriptError("user task '{element_id}': priority {value} is outside "
+                          "{priority_min}..{priority_max} (a 32-bit integer)", element_id=meta.element_id,
+                          params={"element_id": meta.element_id, "value": str(priority)[:40], "priority_min": PRIORITY_MIN, "priority_max": PRIORITY_MAX})
     due_at, at_risk_at = sla.due_and_at_risk(
-        sla.task_properties(task), _instant(_resolve(task, meta.due_date, initiator, "due date"), now, task, "due date"),
+        sla.task_properties(task), _instant(_resolve(task, meta.due_date, initiator, Phrase("due date")), now, task, Phrase("due date")),
         now, at_risk_fraction, meta.element_id)
     return {
         **_EMPTY_TASK_ROW,
@@ -197,7 +203,7 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
         "candidate_users": sorted(set(users)), "candidate_groups": sorted(set(groups)),
         "form_key": meta.form_key, "priority": priority, "due_at": due_at,
         "at_risk_at": at_risk_at, "sla_state": "on_time" if due_at is not None else None,
-        "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, "follow-up date"), now, task,
+        "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, Phrase("follow-up date")), now, task,
                                  "follow-up date"),
         "created_at": now, "created_revision": revision,
         "local_variables": variables.as_json(variables.own_scope(task)) or None,

@@ -82,10 +82,12 @@ class Paging:
               max_results: int | None = None) -> Paging:
         size = max_results if max_results is not None else (limit if limit is not None else 50)
         if size < 1 or size > MAX_LIMIT:
-            raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+            raise InvalidInput("limit must be between 1 and {max_limit}", field="limit",
+                               params={"max_limit": MAX_LIMIT})
         offset = first_result or 0
         if offset < 0 or offset > MAX_OFFSET:
-            raise InvalidInput(f"first_result must be between 0 and {MAX_OFFSET}", field="first_result")
+            raise InvalidInput("first_result must be between 0 and {max_offset}", field="first_result",
+                               params={"max_offset": MAX_OFFSET})
         if cursor:
             data = _decode_cursor(cursor)
             if "o" in data:
@@ -132,11 +134,13 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
 def _aware(value: datetime, name: str) -> datetime:
     """A filter instant in UTC; one without a time zone is refused (it would be read in some unknown zone)."""
     if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name)
+        raise InvalidInput("{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name,
+                           params={"name": name})
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput(f"{name} is out of range once converted to UTC", field=name) from None
+        raise InvalidInput("{name} is out of range once converted to UTC", field=name,
+                           params={"name": name}) from None
 
 
 def _page(session: Session, query: Select[Any], paging: Paging, *, scalars: bool = True) -> Page:
@@ -232,7 +236,7 @@ def _filters(f: TaskFilter) -> list[Any]:
     if f.state not in ("open", "completed", "cancelled", "all"):
         raise InvalidInput("state must be open, completed, cancelled or all", field="state")
     if f.sort not in SORTS:
-        raise InvalidInput(f"sort must be one of {', '.join(SORTS)}", field="sort")
+        raise InvalidInput("sort must be one of {sorts}", field="sort", params={"sorts": ', '.join(SORTS)})
     if f.order not in ("asc", "desc"):
         raise InvalidInput("order must be asc or desc", field="order")
     conditions: list[Any] = []
@@ -359,8 +363,9 @@ def _keyset(f: TaskFilter, paging: Paging) -> tuple[Any, str] | None:
         return None
     sort, order, value, task_id = paging.after
     if (sort, order) != (f.sort, f.order):
-        raise InvalidInput(f"this cursor pages tasks sorted by {sort} {order}, not by {f.sort} {f.order}; "
-                           "start again without a cursor", field="cursor")
+        raise InvalidInput("this cursor pages tasks sorted by {sort} {order}, not by {sort2} {order2}; "
+                           "start again without a cursor", field="cursor",
+                           params={"sort": sort, "order": order, "sort2": f.sort, "order2": f.order})
     refused = InvalidInput("cursor is not one this server issued (pass next_cursor from the previous page "
                            "unchanged)", field="cursor")
     if sort == "priority":
@@ -604,7 +609,7 @@ def visible_task(session: Session, actor: Actor, task_id: str) -> TaskRow:
     # out of scope reads as absent: an employee must not learn that someone else's task exists
     task = session.scalar(select(TaskRow).where(TaskRow.id == task_id, task_scope(actor)))
     if task is None:
-        raise NotFound(f"task {task_id} not found", task_id=task_id)
+        raise NotFound("task {task_id} not found", task_id=task_id, params={"task_id": task_id})
     return task
 
 
@@ -682,7 +687,8 @@ def _variable_equals(name: str, value: Any) -> Any:
         return element.as_boolean() == value
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:
-            raise InvalidInput(f"variable filter '{name}' compares with a number out of range", field="variable")
+            raise InvalidInput("variable filter '{name}' compares with a number out of range", field="variable",
+                               params={"name": name})
         return element.as_integer() == value
     if isinstance(value, float):
         return element.as_float() == value
@@ -690,8 +696,8 @@ def _variable_equals(name: str, value: Any) -> Any:
         return element.as_string() == value
     if value is None:  # JSON null and a missing variable both read as SQL NULL
         return element.as_string().is_(None)
-    raise InvalidInput(f"variable filter '{name}' must compare with a string, number, boolean or null",
-                       field="variable")
+    raise InvalidInput("variable filter '{name}' must compare with a string, number, boolean or null",
+                       field="variable", params={"name": name})
 
 
 def list_instances(session: Session, actor: Actor, f: InstanceFilter, paging: Paging) -> Page:
@@ -704,7 +710,7 @@ def list_instances(session: Session, actor: Actor, f: InstanceFilter, paging: Pa
     query = _instance_query(actor, f)
     for name, value in f.variables.items():
         if not name.isidentifier():
-            raise InvalidInput(f"'{name}' is not a variable name", field="variable")
+            raise InvalidInput("'{name}' is not a variable name", field="variable", params={"name": name})
         query = query.where(_variable_equals(name, value))
     return _page(session, query, paging)
 
@@ -712,7 +718,8 @@ def list_instances(session: Session, actor: Actor, f: InstanceFilter, paging: Pa
 def visible_instance(session: Session, actor: Actor, instance_id: str) -> InstanceRow:
     row = session.scalar(select(InstanceRow).where(InstanceRow.id == instance_id, instance_scope(actor)))
     if row is None:
-        raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
+        raise NotFound("process instance {instance_id} not found", instance_id=instance_id,
+                       params={"instance_id": instance_id})
     return row
 
 
@@ -722,7 +729,8 @@ def definition_source(session: Session, definition: DefinitionRow) -> bytes:
         DeploymentResourceRow.deployment_id == definition.deployment_id,
         DeploymentResourceRow.name == definition.resource_name))
     if content is None:
-        raise NotFound(f"the source of {definition.key} v{definition.version} is not stored", key=definition.key)
+        raise NotFound("the source of {key} v{version} is not stored", key=definition.key,
+                       params={"key": definition.key, "version": definition.version})
     return bytes(content)
 
 
@@ -731,7 +739,8 @@ def instance_diagram(session: Session, actor: Actor, instance_id: str) -> bytes:
     instance = visible_instance(session, actor, instance_id)
     definition = session.get(DefinitionRow, instance.definition_id)
     if definition is None:
-        raise NotFound(f"the definition of process instance {instance_id} is gone", instance_id=instance_id)
+        raise NotFound("the definition of process instance {instance_id} is gone", instance_id=instance_id,
+                       params={"instance_id": instance_id})
     return definition_source(session, definition)
 
 
@@ -900,7 +909,7 @@ def readable_task(session: Session, actor: Actor, task_id: str) -> TaskRow:
         TaskRow.id == task_id, or_(task_scope(actor), TaskRow.instance_id.in_(
             select(InstanceRow.id).where(instance_scope(actor))))))
     if task is None:
-        raise NotFound(f"task {task_id} not found", task_id=task_id)
+        raise NotFound("task {task_id} not found", task_id=task_id, params={"task_id": task_id})
     return task
 
 
@@ -948,7 +957,8 @@ def get_attachment(session: Session, actor: Actor, attachment_id: str, *, conten
     (:func:`visible_instance`), i.e. whoever is shown it in either list. Anything else,
     and an unknown id, raises NotFound (404) naming the attachment only.
     """
-    missing = NotFound(f"attachment {attachment_id} not found", attachment_id=attachment_id)
+    missing = NotFound("attachment {attachment_id} not found", attachment_id=attachment_id,
+                       params={"attachment_id": attachment_id})
     row = session.scalar(select(AttachmentRow).where(AttachmentRow.id == attachment_id))
     if row is None:
         raise missing

@@ -100,8 +100,9 @@ def dump_specs(dialect: str, spec: Any, subprocess_specs: dict[str, Any],
         })
     except (TypeError, ValueError) as exc:
         raise InvalidDefinition(
-            f"process '{spec.name}' uses an element sopflow cannot store in the {dialect} dialect ({exc}); "
-            "remove or replace that element", process=spec.name) from None
+            "process '{name}' uses an element sopflow cannot store in the {dialect} dialect ({exc}); "
+            "remove or replace that element", process=spec.name,
+            params={"name": spec.name, "dialect": dialect, "exc": exc}) from None
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ def _fraction(props: dict[str, str], default: float, element_id: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 < value <= 1:
-        raise ScriptError(f"user task '{element_id}': atRiskFraction '{raw[:40]}' is not a number in (0, 1]",
-                          element_id=element_id)
+        raise ScriptError("user task '{element_id}': atRiskFraction '{value}' is not a number in (0, 1]",
+                          element_id=element_id, params={"element_id": element_id, "value": raw[:40]})
     return value
 
 
@@ -71,7 +71,8 @@ def due_and_at_risk(props: dict[str, str], due_at: datetime | None, now: datetim
             allowed = cal.working_time_between(now, due)
             return due, cal.add_working_time(now, allowed * fraction)
         except InvalidInput as exc:
-            raise ScriptError(f"user task '{element_id}': {exc}", element_id=element_id) from None
+            raise ScriptError("user task '{element_id}': {exc}", element_id=element_id,
+                              params={"element_id": element_id, "exc": exc}) from None
     if due_at is None:
         return None, None
     return due_at, now + (due_at - now) * fraction
@@ -85,8 +86,9 @@ def reminder_offsets(props: dict[str, str], element_id: str) -> list[str]:
         try:
             duration_from(text, datetime(2000, 1, 1, tzinfo=UTC))
         except (ValueError, OverflowError):
-            raise ScriptError(f"user task '{element_id}': reminder '{text[:40]}' is not an ISO 8601 duration",
-                              element_id=element_id) from None
+            raise ScriptError("user task '{element_id}': reminder '{value}' is not an ISO 8601 duration",
+                              element_id=element_id,
+                              params={"element_id": element_id, "value": text[:40]}) from None
     return found
 
 

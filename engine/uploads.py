@@ -148,8 +148,9 @@ def check_file(filename: str | None, data: bytes, *, max_bytes: int, allowed: tu
     accepted types.
     """
     if len(data) > max_bytes:
-        raise TooLarge(f"the file is larger than the limit of {max_bytes} bytes ({_mib(max_bytes)})",
-                       field="file", limit=max_bytes)
+        raise TooLarge("the file is larger than the limit of {max_bytes} bytes ({size})",
+                       field="file", limit=max_bytes,
+                       params={"max_bytes": max_bytes, "size": _mib(max_bytes)})
     if not data:
         raise InvalidInput("the file is empty", field="file")
     name = sanitize_filename(filename)
@@ -159,11 +160,12 @@ def check_file(filename: str | None, data: bytes, *, max_bytes: int, allowed: tu
     extension = name.rpartition(".")[2].lower() if "." in name else ""
     kind = KNOWN_TYPES.get(extension) if extension in allowed else None
     if kind is None:
-        raise UnsupportedType(f"'{name}' is not an accepted type of file; accepted: {accepted}", field="file",
-                              accepted=list(allowed))
+        raise UnsupportedType("'{name}' is not an accepted type of file; accepted: {accepted}", field="file",
+                              accepted=list(allowed), params={"name": name, "accepted": accepted})
     if not kind.matches(data):
-        raise UnsupportedType(f"'{name}' is not {kind.label}: its content does not match the .{extension} "
-                              f"extension; accepted: {accepted}", field="file", accepted=list(allowed))
+        raise UnsupportedType("the content of '{name}' does not match its .{extension} extension; accepted: {accepted}",
+                              field="file", accepted=list(allowed),
+                              params={"name": name, "extension": extension, "accepted": accepted})
     content_type = kind.content_type
     if content_type.startswith("text/") and _is_utf8(data):
         content_type += "; charset=utf-8"

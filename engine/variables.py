@@ -60,7 +60,7 @@ from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
 
 from engine import audit
-from engine.errors import ScriptError
+from engine.errors import Phrase, ScriptError
 
 PVARS = "_pvars"  # key of the process variables in the top workflow's data
 LOCALS = "_sopflow_locals"  # key of a task's local variables in its internal data
@@ -194,8 +194,9 @@ def evaluate(task: Task, source: Any, context: dict[str, Any], what: str) -> Any
         return task.workflow.script_engine.environment.evaluate(match.group(1), dict(context))
     except Exception as exc:  # noqa: BLE001 - any failure is the diagram's, reported as such
         element = getattr(task.task_spec, "bpmn_id", None)
-        raise ScriptError(f"element '{element}': the {what} '{source.strip()}' failed: {exc}",
-                          element_id=element) from None
+        raise ScriptError("element '{element}': the {what} '{value}' failed: {exc}",
+                          element_id=element,
+                          params={"element": element, "what": what, "value": source.strip(), "exc": exc}) from None
 
 
 def locals_of(task: Task) -> dict[str, Any]:
@@ -334,7 +335,7 @@ def _commit(task: Task, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
         context = {**view(task), **task.data}
         for param in outputs:
             name = param["name"]
-            value = evaluate(task, param["value"], context, f"output parameter '{name}'")
+            value = evaluate(task, param["value"], context, Phrase("output parameter '{name}'", name=name))
             scope = target(name)
             if scope.get(name, object()) != value:
                 changes[name] = {"from": scope.get(name), "to": value}

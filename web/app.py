@@ -20,7 +20,7 @@ from api.problems import STATUS
 from engine.errors import SopflowError
 from web.deps import SignInRequired
 from web.pages import admin, auditor, designer, diagrams, employee, shell
-from web.render import render
+from web.render import error_text, render
 
 STATIC = Path(__file__).parent / "static"
 # built by `make assets` from web/frontend/ (git-ignored): the bpmn-js bundle, Swagger UI for /docs
@@ -48,9 +48,9 @@ def _status_of(exc: Exception) -> int:
     return 400 if isinstance(exc, SopflowError) else 500
 
 
-def _message(exc: Exception) -> str | None:
+def _message(request: Request, exc: Exception) -> str | None:
     if isinstance(exc, SopflowError):
-        return exc.message
+        return error_text(request, exc)
     if isinstance(exc, RequestValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}" for e in exc.errors())
     return None
@@ -63,7 +63,7 @@ def _page_errors(api_handler: Handler) -> Handler:
         status = _status_of(exc)
         if status >= 500:
             await api_handler(request, exc)  # logged and counted as the API does; the page stays HTML
-        return render(request, "shell/error.html", {"status": status, "message": _message(exc)},
+        return render(request, "shell/error.html", {"status": status, "message": _message(request, exc)},
                       status_code=status)
     return handler
 

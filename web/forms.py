@@ -474,6 +474,7 @@ def field_errors(fields: list[Field], engine_errors: Mapping[str, str] | None, *
         if head in by_name:
             per_field.setdefault(head, friendly_error(text, by_name[head], gettext=gettext))
         else:
+            text = gettext(text)  # the engine's per-field reasons are msgids (engine.errors.reason)
             general.append(f"{key}: {text}" if key and not key.startswith("(") else text)
     if not per_field and not general and message:
         general.append(message)

@@ -23,6 +23,8 @@ from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 from babel.support import NullTranslations, Translations
 
+from engine.errors import Phrase, SopflowError
+
 LOCALES = ("en", "zh-Hans")
 LOCALE_DIR = Path(__file__).parent / "locale"
 _BABEL = {"en": Locale.parse("en"), "zh-Hans": Locale.parse("zh_Hans")}
@@ -98,6 +100,33 @@ def gettext(message: str) -> str:
 
 def ngettext(singular: str, plural: str, n: int) -> str:
     return translations(_current.get()).ngettext(singular, plural, n)
+
+
+def error_text(exc: BaseException, locale: str | None = None) -> str:
+    """An engine error's message in ``locale`` (None: the current one, see :func:`use`).
+
+    A :class:`~engine.errors.SopflowError`'s template is looked up in the catalogs
+    (``errors.po``, extracted by ``make messages``) and filled with the error's params; the
+    params themselves (ids, names, limits, and text from outside such as Python's or
+    SpiffWorkflow's exception text) stay as they are, except a
+    :class:`~engine.errors.Phrase`, which is translated too. A translation whose placeholders do not
+    format falls back to the English message. Any other exception gives ``str(exc)``.
+    """
+    if not isinstance(exc, SopflowError):
+        return str(exc)
+    return _translate(exc.template, exc.params, exc.message, translations(locale or _current.get()))
+
+
+def _translate(template: str, params: dict[str, Any], english: str, catalog: NullTranslations) -> str:
+    """``template`` translated and filled with ``params``, whose :class:`~engine.errors.Phrase`
+    values are translated the same way; ``english`` when the translation does not format."""
+    translated = catalog.gettext(template)
+    local = {k: _translate(v.template, v.params, str(v), catalog) if isinstance(v, Phrase) else v
+             for k, v in params.items()}
+    try:
+        return translated.format(**local)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+        return english
 
 
 def format_instant(value: datetime | str | None, time_zone: str | None, fmt: str = "medium") -> str:

@@ -70,6 +70,16 @@ def page_locale(request: Request) -> str:
     return i18n.negotiate(found.locale if found else None, request.headers.get("accept-language"))
 
 
+def error_text(request: Request, exc: BaseException) -> str:
+    """An engine error's message in the request's language (:func:`web.i18n.error_text`)."""
+    return i18n.error_text(exc, page_locale(request))
+
+
+def reason_text(request: Request, text: str) -> str:
+    """A per-field reason from an engine error's ``errors`` (marked with ``engine.errors.reason``), translated."""
+    return i18n.translations(page_locale(request)).gettext(text)
+
+
 def render(request: Request, template: str, context: dict[str, Any] | None = None, *,
            status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
     """Render ``template`` for the request's user and language.

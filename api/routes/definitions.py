@@ -30,7 +30,8 @@ def create_deployment(db: DbDep, actor: ActorDep, settings: SettingsDep, respons
     for f in files:
         data = f.file.read(limit + 1)
         if len(data) > limit:
-            raise InvalidDefinition(f"{f.filename} is larger than {limit} bytes", file=f.filename)
+            raise InvalidDefinition("{filename} is larger than {limit} bytes", file=f.filename,
+                                    params={"filename": f.filename, "limit": limit})
         uploads.append(UploadedFile(f.filename or "upload.bpmn", data))
     result = db.command(lambda s: deploy(s, files=uploads, actor=actor, name=name, settings=settings))
     if not result.created:

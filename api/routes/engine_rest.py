@@ -96,7 +96,7 @@ def _parse(model: type[BaseModel], body: Any) -> Any:
         return model.model_validate(body if body is not None else {})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"the request is invalid: {problems}") from None
+        raise InvalidInput("the request is invalid: {problems}", params={"problems": problems}) from None
 
 
 # --------------------------------------------------------------------------- typed variables
@@ -124,16 +124,19 @@ def from_camunda(variables: Any, what: str = "variables") -> dict[str, Any]:
     if variables is None:
         return {}
     if not isinstance(variables, dict):
-        raise InvalidInput(f"{what} must be an object of {{name: {{value, type}}}}", field=what)
+        raise InvalidInput("{what} must be an object of {{name: {{value, type}}}}", field=what,
+                           params={"what": what})
     out: dict[str, Any] = {}
     for name, typed in variables.items():
         if not isinstance(typed, dict) or "value" not in typed:
-            raise InvalidInput(f"variable '{name}' must be {{\"value\": ..., \"type\": ...}}", field=name)
+            raise InvalidInput("variable '{name}' must be {{\"value\": ..., \"type\": ...}}", field=name,
+                               params={"name": name})
         kind = str(typed.get("type") or "").lower()
         value = typed["value"]
 
         def bad(expected: str, name: str = name, kind: str = kind) -> InvalidInput:
-            return InvalidInput(f"variable '{name}' of type {kind or 'untyped'} must hold {expected}", field=name)
+            return InvalidInput("variable '{name}' of type {value} must hold {expected}", field=name,
+                                params={"name": name, "value": kind or 'untyped', "expected": expected})
 
         if value is None or kind == "null":
             out[name] = None
@@ -169,8 +172,9 @@ def from_camunda(variables: Any, what: str = "variables") -> dict[str, Any]:
             except ValueError:
                 raise bad("JSON text") from None
         else:
-            raise InvalidInput(f"variable '{name}' has type {typed.get('type')}, which sopflow does not store "
-                               "(use String, Integer, Long, Double, Boolean, Date, Json or Null)", field=name)
+            raise InvalidInput("variable '{name}' has type {value}, which sopflow does not store "
+                               "(use String, Integer, Long, Double, Boolean, Date, Json or Null)", field=name,
+                               params={"name": name, "value": typed.get('type')})
     return out
 
 

@@ -19,7 +19,7 @@ from api.schemas import (
 from api.views import page_body, task_read
 from engine import limits
 from engine.commands import cancel_instance, correlate_message, start_instance
-from engine.errors import Forbidden, InvalidInput
+from engine.errors import Forbidden, InvalidInput, Phrase
 from engine.queries import InstanceFilter, instance_diagram, instance_tasks, list_instances, visible_instance
 
 router = APIRouter(prefix="/api", tags=["instances"])
@@ -69,7 +69,9 @@ def get_instances(
             value = raw
         problem = limits.find_problem(value, max_depth=1)
         if problem is not None:  # e.g. "\ud800" as a JSON escape, or NaN
-            raise InvalidInput(f"variable filter '{name}': {problem.describe('the value')}", field="variable")
+            what = Phrase("the value")
+            raise InvalidInput("variable filter '{name}': {value}", field="variable",
+                               params={"name": name, "value": problem.describe(what)})
         variables[name] = value
     f = InstanceFilter(definition_key=definition_key, status=status_, business_key=business_key,
                        started_by=started_by, started_before=started_before, started_after=started_after,

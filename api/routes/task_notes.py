@@ -67,7 +67,8 @@ def create_attachment(db: DbDep, actor: ActorDep, settings: SettingsDep, task_id
     limit = settings.max_attachment_bytes
     data = file.file.read(limit + 1)  # one byte more than allowed is enough to know it is too large
     if len(data) > limit:
-        raise TooLarge(f"the file is larger than the limit of {limit} bytes", field="file", limit=limit)
+        raise TooLarge("the file is larger than the limit of {limit} bytes", field="file", limit=limit,
+                       params={"limit": limit})
     row = db.command(lambda s: add_attachment(s, task_id=task_id, actor=actor, filename=file.filename, data=data,
                                               description=description, settings=settings))
     return AttachmentRead.model_validate(row)

@@ -75,15 +75,15 @@ def move_clock(session: Session, *, controlled: clock.OffsetClock, actor: Actor,
         try:
             target = duration_from(advance.strip(), now)
         except (ValueError, OverflowError):
-            raise InvalidInput(f"advance '{advance[:60]}' is not an ISO 8601 duration like PT25H or P2D",
-                               field="advance") from None
+            raise InvalidInput("advance '{value}' is not an ISO 8601 duration like PT25H or P2D",
+                               field="advance", params={"value": advance[:60]}) from None
     elif to is not None:
         if to.tzinfo is None:
             raise InvalidInput("set needs an instant with a time zone, e.g. 2026-01-01T09:00:00Z", field="set")
         target = to
     if target < now:
-        raise InvalidInput(f"the clock only moves forward; it is already {now.isoformat()}",
-                           field="set" if to is not None else "advance")
+        raise InvalidInput("the clock only moves forward; it is already {value}",
+                           field="set" if to is not None else "advance", params={"value": now.isoformat()})
     new_offset = target - base
     row = session.get(RuntimeSettingRow, OFFSET_KEY)
     if row is None:

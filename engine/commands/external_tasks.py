@@ -109,14 +109,14 @@ def _worker(worker_id: Any) -> str:
 def _duration(value: Any, field: str, *, allow_zero: bool = False) -> int:
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_LOCK_MS:
-        raise InvalidInput(f"{field} must be a whole number of milliseconds from {low} to {MAX_LOCK_MS}",
-                           field=field)
+        raise InvalidInput("{field} must be a whole number of milliseconds from {low} to {max_lock_ms}",
+                           field=field, params={"field": field, "low": low, "max_lock_ms": MAX_LOCK_MS})
     return value
 
 
 def _retries(value: Any, field: str = "retries") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**31 - 1:
-        raise InvalidInput(f"{field} must be a whole number, 0 or more", field=field)
+        raise InvalidInput("{field} must be a whole number, 0 or more", field=field, params={"field": field})
     return value
 
 
@@ -130,19 +130,21 @@ def _text(value: Any, field: str, limit: int | None = None) -> str | None:
 def get_external_task(session: Session, task_id: str) -> ExternalTaskRow:
     row = session.get(ExternalTaskRow, task_id, populate_existing=True)
     if row is None:
-        raise NotFound(f"external task {task_id} not found", task_id=task_id)
+        raise NotFound("external task {task_id} not found", task_id=task_id, params={"task_id": task_id})
     return row
 
 
 def _require_lock(row: ExternalTaskRow, worker_id: str) -> None:
     """Only the worker holding the lock may act on the task (Camunda compares the worker id)."""
     if row.state != "open":
-        raise Conflict(f"external task '{row.name}' is already {row.state}", task_id=row.id, state=row.state)
+        raise Conflict("external task '{name}' is already {state}", task_id=row.id, state=row.state,
+                       params={"name": row.name, "state": row.state})
     if row.worker_id is None:
-        raise Conflict(f"external task '{row.name}' is not locked; fetch and lock it first", task_id=row.id)
+        raise Conflict("external task '{name}' is not locked; fetch and lock it first", task_id=row.id,
+                       params={"name": row.name})
     if row.worker_id != worker_id:
-        raise Conflict(f"external task '{row.name}' is locked by another worker", task_id=row.id,
-                       worker_id=row.worker_id)
+        raise Conflict("external task '{name}' is locked by another worker", task_id=row.id,
+                       worker_id=row.worker_id, params={"name": row.name})
 
 
 def _guarded(row: ExternalTaskRow, **values: Any) -> Any:
@@ -154,13 +156,15 @@ def _guarded(row: ExternalTaskRow, **values: Any) -> Any:
 
 def _apply(session: Session, row: ExternalTaskRow, **values: Any) -> None:
     if rowcount(session.execute(_guarded(row, **values))) != 1:
-        raise StaleInstance(f"external task {row.id} was changed by someone else", task_id=row.id)
+        raise StaleInstance("external task {id} was changed by someone else", task_id=row.id,
+                            params={"id": row.id})
 
 
 def _audit(session: Session, instance_id: str, events: list[Event]) -> None:
     instance = session.get(InstanceRow, instance_id, populate_existing=True)
     if instance is None:
-        raise StaleInstance(f"process instance {instance_id} is gone", instance_id=instance_id)
+        raise StaleInstance("process instance {instance_id} is gone", instance_id=instance_id,
+                            params={"instance_id": instance_id})
     unit.append_events(session, instance, instance.audit_seq or 0, events)
 
 
@@ -177,7 +181,7 @@ def _incident(session: Session, row: ExternalTaskRow, kind: str, message: str, a
 def _waiting_task(loaded: unit.Loaded, row: ExternalTaskRow) -> Task:
     task = unit.find_task(loaded.workflow, UUID(row.id))
     if task is None or not is_waiting_external(task):
-        raise Conflict(f"external task '{row.name}' no longer waits", task_id=row.id)
+        raise Conflict("external task '{name}' no longer waits", task_id=row.id, params={"name": row.name})
     return task
 
 
@@ -196,7 +200,8 @@ def fetch_and_lock(session: Session, *, worker_id: str, topics: list[TopicReques
     """
     worker_id = _worker(worker_id)
     if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or not 0 <= max_tasks <= MAX_TASKS:
-        raise InvalidInput(f"maxTasks must be between 0 and {MAX_TASKS}", field="maxTasks")
+        raise InvalidInput("maxTasks must be between 0 and {max_tasks}", field="maxTasks",
+                           params={"max_tasks": MAX_TASKS})
     if not topics:
         raise InvalidInput("name at least one topic to fetch", field="topics")
     for topic in topics:
@@ -388,8 +393,8 @@ def extend_lock(session: Session, *, task_id: str, worker_id: str, new_duration_
     _require_lock(row, worker_id)
     now = clock.now()
     if row.lock_expires_at is None or row.lock_expires_at <= now:
-        raise Conflict(f"the lock on external task '{row.name}' has expired; fetch and lock it again",
-                       task_id=row.id)
+        raise Conflict("the lock on external task '{name}' has expired; fetch and lock it again",
+                       task_id=row.id, params={"name": row.name})
     expires = now + timedelta(milliseconds=duration)
     _apply(session, row, lock_expires_at=expires)
     _audit(session, row.instance_id, [Event("external_task.lock_extended", actor.name, {
@@ -407,7 +412,8 @@ def set_retries(session: Session, *, task_id: str, retries: Any, actor: Actor,
     left = _retries(retries)
     row = get_external_task(session, task_id)
     if row.state != "open":
-        raise Conflict(f"external task '{row.name}' is already {row.state}", task_id=row.id, state=row.state)
+        raise Conflict("external task '{name}' is already {state}", task_id=row.id, state=row.state,
+                       params={"name": row.name, "state": row.state})
     events = [Event("external_task.retries_set", actor.name, {"element_id": row.element_id, "retries": left},
                     task_id=row.id)]
     open_incident = session.scalar(select(IncidentRow.id).where(IncidentRow.external_task_id == row.id,
@@ -435,18 +441,21 @@ def retry_incident(session: Session, *, incident_id: str, retries: Any, actor: A
         raise InvalidInput("retries must be 1 or more to retry an incident", field="retries")
     incident = session.get(IncidentRow, incident_id)
     if incident is None:
-        raise NotFound(f"incident {incident_id} not found", incident_id=incident_id)
+        raise NotFound("incident {incident_id} not found", incident_id=incident_id,
+                       params={"incident_id": incident_id})
     if incident.resolved_at is not None:
-        raise Conflict(f"incident {incident_id} is already resolved ({incident.resolution})",
-                       incident_id=incident_id)
+        raise Conflict("incident {incident_id} is already resolved ({resolution})",
+                       incident_id=incident_id,
+                       params={"incident_id": incident_id, "resolution": incident.resolution})
     if incident.external_task_id is None and incident.job_id is not None:  # a job out of attempts
         from engine.commands import sla  # late: sla builds on the worker's modules
 
         sla.retry_job(session, incident=incident, actor=actor)
         return incident
     if incident.external_task_id is None:
-        raise Conflict(f"incident {incident_id} ({incident.kind}) is not an external task's; it cannot be "
-                       "retried here", incident_id=incident_id)
+        raise Conflict("incident {incident_id} ({kind}) is not an external task's; it cannot be "
+                       "retried here", incident_id=incident_id,
+                       params={"incident_id": incident_id, "kind": incident.kind})
     set_retries(session, task_id=incident.external_task_id, retries=retries, actor=actor)
     resolved = session.get(IncidentRow, incident_id, populate_existing=True)
     assert resolved is not None  # noqa: S101 - read just above, in this transaction

@@ -13,7 +13,7 @@ from engine.commands import unit
 from engine.commands.unit import DefinitionInfo, Loaded
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import InvalidInput, NotFound
+from engine.errors import InvalidInput, NotFound, Phrase
 from engine.ids import time_ordered_id
 from engine.serialization import Specs, new_workflow
 from engine.store.models import DefinitionRow, InstanceRecord
@@ -35,8 +35,10 @@ def latest_definition(session: Session, key: str, version: int | None = None) ->
 
 
 def _no_definition(key: str, version: int | None) -> NotFound:
-    suffix = f" version {version}" if version else ""
-    return NotFound(f"no process definition with key '{key}'{suffix}", key=key)
+    if version:
+        return NotFound("no process definition with key '{key}' version {version}", key=key,
+                        params={"key": key, "version": version})
+    return NotFound("no process definition with key '{key}'", key=key, params={"key": key})
 
 
 def _definition_for_start(session: Session, key: str, version: int | None) -> DefinitionInfo:
@@ -79,7 +81,7 @@ def check_start_variables(definition: DefinitionInfo, data: dict[str, Any]) -> d
     if form is None:
         return data
     declared = definition.start_form or {}
-    return forms.check_submission(f"the start of process '{definition.key}'", form, declared.get("form_fields"),
+    return forms.check_submission(Phrase("the start of process '{key}'", key=definition.key), form, declared.get("form_fields"),
                                   None, data, form_key=declared.get("form_key"))
 
 

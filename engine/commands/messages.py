@@ -41,7 +41,7 @@ from engine.commands import unit
 from engine.commands.instances import begin
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, ScriptError, StaleInstance
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, Phrase, ScriptError, StaleInstance
 from engine.message_events import correlation_matches, event_correlations, same_json
 from engine.queries import instance_scope
 from engine.store.models import DefinitionRow, InstanceRow, SubscriptionRow
@@ -120,8 +120,9 @@ def correlate_message(session: Session, *, name: str, actor: Actor, business_key
         return _start_by_message(session, name=name, actor=actor, business_key=business_key, data=data,
                                  all_matches=all_matches, settings=settings)
     if len(matched) > 1 and not all_matches:
-        raise Conflict(f"{len(matched)} instances wait for message '{name}'; narrow it with a business key "
-                       "or correlation keys, or deliver to all", message_name=name, matches=len(matched))
+        raise Conflict("{matched_count} instances wait for message '{name}'; narrow it with a business key "
+                       "or correlation keys, or deliver to all", message_name=name, matches=len(matched),
+                       params={"matched_count": len(matched), "name": name})
     sender = {"user": actor.name}
     for instance_id in matched:
         loaded = unit.load(session, instance_id)
@@ -198,8 +199,8 @@ def _deliver(loaded: unit.Loaded, name: str, payload: Any, correlations: dict[st
     """Hand the message to the instance's waiting catch events (the engine runs them afterwards)."""
     waiting = [t for t in projections.waiting_events(loaded.workflow) if name in projections.message_names(t)]
     if not waiting:  # moved on since it was matched: the edge retries the whole command
-        raise StaleInstance(f"process instance {loaded.row.id} no longer waits for message '{name}'",
-                            instance_id=loaded.row.id)
+        raise StaleInstance("process instance {id} no longer waits for message '{name}'",
+                            instance_id=loaded.row.id, params={"id": loaded.row.id, "name": name})
     # the event must be of the catching definition's own class (the dialects differ)
     definition = projections.message_definition(waiting[0], name)
     sent = payload
@@ -208,13 +209,14 @@ def _deliver(loaded: unit.Loaded, name: str, payload: Any, correlations: dict[st
     try:
         loaded.workflow.send_event(BpmnEvent(definition, payload=sent, correlations=correlations))
     except WorkflowException:
-        raise StaleInstance(f"process instance {loaded.row.id} no longer accepts message '{name}'",
-                            instance_id=loaded.row.id) from None
+        raise StaleInstance("process instance {id} no longer accepts message '{name}'",
+                            instance_id=loaded.row.id, params={"id": loaded.row.id, "name": name}) from None
     except Exception as exc:  # noqa: BLE001 - a catch evaluates the model's expressions on the payload
         element = waiting[0].task_spec.bpmn_id
-        raise ScriptError(f"element '{element}' could not take message '{name}': the message's correlation "
-                          f"properties cannot be read from its payload ({type(exc).__name__}: {exc})",
-                          element_id=element) from None
+        raise ScriptError("element '{element}' could not take message '{name}': the message's correlation "
+                          "properties cannot be read from its payload ({exc_type}: {exc})",
+                          element_id=element,
+                          params={"element": element, "name": name, "exc_type": type(exc).__name__, "exc": exc}) from None
     for task in waiting:
         if task.state == TaskState.WAITING:
             continue  # not this one (another correlation)
@@ -223,9 +225,10 @@ def _deliver(loaded: unit.Loaded, name: str, payload: Any, correlations: dict[st
             # SpiffWorkflow drops a payload that has no variable to land in: merge it (Camunda's rule)
             if not isinstance(payload, dict):
                 raise ScriptError(
-                    f"message '{name}' carries a value that is not an object, and element "
-                    f"'{task.task_spec.bpmn_id}' names no variable to put it in (add a messageVariable)",
-                    element_id=task.task_spec.bpmn_id)
+                    "message '{name}' carries a value that is not an object, and element "
+                    "'{bpmn_id}' names no variable to put it in (add a messageVariable)",
+                    element_id=task.task_spec.bpmn_id,
+                    params={"name": name, "bpmn_id": task.task_spec.bpmn_id})
             pvars.write(loaded.workflow, payload)  # a process-variable write (engine.variables)
     loaded.events.append(Event("message.correlated", actor.name, {
         "message": name, "variables": unit.json_safe(payload) if isinstance(payload, dict) else payload,
@@ -243,8 +246,9 @@ def _start_candidates(session: Session, name: str) -> list[DefinitionRow]:
 
 
 def _no_match(name: str) -> NotFound:
-    return NotFound(f"no running instance is waiting for message '{name}' with that business key and those "
-                    "correlation keys, and no process starts with it", message_name=name)
+    return NotFound("no running instance is waiting for message '{name}' with that business key and those "
+                    "correlation keys, and no process starts with it", message_name=name,
+                    params={"name": name})
 
 
 def _start_by_message(session: Session, *, name: str, actor: Actor, business_key: str | None,
@@ -254,12 +258,14 @@ def _start_by_message(session: Session, *, name: str, actor: Actor, business_key
     if not candidates:
         raise _no_match(name)
     if not may_correlate_anywhere(actor):
-        raise Forbidden(f"no running instance you may see waits for message '{name}', and starting a process "
+        raise Forbidden("no running instance you may see waits for message '{name}', and starting a process "
                         "by message needs the integration or admin role; start it with "
-                        "POST /api/process-definitions/{key}/start", message_name=name)
+                        "POST /api/process-definitions/{{key}}/start", message_name=name,
+                        params={"name": name})
     if len(candidates) > 1 and not all_matches:
-        raise Conflict(f"{len(candidates)} processes start with message '{name}'; deliver to all or rename one",
-                       message_name=name, matches=len(candidates))
+        raise Conflict("{candidates_count} processes start with message '{name}'; deliver to all or rename one",
+                       message_name=name, matches=len(candidates),
+                       params={"candidates_count": len(candidates), "name": name})
     started = []
     for d in candidates:
         loaded = _begin_by_message(session, d, name, data, business_key, actor, settings)
@@ -319,10 +325,11 @@ def take_thrown(session: Session, loaded: unit.Loaded, actor: Actor) -> list[Out
         to = [i for i in _find_thrown_targets(session, name, correlations) if i != loaded.row.id]
         starts = [] if to else [d.id for d in _start_candidates(session, name)]
         if len(to) > 1 or len(starts) > 1:
-            what = f"{len(to)} waiting instances" if to else f"{len(starts)} processes that start with it"
-            raise ScriptError(f"message '{name}' thrown by instance {loaded.row.id} matches {what}; give the "
+            what = (Phrase("{count} waiting instances", count=len(to)) if to
+                    else Phrase("{count} processes that start with it", count=len(starts)))
+            raise ScriptError("message '{name}' thrown by instance {id} matches {what}; give the "
                               "message correlation properties so that it reaches exactly one",
-                              message_name=name)
+                              message_name=name, params={"name": name, "id": loaded.row.id, "what": what})
         outgoing.append(Outgoing(name, payload, correlations, to, starts))
         loaded.events.append(Event("message.sent", actor.name, {
             "message": name, "to": to, "starts": starts,
@@ -369,11 +376,13 @@ def route_thrown(session: Session, sender: unit.Loaded, outgoing: list[Outgoing]
 
 def _count_delivery(session: Session, name: str, depth: int) -> None:
     if depth > MAX_CASCADE_DEPTH:
-        raise ScriptError(f"message '{name}' is the {depth}th hop of messages between instances in one command "
-                          f"(at most {MAX_CASCADE_DEPTH}); the diagrams send messages in a loop",
-                          message_name=name)
+        raise ScriptError("message '{name}' is the {depth}th hop of messages between instances in one command "
+                          "(at most {max_cascade_depth}); the diagrams send messages in a loop",
+                          message_name=name,
+                          params={"name": name, "depth": depth, "max_cascade_depth": MAX_CASCADE_DEPTH})
     count = session.info.get("sopflow_message_deliveries", 0) + 1
     session.info["sopflow_message_deliveries"] = count
     if count > MAX_CASCADE_DELIVERIES:
-        raise ScriptError(f"one command would deliver more than {MAX_CASCADE_DELIVERIES} messages between "
-                          "instances; the diagrams send messages in a loop or fan out too far", message_name=name)
+        raise ScriptError("one command would deliver more than {max_cascade_deliveries} messages between "
+                          "instances; the diagrams send messages in a loop or fan out too far", message_name=name,
+                          params={"max_cascade_deliveries": MAX_CASCADE_DELIVERIES})

@@ -107,7 +107,8 @@ def _escalate(session: Session, task: TaskRow, props: dict[str, str], actor: Act
     changed = rowcount(session.execute(update(TaskRow).where(TaskRow.id == task.id, TaskRow.state == "open")
                                        .values(**values).execution_options(synchronize_session=False)))
     if changed != 1:
-        raise StaleInstance(f"task {task.id} changed while it was escalated", task_id=task.id)
+        raise StaleInstance("task {id} changed while it was escalated", task_id=task.id,
+                            params={"id": task.id})
     if group:  # the inbox's offers follow the new candidates
         session.execute(delete(TaskCandidateRow).where(TaskCandidateRow.task_id == task.id))
         row = {"id": task.id, "state": "open", "assignee": None, "created_at": task.created_at,
@@ -177,8 +178,8 @@ def retry_job(session: Session, *, incident: IncidentRow, actor: Actor) -> None:
         .values(state="pending", attempts=0, last_error=None, lock_owner=None, lock_expires_at=None,
                 due_at=clock.now()).execution_options(synchronize_session=False)))
     if changed != 1:
-        raise Conflict(f"the job of incident {incident.id} is gone (its instance or task ended)",
-                       incident_id=incident.id)
+        raise Conflict("the job of incident {id} is gone (its instance or task ended)",
+                       incident_id=incident.id, params={"id": incident.id})
     incident.resolved_at, incident.resolved_by, incident.resolution = clock.now(), actor.name, "retried"
     session.info[projections.NEW_JOBS] = True  # the worker wakes after the commit
     instance = session.get(InstanceRow, incident.instance_id) if incident.instance_id else None

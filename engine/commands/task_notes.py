@@ -30,7 +30,7 @@ from engine.audit import Event
 from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, InvalidInput, StaleInstance
+from engine.errors import Conflict, InvalidInput, Phrase, StaleInstance
 from engine.ids import time_ordered_id
 from engine.queries import visible_task
 from engine.store.models import AttachmentRow, CommentRow, InstanceRow, TaskRow
@@ -40,6 +40,10 @@ MAX_DESCRIPTION_CHARS = 1000
 _ALLOWED_CONTROLS = {"\n", "\r", "\t"}
 
 
+# How a field is called in a refusal (a Phrase: translated on the pages; English = the field's id).
+_FIELD_LABELS = {"message": Phrase("message"), "description": Phrase("description")}
+
+
 def check_text(value: Any, what: str, *, max_chars: int, required: bool) -> str | None:
     """Plain text as stored: trimmed, 1..``max_chars`` characters (or None when not ``required`` and blank).
 
@@ -47,20 +51,24 @@ def check_text(value: Any, what: str, *, max_chars: int, required: bool) -> str 
     text over the limit, and control, format or surrogate characters other than line
     breaks and tabs (nothing can hide in a comment the way a bidi override hides text).
     """
+    field, what = what, _FIELD_LABELS.get(what, what)
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be text", field=what)
+        raise InvalidInput("{what} must be text", field=field, params={"what": what})
     text = value.strip()
     if not text:
         if required:
-            raise InvalidInput(f"{what} is empty; write at least one character", field=what)
+            raise InvalidInput("{what} is empty; write at least one character", field=field,
+                               params={"what": what})
         return None
     if len(text) > max_chars:
-        raise InvalidInput(f"{what} is {len(text)} characters long; at most {max_chars} are allowed", field=what)
+        raise InvalidInput("{what} is {length} characters long; at most {max_chars} are allowed", field=field,
+                           params={"what": what, "length": len(text), "max_chars": max_chars})
     for ch in text:
         if ch not in _ALLOWED_CONTROLS and unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co"):
-            raise InvalidInput(f"{what} holds the control character U+{ord(ch):04X}; use plain text", field=what)
+            raise InvalidInput("{what} holds the control character U+{ch:04X}; use plain text", field=field,
+                               params={"what": what, "ch": ord(ch)})
     return text
 
 
@@ -73,12 +81,18 @@ def _open_task(session: Session, actor: Actor, task_id: str, doing: str) -> tupl
     task = visible_task(session, actor, task_id)
     instance = session.get(InstanceRow, task.instance_id)
     if instance is None:  # the task row references it; only a concurrent delete could get here
-        raise StaleInstance(f"process instance {task.instance_id} is gone", instance_id=task.instance_id)
+        raise StaleInstance("process instance {instance_id} is gone", instance_id=task.instance_id,
+                            params={"instance_id": task.instance_id})
     seen_seq = instance.audit_seq or 0
     state = session.scalar(select(TaskRow.state).where(TaskRow.id == task_id))
+    if state != "open" and doing == "commenting":
+        raise Conflict("task '{name}' is {state}: its comments and attachments stay readable, but "
+                       "commenting is only possible while it is open", task_id=task_id, state=state,
+                       params={"name": task.name, "state": state})
     if state != "open":
-        raise Conflict(f"task '{task.name}' is {state}: its comments and attachments stay readable, but "
-                       f"{doing} is only possible while it is open", task_id=task_id, state=state)
+        raise Conflict("task '{name}' is {state}: its comments and attachments stay readable, but "
+                       "attaching a file is only possible while it is open", task_id=task_id, state=state,
+                       params={"name": task.name, "state": state})
     return task, instance, seen_seq
 
 

@@ -19,7 +19,7 @@ from engine.audit import Event
 from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleInstance
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, Phrase, StaleInstance
 from engine.projections import set_offered
 from engine.store.db import rowcount
 from engine.store.models import InstanceRecord, InstanceRow, TaskRow
@@ -33,7 +33,7 @@ _CLOSE_TASK = update(TaskRow).where(TaskRow.id == bindparam("b_id"), TaskRow.sta
 def get_task_row(session: Session, task_id: str, *, fresh: bool = False) -> TaskRow:
     row = session.get(TaskRow, task_id, populate_existing=fresh)
     if row is None:
-        raise NotFound(f"task {task_id} not found", task_id=task_id)
+        raise NotFound("task {task_id} not found", task_id=task_id, params={"task_id": task_id})
     return row
 
 
@@ -62,7 +62,8 @@ def check_reach(row: Any, actor: Actor) -> None:
 
 def _require_open(row: TaskRow) -> None:
     if row.state != "open":
-        raise Conflict(f"task '{row.name}' is already {row.state}", task_id=row.id, state=row.state)
+        raise Conflict("task '{name}' is already {state}", task_id=row.id, state=row.state,
+                       params={"name": row.name, "state": row.state})
 
 
 def may_work_on(row: TaskRow, actor: Actor) -> bool:
@@ -84,7 +85,8 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     """
     instance = session.get(InstanceRow, row.instance_id)  # one read: the chain head and its sequence
     if instance is None:  # the task row references it; only a concurrent delete could get here
-        raise StaleInstance(f"process instance {row.instance_id} is gone", instance_id=row.instance_id)
+        raise StaleInstance("process instance {instance_id} is gone", instance_id=row.instance_id,
+                            params={"instance_id": row.instance_id})
     seen_seq = instance.audit_seq or 0
     unit.append_events(session, instance, seen_seq, [event])
     changed = rowcount(session.execute(
@@ -93,7 +95,7 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
         .values(**values).execution_options(synchronize_session=False)
     ))
     if changed != 1:
-        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
+        raise StaleInstance("task {id} was changed by someone else", task_id=row.id, params={"id": row.id})
     set_offered(session, [row.id], values["assignee"] is None)  # the inbox's offers follow the assignee
     return get_task_row(session, row.id, fresh=True)
 
@@ -106,10 +108,11 @@ def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
     if row.assignee == actor.name:
         return row
     if row.assignee:
-        raise Conflict(f"task '{row.name}' is already claimed by {row.assignee}", task_id=row.id,
-                       assignee=row.assignee)
+        raise Conflict("task '{name}' is already claimed by {assignee}", task_id=row.id,
+                       assignee=row.assignee, params={"name": row.name, "assignee": row.assignee})
     if not (is_candidate(row, actor) or actor.is_admin):
-        raise Forbidden(f"you are not a candidate for task '{row.name}'", task_id=row.id)
+        raise Forbidden("you are not a candidate for task '{name}'", task_id=row.id,
+                        params={"name": row.name})
     return _change_task(session, row, Event("task.claimed", actor.name, {"assignee": actor.name}, task_id=row.id),
                         assignee=actor.name, claimed_at=clock.now())
 
@@ -122,8 +125,8 @@ def unclaim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
     if not row.assignee:
         return row
     if row.assignee != actor.name and not actor.is_admin:
-        raise Forbidden(f"task '{row.name}' is claimed by {row.assignee}; only they can release it",
-                        task_id=row.id)
+        raise Forbidden("task '{name}' is claimed by {assignee}; only they can release it",
+                        task_id=row.id, params={"name": row.name, "assignee": row.assignee})
     return _change_task(session, row, Event("task.unclaimed", actor.name, {"previous_assignee": row.assignee},
                                             task_id=row.id), assignee=None, claimed_at=None)
 
@@ -159,20 +162,22 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
     data = unit.check_variables(variables)
     row: Any = session.connection().execute(_SELECT_TASK, {"b_id": task_id}).first()  # a tasks row, Core
     if row is None:
-        raise NotFound(f"task {task_id} not found", task_id=task_id)
+        raise NotFound("task {task_id} not found", task_id=task_id, params={"task_id": task_id})
     check_reach(row, actor)
     _require_open(row)
     if not may_work_on(row, actor):
-        whose = f"claimed by {row.assignee}" if row.assignee else "not in your groups"
-        raise Forbidden(f"task '{row.name}' is {whose}", task_id=row.id)
+        if row.assignee:
+            raise Forbidden("task '{name}' is claimed by {assignee}", task_id=row.id,
+                            params={"name": row.name, "assignee": row.assignee})
+        raise Forbidden("task '{name}' is not in your groups", task_id=row.id, params={"name": row.name})
     loaded = unit.load(session, row.instance_id)
     meta = loaded.definition.user_tasks.get(row.meta_key) or {}
     form = forms.form_for(row.form_key, meta.get("form_fields"))
-    data = forms.check_submission(f"task '{row.name}'", form, meta.get("form_fields"), meta.get("writes"), data,
+    data = forms.check_submission(Phrase("task '{name}'", name=row.name), form, meta.get("form_fields"), meta.get("writes"), data,
                                   form_key=row.form_key)
     task = unit.find_task(loaded.workflow, UUID(task_id))
     if task is None or task.state != TaskState.READY or not task.task_spec.manual:
-        raise Conflict(f"task '{row.name}' can no longer be completed", task_id=row.id)
+        raise Conflict("task '{name}' can no longer be completed", task_id=row.id, params={"name": row.name})
     pvars.before_run(task)  # the latest process variables (another path may have written since)
     variable = getattr(task.task_spec, "variable", None)  # Spiff UserTask's variableName
     if variable:
@@ -192,7 +197,7 @@ def complete_task(session: Session, *, task_id: str, actor: Actor, variables: di
         "b_id": row.id, "b_assignee": row.assignee, "state": "completed", "ended_at": clock.now(),
         "completed_by": actor.name}).rowcount
     if closed != 1:
-        raise StaleInstance(f"task {row.id} was changed by someone else", task_id=row.id)
+        raise StaleInstance("task {id} was changed by someone else", task_id=row.id, params={"id": row.id})
     set_offered(session, [row.id], False)
     return loaded.row
 

@@ -40,7 +40,7 @@ from engine.actor import Actor
 from engine.audit import Event
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.errors import Conflict, InvalidInput, NotFound, ScriptError, SopflowError, StaleInstance
+from engine.errors import Conflict, InvalidInput, NotFound, Phrase, ScriptError, SopflowError, StaleInstance
 from engine.execution import BudgetExceeded, EngineBudget, run_engine
 from engine.sandbox import ScriptBudgetExceeded, ScriptRefused, ScriptResultError
 from engine.serialization import SPECS, STATE_FORMAT, Specs, dump_state, load_state
@@ -58,7 +58,8 @@ def check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
     if variables is None:
         return {}
     if not isinstance(variables, dict):
-        raise InvalidInput(f"{what} must be an object mapping names to values", field=what)
+        raise InvalidInput("{what} must be an object mapping names to values", field=what,
+                           params={"what": what})
 
     def ok(value: Any, depth: int = 0) -> bool:
         if depth > 20:
@@ -73,10 +74,11 @@ def check_variables(variables: Any, what: str = "variables") -> dict[str, Any]:
 
     for name, value in variables.items():
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
-            raise InvalidInput(f"'{name}' is not a valid variable name (letters, digits and _, not starting "
-                               "with _ or a digit)", field=str(name))
+            raise InvalidInput("'{name}' is not a valid variable name (letters, digits and _, not starting "
+                               "with _ or a digit)", field=str(name), params={"name": name})
         if not ok(value):
-            raise InvalidInput(f"variable '{name}' holds a value that cannot be stored", field=name)
+            raise InvalidInput("variable '{name}' holds a value that cannot be stored", field=name,
+                               params={"name": name})
     return dict(variables)
 
 
@@ -122,7 +124,8 @@ def get_definition(session: Session, definition_id: str) -> DefinitionInfo:
         return info
     row = session.get(DefinitionRow, definition_id)
     if row is None:
-        raise NotFound(f"process definition {definition_id} not found")
+        raise NotFound("process definition {definition_id} not found",
+                       params={"definition_id": definition_id})
     return definition_info(row)
 
 
@@ -130,7 +133,7 @@ def specs_for(session: Session, definition: DefinitionInfo) -> Specs:
     def spec_text() -> str:
         text = session.scalar(select(DefinitionRow.spec).where(DefinitionRow.id == definition.id))
         if text is None:
-            raise NotFound(f"process definition {definition.id} not found")
+            raise NotFound("process definition {id} not found", params={"id": definition.id})
         return text
 
     return SPECS.get(definition.id, spec_text)
@@ -167,12 +170,13 @@ def load(session: Session, instance_id: str, *, running: bool = True, record: In
     if record is None:
         data = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).mappings().first()
         if data is None:
-            raise NotFound(f"process instance {instance_id} not found", instance_id=instance_id)
+            raise NotFound("process instance {instance_id} not found", instance_id=instance_id,
+                           params={"instance_id": instance_id})
         record = InstanceRecord(**data)
     row = record
     if running and row.status != "running":
-        raise Conflict(f"process instance {instance_id} is {row.status}", instance_id=instance_id,
-                       status=row.status)
+        raise Conflict("process instance {instance_id} is {status}", instance_id=instance_id,
+                       status=row.status, params={"instance_id": instance_id, "status": row.status})
     definition = get_definition(session, row.definition_id)
     specs = specs_for(session, definition)
     workflow = load_state(row.state or "", specs)  # a stored instance always has its state
@@ -252,11 +256,16 @@ def _collection_fault(task: Task | None) -> ScriptError | None:
     value = task.data.get(name, _MISSING)
     if isinstance(value, (list, tuple, dict)):
         return None
-    what = "not set" if value is _MISSING else f"{json.dumps(value, default=str)[:60]}, not a list"
+    if value is _MISSING:
+        return ScriptError(
+            "multi-instance element '{bpmn_id}' runs once per item of the variable '{name}', which is not set; "
+            "give '{name}' a list (in the start variables or an earlier step)", element_id=spec.bpmn_id,
+            variable=name, params={"bpmn_id": spec.bpmn_id, "name": name})
     return ScriptError(
-        f"multi-instance element '{spec.bpmn_id}' runs once per item of the variable '{name}', which is {what}; "
-        f"give '{name}' a list (in the start variables or an earlier step)", element_id=spec.bpmn_id,
-        variable=name)
+        "multi-instance element '{bpmn_id}' runs once per item of the variable '{name}', which is {value}, "
+        "not a list; give '{name}' a list (in the start variables or an earlier step)", element_id=spec.bpmn_id,
+        variable=name,
+        params={"bpmn_id": spec.bpmn_id, "name": name, "value": json.dumps(value, default=str)[:60]})
 
 
 def spiff_error(exc: Exception) -> ScriptError:
@@ -271,10 +280,12 @@ def spiff_error(exc: Exception) -> ScriptError:
     if isinstance(inner, ScriptRefused):
         line = inner.line or line
     if isinstance(inner, ScriptBudgetExceeded) or isinstance(exc, ScriptBudgetExceeded):
-        message = f"element '{element}': {inner or exc}"
-    else:
-        message = f"element '{element}' failed: {exc}" if element else f"the workflow failed: {exc}"
-    return ScriptError(message, element_id=element, line=line)
+        return ScriptError("element '{element}': {exc}", element_id=element, line=line,
+                           params={"element": element, "exc": inner or exc})
+    if element:
+        return ScriptError("element '{element}' failed: {exc}", element_id=element, line=line,
+                           params={"element": element, "exc": exc})
+    return ScriptError("the workflow failed: {exc}", element_id=element, line=line, params={"exc": exc})
 
 
 def _where(error: BudgetExceeded, tb: TracebackType | None) -> BudgetExceeded:
@@ -285,7 +296,8 @@ def _where(error: BudgetExceeded, tb: TracebackType | None) -> BudgetExceeded:
     if task is None:
         return error
     element = task.task_spec.bpmn_id
-    return BudgetExceeded(f"{error.message} (while running element '{element}')", element_id=element)
+    return BudgetExceeded("{message} (while running element '{element}')", element_id=element,
+                          params={"message": Phrase(error.template, **error.params), "element": element})
 
 
 @contextmanager
@@ -329,9 +341,14 @@ def engine_faults(budget: EngineBudget | None = None) -> Iterator[None]:
         task = _running_task(exc.__traceback__)
         element = task.task_spec.bpmn_id if task is not None else None
         log.warning("SpiffWorkflow raised %s while running element %s", type(exc).__name__, element, exc_info=True)
-        where = f"element '{element}'" if element else "the workflow"
-        raise (_collection_fault(task) or ScriptError(f"{where} failed: {type(exc).__name__}: {exc}",
-                                                      element_id=element)) from None
+        fault = _collection_fault(task)
+        if fault is None and element:
+            fault = ScriptError("element '{element}' failed: {exc_type}: {exc}", element_id=element,
+                                params={"element": element, "exc_type": type(exc).__name__, "exc": exc})
+        if fault is None:
+            fault = ScriptError("the workflow failed: {exc_type}: {exc}",
+                                params={"exc_type": type(exc).__name__, "exc": exc})
+        raise fault from None
 
 
 def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
@@ -375,8 +392,10 @@ def check_task_data(tasks: Any) -> None:
         problem = limits.find_problem_in_variables(task.data)
         if problem is not None:
             element = getattr(task.task_spec, "bpmn_id", None) or task.task_spec.name
-            raise ScriptError(f"element '{element}' left data that cannot be stored: "
-                              f"{problem.describe('the variable')}", element_id=element, variable=problem.path)
+            what = Phrase("the variable")
+            raise ScriptError("element '{element}' left data that cannot be stored: {value}", element_id=element,
+                              variable=problem.path,
+                              params={"element": element, "value": problem.describe(what)})
 
 
 def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
@@ -434,7 +453,8 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
             "b_id": row.id, "b_revision": loaded.seen_revision, "b_audit_seq": loaded.seen_audit_seq, **values,
         }).rowcount
         if moved != 1:
-            raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+            raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id,
+                                params={"id": row.id})
     if ended:
         projections.clear(session, row, workflow)
     for statement, params in held:
@@ -481,7 +501,8 @@ def append_events(session: Session, row: InstanceRecord | InstanceRow, seen_seq:
         .values(**head).execution_options(synchronize_session=False)
     ))
     if moved != 1:
-        raise StaleInstance(f"process instance {row.id} was changed by someone else", instance_id=row.id)
+        raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id,
+                            params={"id": row.id})
     _insert_events(session)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import VIEWPORT, LiveServer
@@ -90,6 +91,11 @@ def _msgids() -> set[str]:
             plain = re.sub(r"%\(\w+\)s", "", text).strip()
             if len(plain.split()) >= 2 and not re.search(r"[\u4e00-\u9fff]", plain):
                 found.add(plain if "%(" not in text else re.split(r"%\(\w+\)s", text)[0].strip())
+    # the engine's refusal templates (errors.po): each literal run between {placeholders}
+    with (WEB / "locale" / "zh_Hans" / "LC_MESSAGES" / "errors.po").open("rb") as fh:
+        for message in read_po(fh):
+            if message.id:
+                found.update(part.strip(" ;:,.()'\"") for part in re.split(r"\{[^{}]*\}", str(message.id)))
     return {m for m in found if len(m.split()) >= 2}
 
 
@@ -103,6 +109,12 @@ PAGES = [
     ("dora", "/procedures/procurement_approval/diff?from=1&to=1"),
     ("audrey", "/instances"), ("audrey", "/instances/{instance}"), ("audrey", "/audit"), ("audrey", "/audit/verify"),
     ("admin", "/admin"), ("admin", "/admin/users"), ("admin", "/admin/incidents"), ("admin", "/admin/sla"),
+]
+# Refusals (the engine's messages, issue 10): (user, path, status).
+REFUSALS = [
+    ("paul", "/tasks/{task}", 404),  # another employee's task
+    ("rita", "/tasks/no-such-task", 404),
+    ("audrey", "/instances?var_name=amount&var_value=[[1]]", 422),
 ]
 
 
@@ -119,7 +131,7 @@ def test_every_page_in_both_languages_has_no_untranslated_string_and_fits_a_phon
     pages: dict[str, Page] = {"rita": rita}
     problems = []
     english_seen: set[str] = set()  # on the English pages: proves the detector finds these strings
-    for user, path in PAGES:
+    for user, path, status in [(user, path, 200) for user, path in PAGES] + REFUSALS:
         for width in (VIEWPORT["width"], 390):
             key = f"{user}@{width}"
             if key not in pages:
@@ -127,7 +139,7 @@ def test_every_page_in_both_languages_has_no_untranslated_string_and_fits_a_phon
             page = pages[key]
             url = path.format(task=task, instance=instance)
             response = page.goto(url)
-            assert response is not None and response.status == 200, (url, response and response.status)
+            assert response is not None and response.status == status, (url, response and response.status)
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             if overflow > 0:
                 problems.append(f"{url} at {width} px scrolls sideways by {overflow} px")

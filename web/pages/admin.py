@@ -37,7 +37,7 @@ from engine.queries import Paging
 from engine.store.db import Database
 from web import i18n
 from web.deps import CsrfDep, PageActorDep, PageSessionDep
-from web.render import N_, render
+from web.render import N_, error_text, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -153,7 +153,8 @@ def add_user(request: Request, actor: PageActorDep, _csrf: CsrfDep,
             password=password if mode == "set" else None, generate=mode == "generate",
             actor=actor))
     except (InvalidInput, Conflict) as exc:
-        errors = exc.context.get("problems") or {str(exc.context.get("field") or "name"): exc.message}
+        errors = ({field: error_text(request, problem) for field, problem in exc.details.items()}
+                  or {str(exc.context.get("field") or "name"): error_text(request, exc)})
         return _new_user_page(request, form=form, errors=errors, status_code=409 if isinstance(exc, Conflict) else 422)
     if generated is None:
         return _see_other(f"/admin/users/{view.name}?done=added")
@@ -186,7 +187,7 @@ def _user_command(request: Request, name: str, command: Any, done: str, *, clear
         _db(request).command(command)
     except (InvalidInput, Conflict) as exc:
         field = str(exc.context.get("field") or done)
-        return _user_page(request, name, errors={field: exc.message},
+        return _user_page(request, name, errors={field: error_text(request, exc)},
                           status_code=409 if isinstance(exc, Conflict) else 422)
     if clear_tokens:
         request.app.state.token_cache.clear()  # as the API does after role, group and token changes
@@ -223,7 +224,7 @@ def change_password(request: Request, actor: PageActorDep, _csrf: CsrfDep, name:
         generated = _db(request).command(lambda s: passwords.reset_password(s, name=name, password=given,
                                                                             actor=actor))
     except InvalidInput as exc:
-        return _user_page(request, name, errors={"password": exc.message}, status_code=422)
+        return _user_page(request, name, errors={"password": error_text(request, exc)}, status_code=422)
     if generated is None:
         return _see_other(f"/admin/users/{name}?done=password")
     return _user_page(request, name, generated=generated, notice=DONE["password"])
@@ -327,7 +328,8 @@ def _local_instant(text: str, time_zone: str | None) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInput(f"'{text[:40]}' is not a date and time like 2026-03-01T09:00", field="set") from None
+        raise InvalidInput("'{value}' is not a date and time like 2026-03-01T09:00", field="set",
+                           params={"value": text[:40]}) from None
     return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(time_zone or "UTC"))
 
 
@@ -344,7 +346,7 @@ def move_clock(request: Request, found: PageSessionDep, _csrf: CsrfDep,
         offset = _db(request).command(lambda s: clock_control.move_clock(
             s, controlled=controlled, actor=actor, advance=advance.strip() or None, to=to))
     except InvalidInput as exc:
-        return _clock_page(request, controlled, errors={str(exc.context.get("field") or "advance"): exc.message},
+        return _clock_page(request, controlled, errors={str(exc.context.get("field") or "advance"): error_text(request, exc)},
                            form=form, status_code=422)
     controlled.remember(offset)
     worker.wake()

@@ -27,7 +27,7 @@ from api.deps import require
 from api.routes.audit import export_response
 from api.routes.task_notes import download_headers
 from engine import audit, clock, limits
-from engine.errors import InvalidInput, NotFound
+from engine.errors import InvalidInput, NotFound, Phrase
 from engine.history import diagram_markers, task_records
 from engine.queries import (
     AuditFilter,
@@ -44,7 +44,7 @@ from engine.queries import (
 )
 from web import forms
 from web.deps import PageActorDep, PageSessionDep
-from web.render import N_, render
+from web.render import N_, error_text, reason_text, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -153,7 +153,9 @@ def _variable_value(raw: str) -> Any:
         return raw
     problem = limits.find_problem(value, max_depth=1)
     if problem is not None:
-        raise InvalidInput(problem.describe("the value"), field="variable")
+        what = Phrase("the value")
+        raise InvalidInput("variable filter: {problem}", field="variable",
+                           params={"problem": problem.describe(what)})
     return value
 
 
@@ -216,7 +218,7 @@ def instances(request: Request, found: PageSessionDep) -> Response:
             try:
                 variables[form["var_name"]] = _variable_value(form["var_value"])
             except InvalidInput as exc:
-                errors["var_value"] = exc.message
+                errors["var_value"] = error_text(request, exc)
     paging = _paging(request, INSTANCES_PAGE, errors)
     page: Page | None = None
     if not errors:
@@ -229,7 +231,7 @@ def instances(request: Request, found: PageSessionDep) -> Response:
             with request.app.state.db.read() as s:
                 page = list_instances(s, actor, f, paging)
         except InvalidInput as exc:
-            errors[_INSTANCE_FIELDS.get(str(exc.context.get("field")), "form")] = exc.message
+            errors[_INSTANCE_FIELDS.get(str(exc.context.get("field")), "form")] = error_text(request, exc)
     pager = _pager("/instances", form, paging, page) if page is not None else None
     return render(request, "auditor/instances.html", {
         "form": form, "errors": errors, "page": page, "pager": pager, "states": STATES,
@@ -353,7 +355,8 @@ def instance_attachment(request: Request, actor: PageActorDep, instance_id: str,
     with request.app.state.db.read() as s:
         row = get_attachment(s, actor, attachment_id[:64])
         if row.instance_id != instance_id:
-            raise NotFound(f"attachment {attachment_id[:64]} not found", attachment_id=attachment_id[:64])
+            raise NotFound("attachment {value} not found", attachment_id=attachment_id[:64],
+                           params={"value": attachment_id[:64]})
         return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
 
@@ -385,7 +388,7 @@ def audit_page(request: Request, found: PageSessionDep) -> Response:
             with request.app.state.db.read() as s:
                 page = list_audit(s, actor, f, paging)
         except InvalidInput as exc:
-            errors[_AUDIT_FIELDS.get(str(exc.context.get("field")), "form")] = exc.message
+            errors[_AUDIT_FIELDS.get(str(exc.context.get("field")), "form")] = error_text(request, exc)
     kept = {k: v for k, v in form.items() if v}
     return render(request, "auditor/audit.html", {
         "form": form, "errors": errors, "page": page, "actions": ACTIONS, "shown": shown, "labels": DETAIL_LABELS, "is_instant": is_instant,
@@ -411,7 +414,9 @@ def audit_export(request: Request, found: PageSessionDep) -> Response:
         raise InvalidInput("format must be csv or jsonl", field="format")
     if errors:
         field_name, message = next(iter(errors.items()))
-        raise InvalidInput(f"{field_name}: {message}", field=field_name)
+        message = reason_text(request, message)  # a page msgid (N_), in the user's language
+        raise InvalidInput("{field_name}: {message}", field=field_name,
+                           params={"field_name": field_name, "message": message})
     return export_response(request.app.state.db, actor, f, fmt)
 
 

@@ -28,8 +28,9 @@ from engine.errors import InvalidDefinition, NotFound
 from engine.loading import UploadedFile
 from engine.queries import Paging, deployments_of, list_definitions
 from engine.store.models import DefinitionRow
+from web import i18n
 from web.deps import CsrfDep, PageActorDep
-from web.render import N_, render
+from web.render import N_, error_text, page_locale, render
 
 router = APIRouter(include_in_schema=False)
 Key = Annotated[str, Path(max_length=200)]
@@ -77,7 +78,8 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
     sent = [f for f in files or [] if f.filename]
     names = [str(f.filename) for f in sent]
     if len(sent) > MAX_FILES:
-        return _refused(request, names, InvalidDefinition(f"upload at most {MAX_FILES} files at once"))
+        return _refused(request, names, InvalidDefinition("upload at most {max_files} files at once",
+                                                          params={"max_files": MAX_FILES}))
     uploads: list[UploadedFile] = []
     try:
         for f in sent:
@@ -92,7 +94,8 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
 async def _read(f: UploadFile, limit: int) -> UploadedFile:
     data = await f.read(limit + 1)
     if len(data) > limit:
-        raise InvalidDefinition(f"{f.filename} is larger than {limit} bytes", file=f.filename)
+        raise InvalidDefinition("{filename} is larger than {limit} bytes", file=f.filename,
+                                params={"filename": f.filename, "limit": limit})
     return UploadedFile(f.filename or "upload.bpmn", data)
 
 
@@ -119,16 +122,17 @@ class FileOutcome:
 
 
 def problems_of(names: list[str], exc: InvalidDefinition, uploads: list[UploadedFile] | None = None,
-                settings: Settings | None = None) -> tuple[list[FileOutcome], list[Problem]]:
+                settings: Settings | None = None, *, locale: str | None = None
+                ) -> tuple[list[FileOutcome], list[Problem]]:
     """Place a refusal on the file (and element, line) it names; problems naming no file are general.
 
     The engine stops at the first problem; the other files are checked for what can be checked
     alone (well-formed, safe XML within the size and depth limits) so that several broken files
-    show up at once.
+    show up at once. Messages are in ``locale`` (:func:`web.i18n.error_text`; None: English).
     """
     outcomes = [FileOutcome(n) for n in names]
     general: list[Problem] = []
-    problem = Problem(exc.message, exc.context.get("element_id"), exc.context.get("line"))
+    problem = Problem(i18n.error_text(exc, locale or "en"), exc.context.get("element_id"), exc.context.get("line"))
     named = exc.context.get("file")
     target = next((o for o in outcomes if o.name == named), None)
     (target.problems if target else general).append(problem)
@@ -140,13 +144,13 @@ def problems_of(names: list[str], exc: InvalidDefinition, uploads: list[Uploaded
                 xmlsafe.parse(upload.data, upload.name, max_bytes=settings.max_upload_bytes,
                               max_depth=settings.max_xml_depth)
             except InvalidDefinition as other:
-                outcome.problems.append(Problem(other.message, None, other.context.get("line")))
+                outcome.problems.append(Problem(i18n.error_text(other, locale or "en"), None, other.context.get("line")))
     return outcomes, general
 
 
 def _refused(request: Request, names: list[str], exc: InvalidDefinition, *, uploads: list[UploadedFile] | None = None,
              settings: Settings | None = None) -> Response:
-    files, general = problems_of(names, exc, uploads, settings)
+    files, general = problems_of(names, exc, uploads, settings, locale=page_locale(request))
     return _upload_page(request, files=files, general=general, status_code=422)
 
 
@@ -161,7 +165,7 @@ def procedure(request: Request, actor: PageActorDep, key: Key,
     with request.app.state.db.read() as s:
         page = list_definitions(s, key=key, latest=False, paging=Paging.parse(limit=100, cursor=cursor))
         if not page.items and not cursor:
-            raise NotFound(f"no process definition with key '{key}'", key=key)
+            raise NotFound("no process definition with key '{key}'", key=key, params={"key": key})
         deployments = deployments_of(s, {d.deployment_id for d in page.items})
         latest = latest_definition(s, key)
     return render(request, "designer/procedure.html", {
@@ -280,12 +284,13 @@ async def deploy_from_modeler(request: Request, actor: PageActorDep, _csrf: Csrf
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            return _json_refusal(InvalidDefinition(f"the diagram is larger than {limit} bytes"))
+            return _json_refusal(request, InvalidDefinition("the diagram is larger than {limit} bytes",
+                                                            params={"limit": limit}))
     try:
         result = request.app.state.db.command(lambda s: deploy_edited(
             s, key=key, data=bytes(body), actor=actor, settings=settings))
     except InvalidDefinition as exc:
-        return _json_refusal(exc)
+        return _json_refusal(request, exc)
     chosen = _result_for(result, key)
     return JSONResponse({"created": result.created, "key": chosen["key"], "version": chosen["version"],
                          "url": f"/procedures/{chosen['key']}/versions/{chosen['version']}"},
@@ -301,10 +306,10 @@ def _result_for(result: DeployResult, key: str) -> dict[str, Any]:
     return next((d for d in result.definitions if d["key"] == key), result.definitions[0])
 
 
-def _json_refusal(exc: InvalidDefinition) -> Response:
+def _json_refusal(request: Request, exc: InvalidDefinition) -> Response:
     return JSONResponse({"errors": [{
         "file": exc.context.get("file"), "element_id": exc.context.get("element_id"),
-        "line": exc.context.get("line"), "message": exc.message}]}, status_code=422)
+        "line": exc.context.get("line"), "message": error_text(request, exc)}]}, status_code=422)
 
 
 # ------------------------------------------------------------------ diff

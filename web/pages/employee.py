@@ -46,7 +46,7 @@ from engine.queries import (
 from engine.store.models import InstanceRow, TaskRow
 from web import forms, i18n, sop
 from web.deps import CsrfDep, PageActorDep, optional_session
-from web.render import page_locale, render
+from web.render import error_text, page_locale, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -253,7 +253,7 @@ async def comment(request: Request, db: DbDep, actor: PageActorDep, _csrf: CsrfD
     try:
         db.command(lambda s: add_comment(s, task_id=task_id, actor=actor, message=message))
     except InvalidInput as exc:
-        return _task_page(request, db, actor, task_id, note_errors={"message": exc.message}, status_code=422)
+        return _task_page(request, db, actor, task_id, note_errors={"message": error_text(request, exc)}, status_code=422)
     return _redirect(f"/tasks/{task_id}?done=commented#comments")
 
 
@@ -279,12 +279,13 @@ async def attach(request: Request, db: DbDep, settings: SettingsDep, actor: Page
         await form.close()  # the upload's spooled temporary file
     try:
         if len(data) > limit:
-            raise TooLarge(f"the file is larger than the limit of {limit} bytes", field="file", limit=limit)
+            raise TooLarge("the file is larger than the limit of {limit} bytes", field="file", limit=limit,
+                           params={"limit": limit})
         db.command(lambda s: add_attachment(s, task_id=task_id, actor=actor, filename=filename, data=data,
                                             description=description or None, settings=settings))
     except InvalidInput as exc:
         status = 413 if isinstance(exc, TooLarge) else 415 if isinstance(exc, UnsupportedType) else 422
-        return _task_page(request, db, actor, task_id, note_errors={"file": exc.message}, status_code=status)
+        return _task_page(request, db, actor, task_id, note_errors={"file": error_text(request, exc)}, status_code=status)
     return _redirect(f"/tasks/{task_id}?done=attached#attachments")
 
 
@@ -294,7 +295,8 @@ def download(request: Request, db: DbDep, actor: PageActorDep, task_id: str, att
     with db.read() as s:
         row = get_attachment(s, actor, attachment_id)
         if row.task_id != task_id:
-            raise NotFound(f"attachment {attachment_id} not found", attachment_id=attachment_id)
+            raise NotFound("attachment {attachment_id} not found", attachment_id=attachment_id,
+                           params={"attachment_id": attachment_id})
         return Response(row.content, headers=download_headers(row.name, row.content_type, row.sha256))
 
 
@@ -349,9 +351,10 @@ def _refused(request: Request, db: DbDep, actor: Actor, task_id: str, form: dict
     _ = _gettext(request)
     fields = forms.fields_for(form)
     if exc is not None:
-        engine_errors = exc.context.get("errors") or ({exc.context["field"]: exc.message}
+        text = error_text(request, exc)
+        engine_errors = exc.context.get("errors") or ({exc.context["field"]: text}
                                                       if exc.context.get("field") else None)
-        per_field, general = forms.field_errors(fields, engine_errors, message=exc.message, gettext=_)
+        per_field, general = forms.field_errors(fields, engine_errors, message=text, gettext=_)
     else:
         per_field, general = _also_engine_checks(form, parsed, fields, _)
     per_field.update(parsed.errors)
@@ -424,12 +427,13 @@ async def start(request: Request, db: DbDep, settings: SettingsDep, actor: PageA
                                                       business_key=business_key, settings=settings))
         except InvalidInput as exc:
             fields = forms.fields_for(form)
-            engine_errors = exc.context.get("errors") or ({exc.context["field"]: exc.message}
+            text = error_text(request, exc)
+            engine_errors = exc.context.get("errors") or ({exc.context["field"]: text}
                                                           if exc.context.get("field") else None)
             if exc.context.get("field") == "business_key":
-                errors["business_key"] = exc.message
+                errors["business_key"] = text
             else:
-                per_field, general = forms.field_errors(fields, engine_errors, message=exc.message, gettext=_)
+                per_field, general = forms.field_errors(fields, engine_errors, message=text, gettext=_)
                 errors.update(per_field)
         else:
             with db.read() as s:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from engine import browser_sessions, identity, passwords
 from engine.errors import InvalidInput
 from web.deps import COOKIE, CsrfDep, PageSessionDep, optional_session, session_token, signer
-from web.render import N_, home_of, render
+from web.render import N_, error_text, home_of, render
 
 router = APIRouter(include_in_schema=False)
 LOGIN_COOKIE = "sopflow_sign_in"  # double-submit token for the sign-in form (no session yet)
@@ -123,5 +123,5 @@ async def save_settings(request: Request, found: PageSessionDep, _csrf: CsrfDep)
         request.app.state.db.command(lambda s: identity.set_preferences(
             s, name=found.actor.name, locale=locale, time_zone=time_zone, actor=found.actor))
     except InvalidInput as exc:
-        return _settings_page(request, found, errors={str(exc.context.get("field")): exc.message}, status_code=422)
+        return _settings_page(request, found, errors={str(exc.context.get("field")): error_text(request, exc)}, status_code=422)
     return RedirectResponse("/settings?saved=1", status_code=303)
