@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from pydantic import AfterValidator, AwareDatetime
+from starlette.concurrency import run_in_threadpool
 
 from api.problems import Unauthorized
 from engine.actor import Actor

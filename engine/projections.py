@@ -289,6 +289,8 @@ def offers(task: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 _SET_OFFERED = update(TaskCandidateRow).where(TaskCandidateRow.task_id.in_(bindparam("b_ids", expanding=True)))
+# built once, run on the connection: no statement to build and no ORM bulk-update step per command
+_SET_OFFERED_TO = {flag: _SET_OFFERED.values(offered=flag) for flag in (True, False)}
 
 
 def set_offered(session: Session, task_ids: list[str], offered: bool) -> None:
@@ -298,8 +300,8 @@ def set_offered(session: Session, task_ids: list[str], offered: bool) -> None:
     the same transaction; the inbox's offer branches read only offered rows.
     """
     if task_ids:
-        session.execute(_SET_OFFERED.values(offered=offered).execution_options(synchronize_session=False),
-                        {"b_ids": list(task_ids)})
+        session.flush()  # what the session's autoflush did: pending ORM writes first, in the same order
+        session.connection().execute(_SET_OFFERED_TO[offered], {"b_ids": list(task_ids)})
 
 
 def _timer_due(task: Task) -> datetime | None:
