@@ -80,9 +80,10 @@ INSTANT_HELP = "an ISO 8601 instant with a time zone, e.g. 2026-01-01T00:00:00Z"
 
 
 async def paging(limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-           cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
-           first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-           max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> Paging:
+                 cursor: Annotated[str | None, Query(max_length=200,
+                                                     description="next_cursor of the previous page")] = None,
+                 first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+                 max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> Paging:
     """Every list pages with limit/cursor, or Camunda's first_result/max_results."""
     return Paging.parse(limit=limit, cursor=cursor, first_result=first_result, max_results=max_results)
 

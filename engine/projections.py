@@ -74,9 +74,9 @@ def new_jobs_due(session: Session, due: datetime | None) -> None:
     noted = session.info.get(NEW_JOBS)
     if due is None or noted is True:
         session.info[NEW_JOBS] = True
-    else:
-        session.info[NEW_JOBS] = due if not isinstance(noted, datetime) else min(noted, due)
-
+        return
+    due = due.astimezone(UTC) if due.tzinfo else due.replace(tzinfo=UTC)
+    session.info[NEW_JOBS] = due if not isinstance(noted, datetime) else min(noted, due)
 
 
 def meta_key(task: Task) -> str:

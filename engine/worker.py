@@ -68,14 +68,15 @@ def wake(due: datetime | None = None) -> None:
     """Interrupt this process's worker sleep (new or earlier work, or the clock moved).
 
     With ``due`` (the earliest due time of jobs just committed), only when a worker of this
-    process is working or would sleep past ``due``; a job due later is found at the end of
-    the sleep, no later than before.
+    process is working or would sleep past ``due``, or ``due`` has come already (the clock
+    may have moved since the sleep began); a job due later is found at the end of the
+    sleep, no later than before.
     """
     if due is not None:
         ends = list(_SLEEP_ENDS.values())
         if due.tzinfo is None:
             due = due.replace(tzinfo=UTC)
-        if ends and all(end is not None and due >= end for end in ends):
+        if ends and all(end is not None and due >= end for end in ends) and due > clock.now():
             return
     _WAKE.set()
 
