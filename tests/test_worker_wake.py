@@ -10,7 +10,7 @@ from datetime import datetime
 from engine import worker
 from engine.commands import start_instance
 from tests.bpmnkit import Bpmn
-from tests.helpers import ALICE, deploy_xml, instance
+from tests.helpers import ALICE, audit_actions, deploy_xml, instance
 
 
 def _waits(key: str, duration: str) -> bytes:
@@ -73,3 +73,13 @@ def test_a_timer_fires_about_on_time_while_the_worker_sleeps_long(db, monkeypatc
         row = db.command(lambda s: start_instance(s, key="second", actor=ALICE))
         assert _until(lambda: instance(db, row.id).status == "completed", timeout=10)
         assert time.monotonic() - began < 2.0  # due after 1 s, fired within the second after (loaded machine)
+
+
+def test_a_job_already_due_wakes_the_worker_after_the_clock_moved_past_its_sleep(db, clock, monkeypatch):
+    """The sleep's end is on the engine clock; a clock that jumped past it (no wake) must not delay a due job."""
+    b = Bpmn("sla").start().user("work", "Work", props={"assignee": "sam", "dueDate": "2026-01-05T09:30:00Z"}).end()
+    deploy_xml(db, b.chain("start", "work", "end").xml())  # the test clock starts at 09:00
+    with _sleeping_worker(db, monkeypatch, interval=30):  # asleep until 09:00:30 by the engine clock
+        clock.advance(hours=2)  # to 11:00, without waking the worker (another process's clock offset, say)
+        row = db.command(lambda s: start_instance(s, key="sla", actor=ALICE))  # its breach job: due 09:30, past
+        assert _until(lambda: "task.breached" in audit_actions(db, row.id), timeout=5)
