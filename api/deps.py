@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime
+from starlette.concurrency import run_in_threadpool
 
 from api.problems import Unauthorized
 from engine.actor import Actor
@@ -19,11 +20,17 @@ from engine.store.db import Database
 bearer = HTTPBearer(auto_error=False, description="an API token from `sopflow users token NAME`")
 
 
-def get_db(request: Request) -> Database:
+# The dependencies are ``async def`` when they do not block: FastAPI runs a plain ``def``
+# dependency in a worker thread, a hand-off (and back) per dependency per request.
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
 DbDep = Annotated[Database, Depends(get_db)]
+
+
+async def token_cache_dep(request: Request) -> TokenCache:
+    return token_cache(request)
 
 
 def token_cache(request: Request) -> TokenCache:
@@ -31,21 +38,25 @@ def token_cache(request: Request) -> TokenCache:
     return request.app.state.token_cache
 
 
-TokenCacheDep = Annotated[TokenCache, Depends(token_cache)]
+TokenCacheDep = Annotated[TokenCache, Depends(token_cache_dep)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def current_actor(request: Request, db: DbDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Actor:
+async def current_actor(request: Request, db: DbDep,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Actor:
+    """The caller of an API token: from this process's token cache, or (a miss) a database read in a thread."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
-    actor = token_cache(request).actor(credentials.credentials, db.read)
+    cache = token_cache(request)
+    actor = cache.cached(credentials.credentials)
+    if actor is None:
+        actor = await run_in_threadpool(cache.actor, credentials.credentials, db.read)
     if actor is None:
         raise Unauthorized("the API token is unknown or revoked")
     request.state.user = actor.name
@@ -68,10 +79,11 @@ Instant = Annotated[AwareDatetime, AfterValidator(_utc)]
 INSTANT_HELP = "an ISO 8601 instant with a time zone, e.g. 2026-01-01T00:00:00Z"
 
 
-def paging(limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-           cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
-           first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-           max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> Paging:
+async def paging(limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+                 cursor: Annotated[str | None, Query(max_length=200,
+                                                     description="next_cursor of the previous page")] = None,
+                 first_result: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+                 max_results: Annotated[int | None, Query(ge=1, le=500)] = None) -> Paging:
     """Every list pages with limit/cursor, or Camunda's first_result/max_results."""
     return Paging.parse(limit=limit, cursor=cursor, first_result=first_result, max_results=max_results)
 

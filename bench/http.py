@@ -135,7 +135,13 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 @contextmanager
-def server(workers: int, database_url: str | None) -> Iterator[tuple[int, dict[str, str], list[int]]]:
+def server(workers: int, database_url: str | None, serve_args: tuple[str, ...] = (),
+           launcher: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str], list[int]]]:
+    """A migrated, deployed database with the demo users and ``sopflow serve`` on it: ``(port, tokens, pids)``.
+
+    ``launcher`` replaces ``python -m api.cli`` for the server (bench/profile_http.py runs it
+    under a profiler); ``serve_args`` are appended to ``serve``'s arguments.
+    """
     data = Path(tempfile.mkdtemp(prefix="sopflow-bench-"))
     fresh = _fresh_pg(database_url) if database_url else None
     env = {**os.environ, "SOPFLOW_DATA_DIR": str(data), "SOPFLOW_DATABASE_URL": fresh or ""}
@@ -143,7 +149,7 @@ def server(workers: int, database_url: str | None) -> Iterator[tuple[int, dict[s
     _cli(env, "deploy", "processes/")
     tokens = dict(re.findall(r"^\s+(\w+)\s+(sop_\S+)$", _cli(env, "users", "demo"), re.M))
     port = _free_port()
-    command = [sys.executable, "-m", "api.cli", "serve", "--workers", str(workers), "--port", str(port)]
+    command = [*(launcher or (sys.executable, "-m", "api.cli")), "serve", "--workers", str(workers), "--port", str(port), *serve_args]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
     try:
         deadline = time.monotonic() + 60
@@ -275,12 +281,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--completes", type=int, default=200)
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file per server")
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="one more argument for `sopflow serve` (repeatable), e.g. --serve-arg=--no-worker")
     args = parser.parse_args()
     results: dict[int, dict[str, float]] = {}
     for workers in [int(w) for w in args.workers.split(",")]:
         print(f"sopflow serve --workers {workers} ({'SQLite' if not args.database_url else args.database_url})",
               flush=True)
-        with server(workers, args.database_url) as (port, tokens, pids):
+        with server(workers, args.database_url, tuple(args.serve_arg)) as (port, tokens, pids):
             Client(port, tokens, []).instance()  # warm up every code path once
             best = max(closed_loop(port, tokens, pids, int(c), args.seconds)["ips"]
                        for c in args.clients.split(","))

@@ -252,6 +252,17 @@ class TokenCache:
         self._entries: dict[str, tuple[float, Actor]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, token: str) -> Actor | None:
+        """The actor of ``token`` if this cache holds it and it is younger than ``ttl``; else None.
+
+        No database and no blocking: the API's async authentication answers a hit on the
+        event loop and runs :meth:`actor` in a thread only on a miss.
+        """
+        if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        hit = self._entries.get(hash_token(token))
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl else None
+
     def actor(self, token: str, read: Callable[[], AbstractContextManager[Session]]) -> Actor | None:
         """The actor of ``token`` (None: unknown or revoked); ``read`` opens a session on a miss."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:

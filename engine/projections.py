@@ -60,8 +60,23 @@ DATE_HORIZON = timedelta(days=36525)
 _INSERT_TASKS = insert(TaskRow)
 _INSERT_CANDIDATES = insert(TaskCandidateRow)
 _INSERT_JOBS = insert(JobRow)
-NEW_JOBS = "sopflow_new_jobs"  # session.info flag: the worker wakes after this commit (engine.worker)
+NEW_JOBS = "sopflow_new_jobs"  # session.info: this commit scheduled jobs; see new_jobs_due (engine.worker wakes)
 _EMPTY_TASK_ROW: dict[str, Any] = {c.name: None for c in TaskRow.__table__.columns}  # one executemany shape
+
+
+def new_jobs_due(session: Session, due: datetime | None) -> None:
+    """Note on ``session`` that its commit schedules a job due at ``due`` (``None``: due now or unknown).
+
+    ``session.info[NEW_JOBS]`` keeps the earliest due time of the transaction's new jobs (or
+    ``True`` when one has none); after the commit the job worker is woken only if that is
+    earlier than the end of its planned sleep (:func:`engine.worker.wake`).
+    """
+    noted = session.info.get(NEW_JOBS)
+    if due is None or noted is True:
+        session.info[NEW_JOBS] = True
+        return
+    due = due.astimezone(UTC) if due.tzinfo else due.replace(tzinfo=UTC)
+    session.info[NEW_JOBS] = due if not isinstance(noted, datetime) else min(noted, due)
 
 
 def meta_key(task: Task) -> str:
@@ -255,7 +270,8 @@ def sync_tasks(session: Session, instance: InstanceRecord, workflow: BpmnWorkflo
         held.append((_INSERT_CANDIDATES, [offer for r in created for offer in offers(r)]))
     if sla_jobs:
         held.append((_INSERT_JOBS, sla_jobs))
-        session.info[NEW_JOBS] = True
+        for job in sla_jobs:
+            new_jobs_due(session, job["due_at"])
     return sorted(ready)
 
 
@@ -273,6 +289,8 @@ def offers(task: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 _SET_OFFERED = update(TaskCandidateRow).where(TaskCandidateRow.task_id.in_(bindparam("b_ids", expanding=True)))
+# built once, run on the connection: no statement to build and no ORM bulk-update step per command
+_SET_OFFERED_TO = {flag: _SET_OFFERED.values(offered=flag) for flag in (True, False)}
 
 
 def set_offered(session: Session, task_ids: list[str], offered: bool) -> None:
@@ -282,8 +300,8 @@ def set_offered(session: Session, task_ids: list[str], offered: bool) -> None:
     the same transaction; the inbox's offer branches read only offered rows.
     """
     if task_ids:
-        session.execute(_SET_OFFERED.values(offered=offered).execution_options(synchronize_session=False),
-                        {"b_ids": list(task_ids)})
+        session.flush()  # what the session's autoflush did: pending ORM writes first, in the same order
+        session.connection().execute(_SET_OFFERED_TO[offered], {"b_ids": list(task_ids)})
 
 
 def _timer_due(task: Task) -> datetime | None:
@@ -357,14 +375,14 @@ def _sync_jobs(session: Session, instance: InstanceRecord, waiting: list[Task], 
             session.delete(job)
         elif job.due_at != desired[key][0]:
             job.due_at, job.attempts, job.last_error, job.state = desired[key][0], 0, None, "pending"
-            session.info[NEW_JOBS] = True
+            new_jobs_due(session, job.due_at)
             job.lock_owner = job.lock_expires_at = None
             events.append(Event("timer.scheduled", actor, {"element_id": job.element_id, "due_at": job.due_at},
                                 task_id=job.task_id))
     for key, (due, task) in desired.items():
         if key in existing:
             continue
-        session.info[NEW_JOBS] = True
+        new_jobs_due(session, due)
         session.add(JobRow(id=time_ordered_id(), dedup_key=key, kind="timer", instance_id=instance.id,
                            task_id=str(task.id), element_id=task.task_spec.bpmn_id, due_at=due,
                            state="pending", attempts=0, created_at=now))

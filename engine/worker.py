@@ -16,9 +16,13 @@ becomes ``failed`` with an incident (kind ``failed_job``), retryable through
 
 Wake-up: :func:`run_forever` sleeps until the next job is due (read from the ``jobs``
 table; at most ``interval`` seconds), and :func:`wake` (called after a command of this
-process schedules work, or after the admin clock moved) interrupts the sleep at once. On
-PostgreSQL a commit that scheduled jobs also sends ``NOTIFY sopflow_jobs``, and each worker
-process ``LISTEN``s (:func:`listen`), so other processes' new jobs wake it too.
+process schedules work, or after the admin clock moved) interrupts the sleep at once. A
+commit's new jobs wake the worker only when one is due before the end of its planned sleep
+(an SLA job due in days does not; the worker reads it at its next round anyway, at most
+``interval`` later): waking costs a round of queries and, on SQLite, the write lock. On
+PostgreSQL a commit that scheduled jobs also sends ``NOTIFY sopflow_jobs`` with the earliest
+due time as payload, and each worker process ``LISTEN``s (:func:`listen`), so other
+processes' new jobs wake it too, on the same rule.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -55,13 +59,26 @@ log = logging.getLogger("sopflow.worker")
 
 _WAKE = threading.Event()
 MIN_SLEEP = 0.005
+# each running worker loop of this process -> when its current sleep ends (engine clock), or
+# None while it works (then any new job wakes it: it may have read the jobs table before the job)
+_SLEEP_ENDS: dict[str, datetime | None] = {}
 
 
-def wake() -> None:
-    """Interrupt this process's worker sleep (new or earlier work, or the clock moved)."""
+def wake(due: datetime | None = None) -> None:
+    """Interrupt this process's worker sleep (new or earlier work, or the clock moved).
+
+    With ``due`` (the earliest due time of jobs just committed), only when a worker of this
+    process is working or would sleep past ``due``, or ``due`` has come already (the clock
+    may have moved since the sleep began); a job due later is found at the end of the
+    sleep, no later than before.
+    """
+    if due is not None:
+        ends = list(_SLEEP_ENDS.values())
+        if due.tzinfo is None:
+            due = due.replace(tzinfo=UTC)
+        if ends and all(end is not None and due >= end for end in ends) and due > clock.now():
+            return
     _WAKE.set()
-
-
 
 
 JOBS_CHANNEL = "sopflow_jobs"  # PostgreSQL NOTIFY channel: a commit scheduled jobs
@@ -69,15 +86,29 @@ JOBS_CHANNEL = "sopflow_jobs"  # PostgreSQL NOTIFY channel: a commit scheduled j
 
 @event.listens_for(Session, "before_commit")
 def _notify_other_processes(session: Session) -> None:
-    """On PostgreSQL, ``NOTIFY`` in the committing transaction (delivered at commit, dropped on rollback)."""
-    if session.info.get(NEW_JOBS) and session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+    """On PostgreSQL, ``NOTIFY`` in the committing transaction (delivered at commit, dropped on rollback).
+
+    The payload is the earliest due time of the new jobs (ISO 8601), or empty when one is due now.
+    """
+    noted = session.info.get(NEW_JOBS)
+    if noted and session.get_bind().dialect.name == "postgresql":
+        payload = noted.isoformat() if isinstance(noted, datetime) else ""
+        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": JOBS_CHANNEL, "payload": payload})
 
 
 @event.listens_for(Session, "after_commit")
 def _wake_after_commit(session: Session) -> None:
-    if session.info.pop(NEW_JOBS, False):
-        wake()
+    noted = session.info.pop(NEW_JOBS, None)
+    if noted:
+        wake(noted if isinstance(noted, datetime) else None)
+
+
+def _payload_due(payload: str) -> datetime | None:
+    """The due time a ``NOTIFY`` carries; None (wake regardless) when empty or unreadable."""
+    try:
+        return datetime.fromisoformat(payload) if payload else None
+    except ValueError:
+        return None
 
 
 def listen(url: str, stop: threading.Event) -> None:
@@ -94,8 +125,8 @@ def listen(url: str, stop: threading.Event) -> None:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 conn.execute(f"LISTEN {JOBS_CHANNEL}")
                 while not stop.is_set():
-                    for _ in conn.notifies(timeout=0.5, stop_after=1):
-                        wake()
+                    for notice in conn.notifies(timeout=0.5, stop_after=1):
+                        wake(_payload_due(notice.payload))
         except psycopg.Error:
             log.warning("LISTEN connection failed; retrying in 1 s")
             stop.wait(1.0)
@@ -355,6 +386,7 @@ def run_forever(db: Database, *, stop: threading.Event, interval: float = 1.0,
         threading.Thread(target=listen, args=(db.url, stop), name="sopflow-listen", daemon=True).start()
     while not stop.is_set():
         _WAKE.clear()
+        _SLEEP_ENDS[owner] = None  # working: a job committed from now on wakes it (see wake)
         try:
             result = run_once(db, owner=owner, settings=settings)
         except Exception:  # noqa: BLE001
@@ -366,5 +398,9 @@ def run_forever(db: Database, *, stop: threading.Event, interval: float = 1.0,
             pause = seconds_until_next(db, interval)
         except Exception:  # noqa: BLE001
             pause = interval
+        # published after the jobs table was read: a job committed before that read was seen by
+        # it; one committed after is compared with this end (or saw None and set the event)
+        _SLEEP_ENDS[owner] = clock.now() + timedelta(seconds=max(pause, MIN_SLEEP))
         if not stop.is_set():
             _WAKE.wait(max(pause, MIN_SLEEP))
+    _SLEEP_ENDS.pop(owner, None)

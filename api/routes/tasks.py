@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import INSTANT_HELP, ActorDep, DbDep, Instant, PagingDep, SettingsDep, require
 from api.schemas import AssignRequest, CompleteRequest, Count, InstanceRead, Page, TaskDetail, TaskRead
 from api.views import page_body, task_read
-from engine.commands import assign_task, claim_task, complete_task, get_task_row, unclaim_task
+from engine.commands import assign_task, claim_task, complete_task, unclaim_task
 from engine.queries import TaskFilter, count_tasks, list_tasks, task_detail
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
@@ -67,30 +67,22 @@ def get_task(db: DbDep, actor: ActorDep, task_id: str) -> dict:
     return {**task_read(detail.pop("task")), **detail}
 
 
-def _task(db: DbDep, task_id: str) -> dict:
-    with db.read() as s:
-        return task_read(get_task_row(s, task_id))
-
-
 @router.post("/{task_id}/claim", response_model=TaskRead)
 def claim(db: DbDep, actor: ActorDep, task_id: str) -> dict:
     require(actor, "employee")
-    db.command(lambda s: claim_task(s, task_id=task_id, actor=actor))  # authorizes on the row it reads
-    return _task(db, task_id)
+    return task_read(db.command(lambda s: claim_task(s, task_id=task_id, actor=actor)))  # authorizes on its row
 
 
 @router.post("/{task_id}/unclaim", response_model=TaskRead)
 def unclaim(db: DbDep, actor: ActorDep, task_id: str) -> dict:
     require(actor, "employee")
-    db.command(lambda s: unclaim_task(s, task_id=task_id, actor=actor))
-    return _task(db, task_id)
+    return task_read(db.command(lambda s: unclaim_task(s, task_id=task_id, actor=actor)))
 
 
 @router.post("/{task_id}/assign", response_model=TaskRead)
 def assign(db: DbDep, actor: ActorDep, task_id: str, body: AssignRequest) -> dict:
     require(actor)  # assigning work to others is an admin right (Camunda's TASK_ASSIGN)
-    db.command(lambda s: assign_task(s, task_id=task_id, assignee=body.assignee, actor=actor))
-    return _task(db, task_id)
+    return task_read(db.command(lambda s: assign_task(s, task_id=task_id, assignee=body.assignee, actor=actor)))
 
 
 @router.post("/{task_id}/complete", response_model=InstanceRead)

@@ -181,7 +181,7 @@ def retry_job(session: Session, *, incident: IncidentRow, actor: Actor) -> None:
         raise Conflict("the job of incident {id} is gone (its instance or task ended)",
                        incident_id=incident.id, params={"id": incident.id})
     incident.resolved_at, incident.resolved_by, incident.resolution = clock.now(), actor.name, "retried"
-    session.info[projections.NEW_JOBS] = True  # the worker wakes after the commit
+    projections.new_jobs_due(session, None)  # due now: the worker wakes after the commit
     instance = session.get(InstanceRow, incident.instance_id) if incident.instance_id else None
     if instance is not None:
         session.flush()

@@ -5,12 +5,14 @@ Guards SpiffWorkflow lacks: a user task is only ever run when it is READY and ma
 """
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from engine import clock, forms
 from engine import variables as pvars
@@ -97,7 +99,9 @@ def _change_task(session: Session, row: TaskRow, event: Event, **values: Any) ->
     if changed != 1:
         raise StaleInstance("task {id} was changed by someone else", task_id=row.id, params={"id": row.id})
     set_offered(session, [row.id], values["assignee"] is None)  # the inbox's offers follow the assignee
-    return get_task_row(session, row.id, fresh=True)
+    for key, value in values.items():  # the row as stored, without reading it again under the write lock
+        set_committed_value(row, key, value.astimezone(UTC) if isinstance(value, datetime) else value)
+    return row
 
 
 def claim_task(session: Session, *, task_id: str, actor: Actor) -> TaskRow:
