@@ -36,8 +36,7 @@ with a clear error instead of stalling a worker.
 be long (a join over a 3000-branch split walks every task, so the steps of such a
 split cost O(branches) each and the split O(branches²) in all). While a budget is
 active (``with budget:``) every task SpiffWorkflow's iterators visit (all of its
-tree walks use them) is counted and every 16th looks at the clock (``CLOCK_EVERY``;
-a visit takes microseconds), so a command stops within a few
+tree walks use them) also looks at the clock, so a command stops within a few
 milliseconds of its deadline wherever it is; the workflow object it leaves behind is
 discarded (the command wrote nothing).
 """
@@ -220,8 +219,8 @@ _ACTIVE: contextvars.ContextVar[EngineBudget | None] = contextvars.ContextVar("s
 class EngineBudget:
     """Steps (tasks run) and wall time one command may spend in SpiffWorkflow.
 
-    ``spend`` is called per finished task (and reads the clock); while active (``with budget:``)
-    the task iterator also calls ``tick`` at every ``CLOCK_EVERY``-th step it takes. Once exceeded, every later check
+    ``spend`` is called per finished task; while active (``with budget:``) the task
+    iterator also calls ``tick`` at every step it takes. Once exceeded, every later check
     raises the same :class:`BudgetExceeded`, so SpiffWorkflow code that catches and wraps
     exceptions cannot make the command carry on.
     """
@@ -231,7 +230,6 @@ class EngineBudget:
         self.deadline = time.monotonic() + max_seconds
         self.max_seconds = max_seconds
         self.steps = 0
-        self.visits = 0  # iterator steps since the clock was last read (see CLOCK_EVERY)
         self.exceeded: BudgetExceeded | None = None
         self._tokens: list[contextvars.Token[EngineBudget | None]] = []
 
@@ -268,22 +266,11 @@ class EngineBudget:
                 f"wait state{where}; nothing was stored", element_id=element))
 
 
-# An iterator step takes microseconds (it pops one task and queues its children), so reading the
-# clock at every 16th step still stops a command within well under a millisecond of its deadline;
-# a budget already exceeded raises at every step.
-CLOCK_EVERY = 16
-
-
 def _budgeted(step: Callable[[Any], Task]) -> Callable[[Any], Task]:
-    get = _ACTIVE.get
-
     def budgeted_step(iterator: Any) -> Task:
-        budget = get()
+        budget = _ACTIVE.get()
         if budget is not None:
-            budget.visits += 1
-            if budget.visits >= CLOCK_EVERY or budget.exceeded is not None:
-                budget.visits = 0
-                budget.tick()
+            budget.tick()
         return step(iterator)
     return budgeted_step
 
