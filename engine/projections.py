@@ -426,10 +426,24 @@ def clear(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow | N
     in a command that ends its instance, since :func:`sync_waits` is not called then)."""
     if not instance.waits:
         return
+    clear_rows(session, instance.id, subscriptions=workflow is None or spec_features(workflow).messages)
+
+
+def clear_rows(session: Session, instance_id: str, *, subscriptions: bool) -> None:
+    """Delete an ended instance's jobs (and, if it can have any, its message subscriptions)."""
     connection = session.connection()
-    connection.execute(_CLEAR_JOBS, {"b_id": instance.id})
-    if workflow is None or spec_features(workflow).messages:
-        connection.execute(_CLEAR_SUBSCRIPTIONS, {"b_id": instance.id})
+    connection.execute(_CLEAR_JOBS, {"b_id": instance_id})
+    if subscriptions:
+        connection.execute(_CLEAR_SUBSCRIPTIONS, {"b_id": instance_id})
+
+
+def clear_many(session: Session, instance_ids: list[str], subscription_ids: list[str]) -> None:
+    """:func:`clear_rows` for several ended instances: one ``executemany`` per table."""
+    connection = session.connection()
+    if instance_ids:
+        connection.execute(_CLEAR_JOBS, [{"b_id": i} for i in instance_ids])
+    if subscription_ids:
+        connection.execute(_CLEAR_SUBSCRIPTIONS, [{"b_id": i} for i in subscription_ids])
 
 
 @dataclass(frozen=True)

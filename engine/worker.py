@@ -42,10 +42,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from engine import audit, clock, notifications, stats
+from engine.actor import SYSTEM
 from engine.audit import Event
 from engine.commands import unit
 from engine.commands.sla import fire_sla_job
-from engine.commands.timers import fire_timers, prefetch
+from engine.commands.timers import delete_jobs, fire_timers, prefetch, run_firing
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import SopflowError, StaleInstance
@@ -231,27 +232,37 @@ class BatchOutcome:
 
 
 def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings: Settings) -> BatchOutcome:
-    """Fire the leased timer jobs of several instances in ONE transaction, each under a SAVEPOINT.
+    """Fire the leased timer jobs of several instances in ONE transaction: compute all, then write.
 
     ``groups`` is ``[(instance_id, timer job ids), ...]``; the batch takes a prefix of it, at
     most ``settings.timer_batch_instances`` instances and stopping after about
     ``settings.timer_batch_ms`` of work, so no transaction holds SQLite's write lock long.
-    Each instance is one :func:`engine.commands.timers.fire_timers` inside
-    ``session.begin_nested()``: its writes are still guarded by the instance ``revision``, and
-    when it raises only its savepoint rolls back. A stale instance (another command moved it,
-    :class:`StaleInstance`, or a unique-key/lock error) is reported in ``stale`` for the caller
-    to fire alone with the command's usual retries; an instance whose firing fails (a script
-    error after the timer, ...) is reported in ``failed`` with its message. The transaction
-    commits the others. On SQLite it takes the write lock at ``BEGIN`` (``BEGIN IMMEDIATE``):
-    the lazy lock upgrade of :meth:`Database.command` ends the read transaction, which would
-    drop any open savepoint; holding the lock from the start also means no other writer can
-    make an instance stale in the middle of the batch. If the transaction as a whole fails, the
-    exception reaches the caller and nothing of the batch is stored.
 
-    Shared per batch: the instance rows and due jobs are read in two queries
-    (:func:`engine.commands.timers.prefetch`; a row changed since fails its revision guard and
-    goes the stale path), and the audit rows of the instances that fired are inserted in one
-    statement before COMMIT (a failed instance's rows go with its savepoint).
+    Phase 1, per instance: load it and fire its timers in memory
+    (:func:`engine.commands.timers.run_firing`). An instance that ends with this firing, threw
+    no message and has no external tasks (:func:`engine.commands.unit.deferrable`) is only
+    planned (:func:`engine.commands.unit.plan`: no write, so no SAVEPOINT); any other is stored
+    at once under its own SAVEPOINT (``session.begin_nested()``; a failure rolls back that
+    instance only). An instance whose firing or plan raises is reported in ``failed`` (its
+    message; the caller records it: backoff, incident) and has written nothing.
+
+    Phase 2: the planned instances are written together (:func:`engine.commands.unit.write_plans`:
+    their revision guards read in one query, an instance whose row moved since it was loaded
+    is dropped before anything of it is written and reported in ``stale``; then one
+    ``executemany`` each for the guarded instance UPDATEs and the job DELETEs), the jobs of
+    instances found gone or ended are deleted, and the audit rows of every instance that
+    fired are inserted in one statement. A stale instance of the SAVEPOINT path (another
+    command moved it: :class:`StaleInstance`, or a unique-key/lock error) is reported in
+    ``stale`` too; the caller fires stale instances alone, with the command's usual retries.
+    If the transaction as a whole fails, the exception reaches the caller and nothing of the
+    batch is stored.
+
+    On SQLite the batch takes the write lock at ``BEGIN`` (``BEGIN IMMEDIATE``): the lazy lock
+    upgrade of :meth:`Database.command` ends the read transaction, which would drop an open
+    savepoint; holding the lock from the start also means no other writer can make an
+    instance stale in the middle of the batch (only a message routed by another instance of
+    the same batch can). The instance rows and due jobs are read for the whole batch in two
+    queries (:func:`engine.commands.timers.prefetch`).
     """
     outcome = BatchOutcome()
     budget = max(0.0, settings.timer_batch_ms / 1000)
@@ -259,10 +270,10 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
     began = time.perf_counter()
     offered = groups[:limit]
     with db.transaction() as session:
-        # shared by the batch: the instance rows and due jobs (two queries), and one INSERT of the
-        # audit rows of the instances that fired (a failed one's savepoint drops its own rows)
         prefetched = prefetch(session, [j for _i, ids in offered for j in ids], [i for i, _ids in offered])
         audit_rows: list[dict[str, Any]] = []
+        planned: list[tuple[str, int, unit.Plan]] = []
+        gone: list[str] = []
         for instance_id, _job_ids in offered:
             if outcome.taken and time.perf_counter() - began >= budget:
                 break
@@ -272,10 +283,18 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
             deferred: list[dict[str, Any]] = []
             session.info[unit.DEFERRED_AUDIT] = deferred
             try:
-                with session.begin_nested():
-                    outcome.fired[instance_id] = fire_timers(session, instance_id=instance_id, settings=settings,
-                                                             prefetched=prefetched)
-                audit_rows.extend(deferred)
+                firing = run_firing(session, instance_id=instance_id, settings=settings, prefetched=prefetched)
+                if isinstance(firing, bool):  # nothing due; True: gone or ended, its jobs go
+                    if firing:
+                        gone.append(instance_id)
+                    outcome.fired[instance_id] = 0
+                elif unit.deferrable(firing.loaded):  # phase 2 writes it with the others
+                    planned.append((instance_id, firing.count, unit.plan(session, firing.loaded, SYSTEM)))
+                else:
+                    with session.begin_nested():
+                        unit.persist(session, firing.loaded, SYSTEM)
+                    audit_rows.extend(deferred)
+                    outcome.fired[instance_id] = firing.count
             except (StaleInstance, IntegrityError, OperationalError):
                 stats.incr("batch_stale")
                 outcome.stale.append(instance_id)
@@ -284,8 +303,18 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
             except Exception as exc:  # noqa: BLE001 - one instance must not fail the batch
                 log.exception("timer crashed in a batch", extra={"instance_id": instance_id})
                 outcome.failed[instance_id] = f"{type(exc).__name__}: {exc}"
-        for key in (*_PER_COMMAND_INFO, unit.DEFERRED_AUDIT):
+        for key in _PER_COMMAND_INFO:
             session.info.pop(key, None)
+        session.info[unit.DEFERRED_AUDIT] = audit_rows
+        stale = set(unit.write_plans(session, [p for _i, _n, p in planned]))
+        for instance_id, count, _plan in planned:
+            if instance_id in stale:
+                stats.incr("batch_stale")
+                outcome.stale.append(instance_id)
+            else:
+                outcome.fired[instance_id] = count
+        delete_jobs(session, gone)
+        session.info.pop(unit.DEFERRED_AUDIT, None)
         if audit_rows:
             audit.insert_rows(session, audit_rows)
     stats.incr("timer_batches")

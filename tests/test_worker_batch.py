@@ -1,6 +1,8 @@
-"""Timers in batches: several instances per transaction, each under its own savepoint."""
+"""Timers in batches: several instances per transaction (planned first and written together, or each
+under its own savepoint)."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from engine.commands import start_instance, unit
@@ -23,6 +25,18 @@ def _fired_events(db, instance_id: str) -> int:
                                                             AuditEventRow.action == "timer.fired")).all())
 
 
+def _record_stores(monkeypatch) -> list:
+    """Record the session that stores each instance: one entry per instance, by either write path
+    (``unit.persist`` under a savepoint, or a batch's planned instances through ``unit.write_plans``)."""
+    sessions: list = []
+    real_persist, real_write = unit.persist, unit.write_plans
+    monkeypatch.setattr(unit, "persist", lambda session, *a, **k: (sessions.append(session),
+                                                                   real_persist(session, *a, **k))[1])
+    monkeypatch.setattr(unit, "write_plans", lambda session, plans: (sessions.extend([session] * len(plans)),
+                                                                     real_write(session, plans))[1])
+    return sessions
+
+
 def _start(db, divisor: int) -> str:
     return db.command(lambda s: start_instance(s, key="wait", actor=ALICE,
                                                variables={"fired": 0, "divisor": divisor})).id
@@ -32,13 +46,11 @@ def test_one_failing_instance_does_not_fail_the_batch(db, clock, monkeypatch):
     deploy_xml(db, _waits())
     good = [_start(db, 1) for _ in range(4)]
     bad = _start(db, 0)
-    batches = []
-    real = unit.persist
-    monkeypatch.setattr(unit, "persist", lambda session, *a, **k: (batches.append(session), real(session, *a, **k))[1])
+    batches = _record_stores(monkeypatch)
     clock.advance(hours=2)
     result = run_once(db, max_attempts=2, settings=Settings(timer_batch_ms=60_000))
     assert (result.acquired, result.fired, result.failed) == (5, 4, 1)
-    assert len({id(s) for s in batches}) == 1  # the four good instances were stored in one transaction
+    assert len(batches) == 4 and len({id(s) for s in batches}) == 1  # the four good ones: one transaction
     for instance_id in good:
         row = instance(db, instance_id)
         assert row.status == "completed" and row.variables["fired"] == 100
@@ -92,9 +104,7 @@ def test_a_stale_instance_in_a_batch_is_retried_alone_and_fires_once(db, clock, 
 def test_batches_are_bounded(db, clock, monkeypatch):
     deploy_xml(db, _waits())
     ids = [_start(db, 1) for _ in range(7)]
-    sessions = []
-    real = unit.persist
-    monkeypatch.setattr(unit, "persist", lambda session, *a, **k: (sessions.append(session), real(session, *a, **k))[1])
+    sessions = _record_stores(monkeypatch)
     clock.advance(hours=2)
     assert run_once(db, settings=Settings(timer_batch_instances=3, timer_batch_ms=60_000)).fired == 7
     assert [sum(x is s for x in sessions) for s in {id(x): x for x in sessions}.values()] == [3, 3, 1]
@@ -128,3 +138,102 @@ def test_a_batch_reads_its_instances_once_and_writes_one_audit_insert_and_the_ch
     assert verdict.ok, verdict.to_dict()
     assert all(_fired_events(db, i) == 1 for i in good) and _fired_events(db, bad) == 0
     assert instance(db, bad).status == "running" and instance(db, bad).audit_seq == seq_before
+
+
+def _savepoints(db) -> list[str]:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def spy(conn, cursor, statement, *args):
+        if statement.upper().startswith(("SAVEPOINT", "RELEASE")):
+            seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", spy)
+    return seen
+
+
+def test_instances_that_end_are_planned_first_and_written_together_without_savepoints(db, clock, monkeypatch):
+    deploy_xml(db, _waits())
+    ids = [_start(db, 1) for _ in range(6)]
+    savepoints = _savepoints(db)
+    stores = _record_stores(monkeypatch)
+    persisted = []
+    real_persist = unit.persist
+    monkeypatch.setattr(unit, "persist", lambda *a, **k: (persisted.append(1), real_persist(*a, **k))[1])
+    clock.advance(hours=2)
+    result = run_once(db, settings=Settings(timer_batch_ms=60_000))
+    assert (result.acquired, result.fired, result.failed) == (6, 6, 0)
+    assert savepoints == [] and persisted == [] and len(stores) == 6 and len({id(s) for s in stores}) == 1
+    for instance_id in ids:
+        row = instance(db, instance_id)
+        assert row.status == "completed" and row.revision == 2 and row.variables["fired"] == 100
+        assert _fired_events(db, instance_id) == 1 and jobs(db, instance_id) == []
+    from engine import audit
+    with db.read() as s:
+        verdict = audit.verify(s)
+    assert verdict.ok, verdict.to_dict()
+    assert run_once(db).acquired == 0
+
+
+def test_a_batch_mixes_planned_instances_with_ones_that_keep_running(db, clock):
+    # after its timer, "review" waits in a user task: stored at once under a savepoint; "wait" ends: planned
+    review = Bpmn("review").start().timer_catch("pause", '"PT1H"').user("check", "Check").end()
+    deploy_xml(db, review.chain("start", "pause", "check", "end").xml(), "review.bpmn")
+    deploy_xml(db, _waits())
+    running = db.command(lambda s: start_instance(s, key="review", actor=ALICE)).id
+    ending = [_start(db, 1) for _ in range(3)]
+    bad = _start(db, 0)
+    savepoints = _savepoints(db)
+    clock.advance(hours=2)
+    result = run_once(db, max_attempts=2, settings=Settings(timer_batch_ms=60_000))
+    assert (result.acquired, result.fired, result.failed) == (5, 4, 1)
+    assert len([s for s in savepoints if s.upper().startswith("SAVEPOINT")]) == 1  # the running instance's
+    row = instance(db, running)
+    assert row.status == "running" and row.revision == 2 and jobs(db, running) == []
+    assert _fired_events(db, running) == 1 and len(row.open_task_ids) == 1
+    assert all(instance(db, i).status == "completed" and _fired_events(db, i) == 1 for i in ending)
+    [job] = jobs(db, bad)
+    assert job.attempts == 1 and instance(db, bad).revision == 1 and _fired_events(db, bad) == 0
+    from engine import audit
+    with db.read() as s:
+        verdict = audit.verify(s)
+    assert verdict.ok, verdict.to_dict()
+
+
+def test_an_instance_a_message_of_the_same_batch_moved_is_dropped_from_the_plans_and_fired_alone(db, clock):
+    # "waiter" waits for its timer OR a message (an event-based gateway): the batch plans it (its timer
+    # ends it); "payer", next in the same batch, throws that message after its timer (stored at once: it
+    # threw a message), which moves the waiter. The waiter's guard no longer matches: it is dropped from
+    # the plans before anything of it is written and fired alone, where it is found completed
+    payer = Bpmn("payer")
+    payer.messages.add("payment")
+    payer.start("p_start").timer_catch("p_wait", '"PT1H"').raw(
+        '<bpmn:intermediateThrowEvent id="p_pay"><bpmn:messageEventDefinition messageRef="msg_payment"/>'
+        '</bpmn:intermediateThrowEvent>').end("p_end").chain("p_start", "p_wait", "p_pay", "p_end")
+    waiter = Bpmn("waiter").start("w_start").raw('<bpmn:eventBasedGateway id="w_gw"/>')
+    waiter.timer_catch("w_timer", '"PT1H"').message_catch("w_paid", "payment").end("w_late").end("w_paid_end")
+    waiter.chain("w_start", "w_gw", "w_timer", "w_late").chain("w_gw", "w_paid", "w_paid_end")
+    deploy_xml(db, waiter.xml(payer))
+    waiting = db.command(lambda s: start_instance(s, key="waiter", actor=ALICE)).id
+    clock.advance(seconds=1)  # the payer's timer is due after the waiter's: the batch takes the waiter first
+    paying = db.command(lambda s: start_instance(s, key="payer", actor=ALICE)).id
+    loads: list[str] = []
+    real_load = unit.load
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(unit, "load", lambda session, i, **kw: (loads.append(i), real_load(session, i, **kw))[1])
+        clock.advance(hours=2)
+        result = run_once(db, settings=Settings(timer_batch_ms=60_000))
+    assert loads == [waiting, paying, waiting]  # planned, fired the payer, loaded by the payer's message
+    assert (result.acquired, result.fired, result.failed) == (2, 1, 0)
+    assert instance(db, paying).status == "completed" and _fired_events(db, paying) == 1
+    row = instance(db, waiting)
+    # stored once, by the payer's message (its command found the waiter's timer overdue too); the
+    # batch's plan for it, with its timer.fired event, was dropped whole
+    assert row.status == "completed" and row.revision == 2 and _fired_events(db, waiting) == 0
+    assert jobs(db, waiting) == []
+    from engine import audit
+    with db.read() as s:
+        verdict = audit.verify(s)
+    assert verdict.ok, verdict.to_dict()
+    assert run_once(db).acquired == 0

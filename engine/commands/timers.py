@@ -60,12 +60,23 @@ def prefetch(session: Session, job_ids: Sequence[str], instance_ids: Sequence[st
     return found
 
 
-def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None = None, actor: Actor = SYSTEM,
-                settings: Settings | None = None, prefetched: Prefetched | None = None) -> int:
-    """Fire the instance's due timers (all, or those of ``job_ids``). Returns how many were due.
+@dataclass
+class Firing:
+    """An instance whose due timers ran in memory (:func:`run_firing`), not yet stored."""
 
-    ``prefetched`` (the worker's batches) carries the instance row and its due jobs, read
-    for the whole batch (:func:`prefetch`); without it they are read here.
+    loaded: unit.Loaded
+    count: int  # timers that were due
+
+
+def run_firing(session: Session, *, instance_id: str, job_ids: list[str] | None = None, actor: Actor = SYSTEM,
+               settings: Settings | None = None, prefetched: Prefetched | None = None) -> Firing | bool:
+    """Load the instance and fire its due timers in memory; nothing is written.
+
+    Returns the :class:`Firing` to store (:func:`engine.commands.unit.persist`), or, when
+    nothing is due: True if the instance is gone or no longer running (its jobs are to be
+    deleted), False if it runs but none of the jobs is due. ``prefetched`` (the worker's
+    batches) carries the instance row and its due jobs, read for the whole batch
+    (:func:`prefetch`); without it they are read here.
     """
     settings = settings or load_settings()
     connection = session.connection()
@@ -73,8 +84,7 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
     status = record.status if prefetched is not None and record is not None else (
         None if prefetched is not None else connection.execute(_STATUS, {"b_id": instance_id}).scalar())
     if status != "running":  # gone or ended: its jobs go too; the full row is read only if a timer is due
-        connection.execute(_DELETE_JOBS, {"b_id": instance_id})
-        return 0
+        return True
     due: Sequence[JobRef]
     if prefetched is not None:
         due = prefetched.due.get(instance_id, [])
@@ -83,7 +93,7 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
     else:
         due = connection.execute(_DUE, {"b_id": instance_id, "b_now": clock.now()}).all()
     if not due:
-        return 0
+        return False
     loaded = unit.load(session, instance_id, record=record)
     at = len(loaded.events)
     cycles = {job.id: _cycle(loaded.workflow, job.task_id) for job in due}
@@ -97,8 +107,30 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
             fired.append(Event("timer.fired", actor.name, {"element_id": job.element_id, "due_at": due_at},
                                task_id=job.task_id))
     loaded.events[at:at] = fired  # before what the firings caused
-    unit.persist(session, loaded, actor)
-    return len(due)
+    return Firing(loaded, len(due))
+
+
+def delete_jobs(session: Session, instance_ids: list[str]) -> None:
+    """Delete the jobs of instances that are gone or ended (one ``executemany``)."""
+    if instance_ids:
+        session.connection().execute(_DELETE_JOBS, [{"b_id": i} for i in instance_ids])
+
+
+def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None = None, actor: Actor = SYSTEM,
+                settings: Settings | None = None, prefetched: Prefetched | None = None) -> int:
+    """Fire the instance's due timers (all, or those of ``job_ids``). Returns how many were due.
+
+    :func:`run_firing`, then :func:`engine.commands.unit.persist` (or, for an instance that is
+    gone or ended, the deletion of its jobs).
+    """
+    firing = run_firing(session, instance_id=instance_id, job_ids=job_ids, actor=actor, settings=settings,
+                        prefetched=prefetched)
+    if isinstance(firing, bool):
+        if firing:
+            delete_jobs(session, [instance_id])
+        return 0
+    unit.persist(session, firing.loaded, actor)
+    return firing.count
 
 
 def _cycle(workflow: BpmnWorkflow, task_id: str | None) -> dict[str, Any] | None:

@@ -398,19 +398,30 @@ def check_task_data(tasks: Any) -> None:
                               params={"element": element, "value": problem.describe(what)})
 
 
-def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
-             status: str | None = None, end_reason: str | None = None) -> None:
-    """Store state, projections and audit in the current transaction (the unit of work's steps 4-6).
+@dataclass
+class Plan:
+    """What :func:`persist` will write for one instance, computed with no write (:func:`plan`)."""
 
-    Everything is computed first (state, variables, projection rows, expressions on new
-    tasks, the audit chain) and written after, instance row first: on SQLite the write
-    lock is taken at that first write (:meth:`engine.store.db.Database.command`), so it
-    is held for the writes only. A new instance is one INSERT; an existing one is one
-    ``UPDATE ... WHERE revision = :seen`` that also moves its audit-chain head. 0 rows
-    means another command moved it first (:class:`StaleInstance`, retried by the edge),
-    and everything written here rolls back. Messages the instance threw that nothing
-    inside it caught are then delivered to the instances waiting for them, in this same
-    transaction (``messages.route_thrown``).
+    row: InstanceRecord
+    values: dict[str, Any]  # the instance row's new columns
+    new: bool
+    ended: bool
+    seen_revision: int
+    seen_audit_seq: int
+    held: list[tuple[Any, Any]]  # projection writes, run once the instance row is written
+    audit_rows: list[dict[str, Any]]  # the hash-chained audit rows (engine.audit)
+    outgoing: list[Any]  # thrown messages to route after the write (messages.route_thrown)
+    clear_subscriptions: bool  # an ended instance's definition has message subscriptions to delete
+
+
+def plan(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
+         status: str | None = None, end_reason: str | None = None) -> Plan:
+    """Compute everything :func:`persist` writes (state, variables, projection rows, the audit chain).
+
+    Reads only, apart from what the projections of waits and external tasks change through
+    the session when the instance keeps running or has external tasks (ORM rows, flushed at
+    the next flush); a plan of an instance that ends, has no external tasks and threw no
+    message (:func:`deferrable`) writes nothing at all.
     """
     from engine.commands import messages  # late: the messages family builds on this module
 
@@ -427,7 +438,7 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
     if new or status != row.status:  # SQLite rewrites an index whose column is SET, changed or not
         values.update(status=status, ended_at=now if ended else None, ended_by=actor.name if ended else None,
                       end_reason=end_reason)
-    held: list[tuple[Any, Any]] = []  # projection writes, run once the instance row is written
+    held: list[tuple[Any, Any]] = []
     with session.no_autoflush:  # plan: reads and computation only (external-task row updates aside)
         values["open_task_ids"] = projections.sync_tasks(
             session, row, workflow, loaded.definition.user_tasks, loaded.events, actor.name,
@@ -441,39 +452,126 @@ def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False
                 loaded.events.append(Event("instance.completed", actor.name, {"variables": values["variables"]}))
         else:
             values["waits"] = projections.sync_waits(session, row, workflow, loaded.events, actor.name) + external
-        values.update(_chain(session, row, loaded.seen_audit_seq, loaded.events))
-    # write: the instance row first (the revision check; on PostgreSQL its row lock also orders
-    # this command before any other on the instance), then the rows that hang off it
-    if new:
+        audit_rows: list[dict[str, Any]] = []
+        values.update(_chain(row, loaded.seen_audit_seq, loaded.events, audit_rows))
+    return Plan(row, values, new, ended, loaded.seen_revision, loaded.seen_audit_seq, held, audit_rows, outgoing,
+                clear_subscriptions=ended and bool(row.waits) and projections.spec_features(workflow).messages)
+
+
+def deferrable(loaded: Loaded) -> bool:
+    """Whether :func:`plan` of this instance (after its engine run) writes nothing through the session.
+
+    True when the instance ends now (completed: no waits to re-sync), threw no message and its
+    definition has no external tasks: its plan can be written later, together with others'
+    (:func:`write_plans`).
+    """
+    workflow = loaded.workflow
+    return (not workflow.bpmn_events and workflow.is_completed()
+            and not projections.spec_features(workflow).external)
+
+
+def _write_plan(session: Session, planned: Plan) -> None:
+    row, values = planned.row, planned.values
+    # the instance row first (the revision check; on PostgreSQL its row lock also orders this
+    # command before any other on the instance), then the rows that hang off it
+    if planned.new:
         identity = {c: getattr(row, c) for c in ("id", "definition_id", "definition_key", "definition_version",
                                                  "business_key", "started_by", "started_at")}
         session.connection().execute(_INSERT_INSTANCE, {**identity, **values})
     else:
         moved = session.connection().execute(_UPDATE_INSTANCE, {
-            "b_id": row.id, "b_revision": loaded.seen_revision, "b_audit_seq": loaded.seen_audit_seq, **values,
+            "b_id": row.id, "b_revision": planned.seen_revision, "b_audit_seq": planned.seen_audit_seq, **values,
         }).rowcount
         if moved != 1:
             raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id,
                                 params={"id": row.id})
-    if ended:
-        projections.clear(session, row, workflow)
-    for statement, params in held:
+    if planned.ended and row.waits:
+        projections.clear_rows(session, row.id, subscriptions=planned.clear_subscriptions)
+    for statement, params in planned.held:
         session.connection().execute(statement, params)
     for key, value in values.items():  # the caller's record reflects what was stored
         setattr(row, key, value)
+    session.info.setdefault("sopflow_audit_rows", []).extend(planned.audit_rows)
     _insert_events(session)
-    if outgoing:
-        messages.route_thrown(session, loaded, outgoing, actor, loaded.settings or load_settings())
 
 
-def _chain(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event]) -> dict[str, Any]:
-    """Hash-chain ``events`` onto the instance's chain; returns the new head for the row update."""
+def persist(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
+             status: str | None = None, end_reason: str | None = None) -> None:
+    """Store state, projections and audit in the current transaction (the unit of work's steps 4-6).
+
+    Everything is computed first (:func:`plan`: state, variables, projection rows, expressions
+    on new tasks, the audit chain) and written after, instance row first: on SQLite the write
+    lock is taken at that first write (:meth:`engine.store.db.Database.command`), so it
+    is held for the writes only. A new instance is one INSERT; an existing one is one
+    ``UPDATE ... WHERE revision = :seen`` that also moves its audit-chain head. 0 rows
+    means another command moved it first (:class:`StaleInstance`, retried by the edge),
+    and everything written here rolls back. Messages the instance threw that nothing
+    inside it caught are then delivered to the instances waiting for them, in this same
+    transaction (``messages.route_thrown``).
+    """
+    from engine.commands import messages  # late: the messages family builds on this module
+
+    planned = plan(session, loaded, actor, new=new, status=status, end_reason=end_reason)
+    _write_plan(session, planned)
+    if planned.outgoing:
+        messages.route_thrown(session, loaded, planned.outgoing, actor, loaded.settings or load_settings())
+
+
+_GUARDS = select(InstanceRow.id, InstanceRow.revision, InstanceRow.audit_seq).where(
+    InstanceRow.id.in_(bindparam("b_ids", expanding=True))).order_by(InstanceRow.id)
+
+
+def write_plans(session: Session, plans: list[Plan]) -> list[str]:
+    """Write the plans of several existing instances (each :func:`deferrable`); returns the stale ones' ids.
+
+    First the guards of all of them are read in one query (``FOR UPDATE`` on PostgreSQL, so
+    they cannot move before the UPDATEs; on SQLite the caller holds the write lock): an
+    instance whose ``revision`` or audit head moved since it was loaded is dropped before
+    anything of it is written (the caller fires it alone). The others are written with one
+    ``executemany`` per statement: the guarded instance UPDATEs, the job and subscription
+    DELETEs of the ended instances; then their held projection writes. A guarded UPDATE that
+    still matched fewer rows than planned raises :class:`StaleInstance` (the caller's
+    transaction must then roll back as a whole).
+    """
+    if not plans:
+        return []
+    query = _GUARDS if session.get_bind().dialect.name == "sqlite" else _GUARDS.with_for_update()
+    current = {r.id: (r.revision, r.audit_seq or 0)
+               for r in session.connection().execute(query, {"b_ids": [p.row.id for p in plans]})}
+    stale = [p.row.id for p in plans if current.get(p.row.id) != (p.seen_revision, p.seen_audit_seq)]
+    fresh = [p for p in plans if p.row.id not in stale]
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for p in fresh:
+        by_columns.setdefault(tuple(sorted(p.values)), []).append(
+            {"b_id": p.row.id, "b_revision": p.seen_revision, "b_audit_seq": p.seen_audit_seq, **p.values})
+    connection = session.connection()
+    for params in by_columns.values():
+        moved = connection.execute(_UPDATE_INSTANCE, params).rowcount
+        if moved != len(params):
+            raise StaleInstance("{stale} of {total} process instances were changed by someone else during the batch",
+                                params={"stale": len(params) - moved, "total": len(params)})
+    projections.clear_many(session, [p.row.id for p in fresh if p.ended and p.row.waits],
+                           [p.row.id for p in fresh if p.ended and p.row.waits and p.clear_subscriptions])
+    rows: list[dict[str, Any]] = session.info.setdefault("sopflow_audit_rows", [])
+    for p in fresh:
+        for statement, params in p.held:
+            connection.execute(statement, params)
+        for key, value in p.values.items():
+            setattr(p.row, key, value)
+        rows.extend(p.audit_rows)
+    _insert_events(session)
+    return stale
+
+
+def _chain(row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event],
+           into: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hash-chain ``events`` onto the instance's chain (rows appended to ``into``); returns the new head."""
     if not events:
         return {}
     rows, head, seq = audit.chain_instance_events(
         row.id, (row.definition_id, row.definition_key, row.definition_version), seen_seq,
         row.last_audit_hash if seen_seq else None, events)
-    session.info.setdefault("sopflow_audit_rows", []).extend(rows)
+    into.extend(rows)
     return {"audit_seq": seq, "last_audit_hash": head}
 
 
@@ -493,7 +591,7 @@ def _insert_events(session: Session) -> None:
 
 def append_events(session: Session, row: InstanceRecord | InstanceRow, seen_seq: int, events: list[Event]) -> None:
     """Audit events that do not change the workflow (claim, assign): compare-and-set on the head."""
-    head = _chain(session, row, seen_seq, events)
+    head = _chain(row, seen_seq, events, session.info.setdefault("sopflow_audit_rows", []))
     if not head:
         return
     moved = rowcount(session.execute(
