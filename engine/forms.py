@@ -145,7 +145,8 @@ def check_writes(what: str, form: dict[str, Any] | None, writes: list[str] | Non
 
 
 def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
-    """Raise InvalidInput naming every bad field (422 at the edge)."""
+    """Raise InvalidInput naming every bad field (422 at the edge): the schema's checks, and a
+    top-level ``integer`` field outside the 64-bit range (:func:`_range_errors`)."""
     if not form:
         return
     try:
