@@ -367,3 +367,17 @@ def test_the_diff_of_a_version_that_does_not_exist_is_a_404_page(web1):
             in text_of(r.text), query
     r = dora.get(f"/procedures/{quote('no_such')}/diff")
     assert r.status_code == 404
+
+
+def test_a_form_with_too_many_fields_is_refused_in_the_users_language(web1):
+    admin = sign_in(web1, "admin")
+    events = audit_count(web1.db)
+    body = f"csrf_token={admin.token}&name=zed&role=employee&mode=generate&" + "&".join(f"x{i}=1" for i in range(1000))
+    r = admin.client.post("/admin/add-user", content=body, headers=FORM)
+    assert r.status_code == 422
+    assert "The form could not be read: the form has more than 1,000 fields" in text_of(r.text)
+    r = admin.client.post("/admin/add-user", content=body, headers={**FORM, "Accept-Language": "zh-Hans"})
+    assert r.status_code == 422 and "无法读取表单：表单的字段超过 1,000 个" in text_of(r.text)
+    assert audit_count(web1.db) == events
+    with web1.db.read() as s:
+        assert s.scalar(select(UserRow.id).where(UserRow.name == "zed")) is None
