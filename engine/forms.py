@@ -9,7 +9,9 @@ is a jinja2 template rendered in the immutable sandbox against the instance vari
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -25,6 +27,12 @@ from engine.evaluator import EvaluatorUnavailable
 from engine.sandbox import ScriptBudgetExceeded
 
 FORMS_DIR = Path(os.environ.get("SOPFLOW_FORMS_DIR", Path(__file__).resolve().parent.parent / "forms"))
+# Camunda's long is a Java long (64 bits). Numbers given as text are read in ASCII digits only:
+# Python's int() and float() also read full-width and Arabic-Indic digits ("１２", "١٢").
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+_LONG_TEXT = re.compile(r"[+-]?[0-9]+")
+_NUMBER_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+LONG_RANGE = f"between {LONG_MIN} and {LONG_MAX}"
 _KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 _CAMUNDA_TYPES: dict[str, dict[str, Any]] = {
@@ -65,7 +73,8 @@ def form_for(form_key: str | None, form_fields: list[dict[str, Any]] | None) -> 
             # the options' names, for a form renderer (react-jsonschema-form's annotation; not validated)
             prop["enumNames"] = [o.get("name") or o["id"] for o in f["options"]]
         if f.get("type") == "long":
-            prop = {"type": ["integer", "string"], "pattern": r"^-?\d+$", **({"title": f["label"]} if f.get("label") else {})}
+            prop = {"type": ["integer", "string"], "pattern": r"^[+-]?[0-9]+$",
+                    **({"title": f["label"]} if f.get("label") else {})}
         properties[f["id"]] = prop
         if f.get("required"):
             required.append(f["id"])
@@ -136,7 +145,8 @@ def check_writes(what: str, form: dict[str, Any] | None, writes: list[str] | Non
 
 
 def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
-    """Raise InvalidInput naming every bad field (422 at the edge)."""
+    """Raise InvalidInput naming every bad field (422 at the edge): the schema's checks, and a
+    top-level ``integer`` field outside the 64-bit range (:func:`_range_errors`)."""
     if not form:
         return
     try:
@@ -152,13 +162,22 @@ def validate(form: dict[str, Any] | None, variables: dict[str, Any]) -> None:
         else:
             name = ".".join(str(p) for p in err.path) or "(form)"
             errors.setdefault(name, err.message)
+    for name, message in _range_errors(form, variables).items():
+        errors.setdefault(name, message)
     if errors:
         raise InvalidInput("the form has invalid fields: {fields}",
                            params={"fields": "; ".join(f"{k} {v}" for k, v in errors.items())},
                            field=next(iter(errors)), errors=errors)
 
 def coerce_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> dict[str, Any]:
-    """Camunda generated-form fields: required and type checks, with the common coercions."""
+    """Camunda generated-form fields: required and type checks, with the common coercions.
+
+    ``long`` is a Java long (:data:`LONG_MIN` .. :data:`LONG_MAX`): a JSON integer, a whole
+    float or text of ASCII digits with an optional sign; ``double``/``decimal`` take a number
+    or the text of a finite one in ASCII digits (``12.5``, ``-3e2``). A value beyond the long's
+    range is refused with its own message (``must be a long between ...``), any other that does
+    not fit its type with ``must be a <type>``. Raises InvalidInput naming every bad field.
+    """
     errors: dict[str, str] = {}
     out = dict(variables)
     for f in fields:
@@ -170,9 +189,7 @@ def coerce_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> di
             continue
         try:
             if ftype == "long":
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError
-                out[fid] = int(value)
+                out[fid] = _long(value)
             elif ftype == "boolean":
                 if not isinstance(value, bool):
                     raise ValueError
@@ -183,10 +200,13 @@ def coerce_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> di
                 if options and value not in options:
                     errors[fid] = f"must be one of {sorted(options)}"
             elif ftype in ("decimal", "double"):
-                out[fid] = Decimal(str(value)) if ftype == "decimal" else float(value)
+                number = _number_text(value)
+                out[fid] = Decimal(number) if ftype == "decimal" else float(number)
             elif not isinstance(value, str):
                 raise ValueError
-        except (ValueError, TypeError, InvalidOperation):
+        except _OutOfRange:
+            errors[fid] = f"must be a long {LONG_RANGE}"
+        except (ValueError, TypeError, InvalidOperation, OverflowError):
             errors[fid] = f"must be a {ftype}"
     if errors:
         first = next(iter(errors))
@@ -194,6 +214,65 @@ def coerce_fields(fields: list[dict[str, Any]], variables: dict[str, Any]) -> di
                            params={"fields": "; ".join(f"{k} {v}" for k, v in errors.items())},
                            field=first, errors=errors)
     return out
+
+
+class _OutOfRange(ValueError):
+    """A whole number outside the Java long's range."""
+
+
+def _long(value: Any) -> int:
+    """A Camunda long from a JSON value; ValueError when it is not one, _OutOfRange beyond 64 bits."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        number = int(value)
+    elif isinstance(value, str) and _LONG_TEXT.fullmatch(text := value.strip()):
+        if len(text.lstrip("+-").lstrip("0")) > 19:  # more digits than any long (and int() has a digit cap)
+            raise _OutOfRange
+        number = int(text)
+    else:
+        raise ValueError
+    if not LONG_MIN <= number <= LONG_MAX:
+        raise _OutOfRange
+    return number
+
+
+def _number_text(value: Any) -> str:
+    """A ``double``/``decimal`` value as the text of a finite number; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError
+        return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(text := value.strip()):
+        if not math.isfinite(float(text)):
+            raise ValueError
+        return text
+    raise ValueError
+
+
+def _range_errors(form: dict[str, Any], variables: dict[str, Any]) -> dict[str, str]:
+    """Whole numbers a form file's ``integer`` field cannot hold: beyond the 64-bit range, as a Camunda long.
+
+    JSON Schema sets no bound on integers; sopflow stores them in JSON columns that SQLite
+    reads as 64-bit integers (larger ones turn into floats and lose digits), so a form field of
+    type ``integer`` takes :data:`LONG_MIN` .. :data:`LONG_MAX` (top-level fields).
+    """
+    errors: dict[str, str] = {}
+    properties = (form.get("schema") or {}).get("properties") or {}
+    for name, prop in properties.items():
+        value = variables.get(name)
+        kinds = prop.get("type") if isinstance(prop, dict) else None
+        kinds = [kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list) else []
+        if "integer" in kinds and isinstance(value, int) and not isinstance(value, bool) \
+                and not LONG_MIN <= value <= LONG_MAX:
+            errors[name] = f"must be a whole number {LONG_RANGE}"
+    return errors
 
 
 def render_sop(text: str | None, variables: dict[str, Any], element_id: str | None = None) -> str | None:

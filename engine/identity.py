@@ -5,6 +5,12 @@ Roles: ``designer`` (deploys), ``employee`` (own and group tasks, starts process
 systems: sends messages to any instance, starts processes by message, fetches, completes
 and fails external tasks, reads incidents; no inbox), ``admin`` (everything). Every change
 is appended to the identity audit chain.
+
+User names are unique whatever their case: ``Rita`` cannot be added while ``rita`` exists
+(``users.name_key``, the name in lower case under a unique index, holds this on SQLite and
+PostgreSQL alike). Everywhere else a name is matched exactly, as Camunda matches user ids
+(assignees, candidate users, the API's ``/users/{name}``); only sign-in also accepts the
+name typed in another case (engine.passwords).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, clock
@@ -119,18 +125,35 @@ def refuse(problems: Mapping[str, InvalidInput]) -> None:
                            problems={k: e.message for k, e in problems.items()} if len(problems) > 1 else None)
 
 
+def name_key(name: str) -> str:
+    """The case-free form of a user name (``users.name_key``): names are ASCII, so lower case is enough."""
+    return name.lower()
+
+
+def taken_name(session: Session, name: str) -> str | None:
+    """The existing user name that ``name`` equals or differs from only in case, or None."""
+    return session.scalar(select(UserRow.name).where(or_(UserRow.name == name, UserRow.name_key == name_key(name)))
+                          .order_by(UserRow.id).limit(1))
+
+
 def add_user(session: Session, *, name: str, role: str, groups: list[str] | None = None,
              display_name: str | None = None, actor: Actor) -> UserView:
     """Create user ``name`` with ``role`` (one of :data:`ROLES`) in ``groups`` (created when new); audited.
 
     The user has no password and no token yet. InvalidInput names the first bad field (see
-    :func:`new_user_problems`; context ``problems`` lists all when several are); Conflict when
-    the name is taken.
+    :func:`new_user_problems`; context ``problems`` lists all when several are); Conflict (field
+    ``name``) when the name is taken, also in another case (``Rita`` while ``rita`` exists).
     """
     refuse(new_user_problems(name=name, role=role, groups=groups, display_name=display_name))
-    if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
-        raise Conflict("user '{name}' already exists", name=name, params={"name": name})
-    user = UserRow(name=name, role=role, display_name=display_name, created_at=clock.now())
+    existing = taken_name(session, name)
+    if existing == name:
+        raise Conflict("user '{name}' already exists", name=name, field="name", params={"name": name})
+    if existing is not None:
+        raise Conflict("user '{existing}' already exists; user names must differ in more than upper and "
+                       "lower case", name=name, field="name",
+                       params={"existing": existing})
+    user = UserRow(name=name, name_key=name_key(name), role=role, display_name=display_name,
+                   created_at=clock.now())
     session.add(user)
     session.flush()
     for group in sorted(set(groups or [])):
@@ -333,7 +356,7 @@ def seed_demo(session: Session, *, actor: Actor) -> dict[str, str]:
     """Create the demo organisation; returns new tokens for the users it created (none if present)."""
     tokens = {}
     for name, role, groups, display in DEMO_ORGANISATION:
-        if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
+        if taken_name(session, name) is not None:
             continue
         add_user(session, name=name, role=role, groups=groups, display_name=display, actor=actor)
         tokens[name] = issue_token(session, name=name, actor=actor)

@@ -74,9 +74,11 @@ def sign_in(session: Session, *, name: str, password: str) -> SignIn:
 
     Never raises for a wrong name or password (the caller commits the failure count); a
     refusal says only "wrong name or password", or that the account is locked until when.
+    The name may be typed in any case (``RITA`` signs in as ``rita``: names are unique
+    whatever their case, engine.identity); the session's actor carries the stored name.
     """
     now = clock.now()
-    user = session.scalar(select(UserRow).where(UserRow.name == name[:100]))
+    user = _signing_in(session, name[:100])
     if user is None or user.password_hash is None:
         _verify(_DUMMY_HASH, password)
         audit.append_global(session, audit.IDENTITY_CHAIN, [Event("user.sign_in_failed", name[:100],
@@ -107,6 +109,14 @@ def sign_in(session: Session, *, name: str, password: str) -> SignIn:
     groups = session.scalars(select(GroupRow.name).join(MembershipRow, MembershipRow.group_id == GroupRow.id)
                              .where(MembershipRow.user_id == user.id))
     return SignIn(Actor(user.name, frozenset(groups), frozenset({user.role})))
+
+
+def _signing_in(session: Session, name: str) -> UserRow | None:
+    """The user ``name`` signs in as: the exact name, else the one whose name differs only in case."""
+    exact = session.scalar(select(UserRow).where(UserRow.name == name))
+    if exact is not None or not name:
+        return exact
+    return session.scalar(select(UserRow).where(UserRow.name_key == identity.name_key(name)))
 
 
 def _verify(password_hash: str, password: str) -> bool:

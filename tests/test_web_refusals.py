@@ -163,3 +163,28 @@ def test_a_bad_filter_on_the_auditor_search(web1):
     english = audrey_en.get("/instances", var_name="amount", var_value="[[1]]")
     assert "variable filter: the value at '[0]' is nested deeper than 1 levels" in text_of(english.text)
 
+
+
+def test_webfix_refusals_in_chinese(web1):
+    """The review fixes' refusals (docs/notes/webfix.md) on the Chinese pages: a user name taken in
+    another case, an unknown password choice, an inbox filter, a missing version on the diff page."""
+    admin, admin_en = zh(web1, "admin"), en(web1, "admin")
+    taken = admin.post("/admin/add-user", {"name": "Rita", "role": "employee", "mode": "generate"})
+    assert taken.status_code == 409 and 'id="name-error"' in taken.text
+    shown = text_of(taken.text)
+    assert "用户“rita”已存在；用户名之间不能只有大小写不同" in shown and "already exists" not in shown
+    english = admin_en.post("/admin/add-user", {"name": "RITA", "role": "employee", "mode": "generate"})
+    assert "user 'rita' already exists; user names must differ in more than upper and lower case" in \
+        text_of(english.text)
+    mode = admin.post("/admin/users/rita/password", {"mode": "bogus"})
+    assert mode.status_code == 422 and "请选择一种密码设置方式。" in text_of(mode.text)
+    rita = zh(web1, "rita")
+    inbox = rita.get("/inbox", limit="500", due_from="2027-02-30")
+    assert inbox.status_code == 422
+    assert "请输入 1 到 100 之间的每页条数。" in text_of(inbox.text)
+    assert "请按 YYYY-MM-DD 格式输入日期。" in text_of(inbox.text) and 'id="f-due_from-error"' in inbox.text
+    deploy_procurement(web1)
+    dora = zh(web1, "dora")
+    diff = dora.get("/procedures/procurement_approval/diff", to="7")
+    assert diff.status_code == 404
+    assert "流程“procurement_approval”没有版本 7；它的版本为 1 到 1。" in text_of(diff.text)

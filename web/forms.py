@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from markupsafe import Markup
 
+from engine.forms import LONG_MAX, LONG_MIN
 from web.render import N_
 
 Kind = Literal["text", "textarea", "number", "integer", "checkbox", "select", "date", "datetime", "json"]
@@ -34,8 +35,10 @@ Gettext = Callable[[str], str]
 
 # A string longer than this (its maxLength) gets a textarea rather than a one-line input.
 LONG_TEXT = 255
-_INTEGER = re.compile(r"^[+-]?\d+$")
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# ASCII digits only (``\d`` would also match full-width and Arabic-Indic digits, which int() reads)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
 
 
 def _identity(text: str) -> str:
@@ -352,18 +355,20 @@ def parse_submission(form: Mapping[str, Any] | None, submitted: Mapping[str, str
         text = raw.strip()
         allows_string = "string" in _types(prop)
         if kind == "integer":
-            if not _INTEGER.match(text):
+            if not _INTEGER.fullmatch(text):
                 errors[name] = _("Enter a whole number, like 12.")
+            elif not _is_long(text):
+                errors[name] = long_range_error(_)
             else:
                 values[name] = text if allows_string else int(text)
         elif kind == "number":
-            if not _NUMBER.match(text):
+            if not _NUMBER.fullmatch(text):
                 errors[name] = _("Enter a number, like 12 or 12.5.")
             elif allows_string:
                 values[name] = text
             else:
                 number = Decimal(text)
-                if "e" not in text.lower() and number == number.to_integral_value():
+                if "e" not in text.lower() and number == number.to_integral_value() and _is_long(text.split(".")[0]):
                     values[name] = int(number)
                 elif math.isfinite(float(number)):
                     values[name] = float(number)
@@ -396,6 +401,19 @@ def parse_submission(form: Mapping[str, Any] | None, submitted: Mapping[str, str
     return Parsed(values, errors)
 
 
+def _is_long(digits: str) -> bool:
+    """Whether whole-number text (ASCII digits, optional sign) is within a Java long's range."""
+    body = digits.lstrip("+-")
+    if len(body.lstrip("0")) > 19:  # more digits than any long (and int() caps the digits it reads)
+        return False
+    return not body or LONG_MIN <= int(digits) <= LONG_MAX
+
+
+def long_range_error(gettext: Gettext = _identity) -> str:
+    """The message for a whole number beyond the 64-bit range (a Camunda long's, a form integer's)."""
+    return gettext("Enter a whole number between %(min)s and %(max)s.") % {"min": LONG_MIN, "max": LONG_MAX}
+
+
 def _date(text: str) -> str | None:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
         return None
@@ -410,6 +428,7 @@ def _date(text: str) -> str | None:
 # engine wrote it.
 _REFUSALS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^is required$"), "required"),
+    (re.compile(r"^must be a (long|whole number) between"), "long_range"),
     (re.compile(r"is not of type 'integer'|^must be a long$"), "integer"),
     (re.compile(r"is not of type 'number'|^must be a (double|decimal)$"), "number"),
     (re.compile(r"is not of type 'boolean'|^must be a boolean$"), "boolean"),
@@ -435,6 +454,8 @@ def friendly_error(message: str, f: Field | None, *, gettext: Gettext = _identit
         if f is not None and f.kind == "select":
             return _("Choose an option.")
         return _("Enter a value; this field is required.")
+    if kind == "long_range":
+        return long_range_error(_)
     if kind == "integer" or (kind == "pattern" and f is not None and f.kind == "integer"):
         return _("Enter a whole number, like 12.")
     if kind == "number":

@@ -17,6 +17,7 @@ from engine.config import load as load_settings
 from engine.loading import UploadedFile, bundle_checksum, parse_bundle
 from engine.serialization import dump_specs
 from engine.store.models import DefinitionRow, DeploymentResourceRow, DeploymentRow
+from engine.uploads import sanitize_filename
 
 
 @dataclass
@@ -37,17 +38,27 @@ def _definition_dict(row: DefinitionRow) -> dict[str, Any]:
     return {"id": row.id, "key": row.key, "version": row.version, "name": row.name, "resource": row.resource_name}
 
 
+def resource_name(raw: str) -> str:
+    """The name a deployed file is stored under: its base name, made safe (engine.uploads.sanitize_filename:
+    the last part after ``/`` or ``\\``, no control characters, at most 200 characters); "upload.bpmn" when
+    nothing is left of it."""
+    return sanitize_filename(raw) or "upload.bpmn"
+
+
 def deploy(session: Session, *, files: list[UploadedFile], actor: Actor, name: str | None = None,
            settings: Settings | None = None) -> DeployResult:
     """Deploy a bundle of BPMN/DMN files; a process whose parsed content is unchanged keeps its version.
 
-    Identical bytes return the earlier deployment at once. Otherwise each process is
+    Each file is stored under its base name (:func:`resource_name`: a browser's
+    ``C:\\fakepath\\x.bpmn`` or a client's ``../../x.bpmn`` is ``x.bpmn``). Identical bytes
+    (under the same names) return the earlier deployment at once. Otherwise each process is
     compared by the hash of its parsed spec and metadata with the latest version of its
     key (so re-uploading one file of a bundle, or a bundle with an untouched file, does
     not create versions nobody changed); a deployment row is written only if something
     is new.
     """
     settings = settings or load_settings()
+    files = [UploadedFile(resource_name(f.name), f.data) for f in files]
     checksum = bundle_checksum(files) if files else ""
     existing = session.scalar(select(DeploymentRow).where(DeploymentRow.checksum == checksum))
     if existing is not None:

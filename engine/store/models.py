@@ -299,6 +299,9 @@ class UserRow(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # the name in lower case: no two users' names differ only in case (engine.identity). NULL only for a
+    # user who clashed so with an older one before the rule (migration 9d2b6e4f1a37): exact name only.
+    name_key: Mapped[str | None] = mapped_column(String(100), unique=True, index=True)
     display_name: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))  # designer | employee | auditor | admin
     locale: Mapped[str | None] = mapped_column(String(20))  # en | zh-Hans (notifications); NULL: en

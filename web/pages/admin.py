@@ -37,9 +37,10 @@ from engine.queries import Paging
 from engine.store.db import Database
 from web import i18n
 from web.deps import CsrfDep, PageActorDep, PageSessionDep
-from web.render import N_, error_text, render
+from web.formdata import PageRoute
+from web.render import N_, error_text, page_locale, render
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
 ROLE_LABELS = {"designer": N_("Designer"), "employee": N_("Employee"), "auditor": N_("Auditor"),
                "integration": N_("Integration (other systems)"), "admin": N_("Administrator")}
@@ -51,6 +52,10 @@ DONE = {"role": N_("The role is changed."), "groups": N_("The groups are saved."
         "retried": N_("The incident is retried."), "clock": N_("The clock is moved."),
         "read": N_("Marked as read.")}
 INCIDENTS_PER_PAGE = 25
+# the password choices of the user forms (radio buttons named "mode"); "none" only when adding a user
+PASSWORD_MODES = ("generate", "set")
+NEW_USER_PASSWORD_MODES = (*PASSWORD_MODES, "none")
+UNKNOWN_MODE = N_("Choose one of the password options.")
 
 
 def _db(request: Request) -> Database:
@@ -60,6 +65,11 @@ def _db(request: Request) -> Database:
 def _admin(actor: Actor) -> Actor:
     require(actor)  # the admin role, exactly as the JSON routes check it
     return actor
+
+
+def _translated(request: Request, msgid: str) -> str:
+    """A page text (marked with ``N_``) in the request's language, for an errors dict the templates show as is."""
+    return i18n.translations(page_locale(request)).gettext(msgid)
 
 
 def _done(request: Request) -> str | None:
@@ -147,6 +157,9 @@ def add_user(request: Request, actor: PageActorDep, _csrf: CsrfDep,
     _admin(actor)
     form = {"name": name.strip(), "display_name": display_name.strip(), "role": role, "groups": groups,
             "mode": mode}
+    if mode not in NEW_USER_PASSWORD_MODES:  # not one of the form's choices: refuse rather than guess
+        return _new_user_page(request, form=form, errors={"mode": _translated(request, UNKNOWN_MODE)},
+                              status_code=422)
     try:
         view, generated = _db(request).command(lambda s: passwords.add_user_with_password(
             s, name=form["name"], role=role, groups=_groups_from(groups), display_name=form["display_name"] or None,
@@ -219,6 +232,8 @@ def change_password(request: Request, actor: PageActorDep, _csrf: CsrfDep, name:
                     password: Annotated[str, Form(max_length=2000)] = "") -> Response:
     """``PUT /api/users/{name}/password``: set the given one, or generate one and show it once."""
     _admin(actor)
+    if mode not in PASSWORD_MODES:  # not one of the form's choices: refuse rather than generate one
+        return _user_page(request, name, errors={"mode": _translated(request, UNKNOWN_MODE)}, status_code=422)
     given = password if mode == "set" else None
     try:
         generated = _db(request).command(lambda s: passwords.reset_password(s, name=name, password=given,

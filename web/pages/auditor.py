@@ -44,9 +44,10 @@ from engine.queries import (
 )
 from web import forms
 from web.deps import PageActorDep, PageSessionDep
+from web.formdata import PageRoute
 from web.render import N_, error_text, reason_text, render
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
 INSTANCES_PAGE = 25
 AUDIT_PAGE = 50

@@ -22,7 +22,7 @@ from api.deps import require
 from engine import forms, xmlsafe
 from engine.actor import Actor
 from engine.commands import deploy, latest_definition
-from engine.commands.deployments import DeployResult, deploy_edited
+from engine.commands.deployments import DeployResult, deploy_edited, resource_name
 from engine.config import Settings
 from engine.errors import InvalidDefinition, NotFound
 from engine.loading import UploadedFile
@@ -30,9 +30,10 @@ from engine.queries import Paging, deployments_of, list_definitions
 from engine.store.models import DefinitionRow
 from web import i18n
 from web.deps import CsrfDep, PageActorDep
+from web.formdata import PageRoute
 from web.render import N_, error_text, page_locale, render
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 Key = Annotated[str, Path(max_length=200)]
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 MAX_FILES = 50  # files in one upload form (the API takes what the body limit allows)
@@ -76,7 +77,7 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
     _designer(actor)
     settings: Settings = request.app.state.settings
     sent = [f for f in files or [] if f.filename]
-    names = [str(f.filename) for f in sent]
+    names = [resource_name(str(f.filename)) for f in sent]  # the names the engine stores (base names)
     if len(sent) > MAX_FILES:
         return _refused(request, names, InvalidDefinition("upload at most {max_files} files at once",
                                                           params={"max_files": MAX_FILES}))
@@ -94,8 +95,9 @@ async def upload(request: Request, actor: PageActorDep, _csrf: CsrfDep,
 async def _read(f: UploadFile, limit: int) -> UploadedFile:
     data = await f.read(limit + 1)
     if len(data) > limit:
-        raise InvalidDefinition("{filename} is larger than {limit} bytes", file=f.filename,
-                                params={"filename": f.filename, "limit": limit})
+        name = resource_name(str(f.filename))
+        raise InvalidDefinition("{filename} is larger than {limit} bytes", file=name,
+                                params={"filename": name, "limit": limit})
     return UploadedFile(f.filename or "upload.bpmn", data)
 
 
@@ -437,17 +439,36 @@ def task_changes(before: DefinitionRow, after: DefinitionRow) -> list[TaskChange
 
 @router.get("/procedures/{key}/diff")
 def diff_page(request: Request, actor: PageActorDep, key: Key,
-              from_: Annotated[int | None, Query(alias="from", ge=1, le=2**31 - 1)] = None,
-              to: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
-    """What changed between two versions (default: the latest and the one before it)."""
+              from_: Annotated[str, Query(alias="from", max_length=40)] = "",
+              to: Annotated[str, Query(max_length=40)] = "") -> Response:
+    """What changed between two versions (default: the latest and the one before it).
+
+    A version that does not exist (0, -1, 99, ``abc``) answers the 404 page saying which versions do.
+    """
     _designer(actor)
     with request.app.state.db.read() as s:
-        newest = latest_definition(s, key)
-        to = to or newest.version
-        from_ = from_ or max(1, to - 1)
-        before, after = latest_definition(s, key, from_), latest_definition(s, key, to)
+        newest = latest_definition(s, key)  # NotFound (404) for an unknown procedure
+        try:
+            to_version = _version(to, newest.version) or newest.version
+            from_version = _version(from_, newest.version) or max(1, to_version - 1)
+        except ValueError as missing:
+            message = i18n.translations(page_locale(request)).gettext(
+                "Procedure “%(key)s” has no version %(version)s; its versions are 1 to %(latest)s.") % {
+                "key": key, "version": str(missing), "latest": newest.version}
+            return render(request, "shell/error.html", {"status": 404, "message": message}, status_code=404)
+        before, after = latest_definition(s, key, from_version), latest_definition(s, key, to_version)
     changes = task_changes(before, after)
     return render(request, "designer/diff.html", {
         "key": key, "before": before, "after": after, "latest_version": newest.version, "changes": changes,
         "start_changes": _field_changes(_start_fields(before) or [], _start_fields(after) or []),
         "changed_count": sum(1 for c in changes if c.kind != "unchanged")})
+
+
+def _version(text: str, latest: int) -> int | None:
+    """A version number from the diff's query: None when not given; ValueError (its text the version asked
+    for) when there is no such version. Versions of a key are 1 .. ``latest`` without gaps."""
+    if not text:
+        return None
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= latest:
+        return int(text)
+    raise ValueError(text)

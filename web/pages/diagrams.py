@@ -15,8 +15,9 @@ from api.deps import require
 from engine.commands import latest_definition
 from engine.queries import definition_source, instance_diagram
 from web.deps import PageActorDep
+from web.formdata import PageRoute
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 XML = "application/xml"
 
 

@@ -10,8 +10,10 @@ kept). Forms are plain POSTs with the CSRF token; a success answers 303 to the n
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import fields as dataclass_fields
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -44,15 +46,20 @@ from engine.queries import (
     task_detail,
 )
 from engine.store.models import InstanceRow, TaskRow
-from web import forms, i18n, sop
+from web import formdata, forms, i18n, sop
 from web.deps import CsrfDep, PageActorDep, optional_session
-from web.render import error_text, page_locale, render
+from web.formdata import PageRoute, shows_form_problems
+from web.render import N_, error_text, page_locale, render
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
 PAGE_SIZE = 25
 VIEWS = ("all", "mine", "groups")
 SORTS = ("due", "priority", "created")
+SLAS = ("on_time", "at_risk", "breached")
+# field names the engine's InvalidInput carries -> the inbox filter that shows the message
+_INBOX_FIELDS = {"text": "q", "definition_key": "procedure", "sla": "sla", "sort": "sort", "cursor": "cursor",
+                 "min_priority": "min_priority"}
 
 
 def _gettext(request: Request) -> forms.Gettext:
@@ -75,7 +82,12 @@ def _redirect(url: str) -> RedirectResponse:
 
 @dataclass
 class InboxQuery:
-    """The inbox's filters as the page's GET form sends them (all strings; bad ones are ignored, not 500s)."""
+    """The inbox's filters as the page's GET form sends them (all strings).
+
+    :meth:`check` reads them as the auditor's search pages read theirs: a value that is not one
+    the form offers or cannot be read is an error shown beside its field (the page answers 422
+    and lists no tasks), never silently ignored and never a 500.
+    """
 
     view: str = "all"
     procedure: str = ""
@@ -89,43 +101,52 @@ class InboxQuery:
     cursor: str = ""
     limit: str = ""
 
-    def clean(self) -> InboxQuery:
-        for name, value in self.__dict__.items():  # typed into a URL: no control characters reach a query
-            setattr(self, name, "".join(ch for ch in value if ord(ch) >= 32 and not 0xD800 <= ord(ch) <= 0xDFFF))
-        if self.view not in VIEWS:
-            self.view = "all"
-        if self.sla not in ("", "on_time", "at_risk", "breached"):
-            self.sla = ""
-        if self.sort not in SORTS:
-            self.sort = "due"
-        if self.order not in ("asc", "desc"):
-            self.order = "asc"
-        self.q = self.q.strip()[:200]
-        self.procedure = self.procedure[:200]
-        if not (self.limit.isdigit() and 1 <= int(self.limit) <= 100):
-            self.limit = ""
-        return self
+    def check(self, zone: ZoneInfo) -> dict[str, str]:
+        """The filters' problems by field (msgids for the page to translate); empty when all are usable."""
+        errors: dict[str, str] = {}
+        for name in ("view", "sla", "sort", "order"):
+            allowed = {"view": VIEWS, "sla": ("", *SLAS), "sort": SORTS, "order": ("asc", "desc")}[name]
+            if getattr(self, name) not in allowed:
+                errors[name] = N_("Choose an option from the list.")
+        self.q = self.q.strip()
+        for name, value in (("q", self.q), ("procedure", self.procedure)):
+            if len(value) > 200:
+                errors[name] = N_("Enter at most 200 characters.")
+            elif any(ord(ch) < 32 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+                errors[name] = N_("Enter text without control characters.")
+        priority = self.min_priority.strip()
+        if priority and not (re.fullmatch(r"[+-]?[0-9]{1,10}", priority) and abs(int(priority)) < 2**31):
+            errors["min_priority"] = N_("Enter a priority as a whole number, like 50.")
+        if self.limit and not (self.limit.isascii() and self.limit.isdigit() and 1 <= int(self.limit) <= 100):
+            errors["limit"] = N_("Enter a page size from 1 to 100.")
+        days = {}
+        for name in ("due_from", "due_until"):
+            if getattr(self, name):
+                try:
+                    days[name] = forms.day_start(getattr(self, name), zone)
+                except ValueError as exc:
+                    errors[name] = str(exc)
+        if len(days) == 2 and days["due_from"] > days["due_until"]:
+            errors["due_until"] = N_("The end of the range is before its start.")
+        if len(self.cursor) > 300:
+            errors["cursor"] = N_("This page link is out of date; start the search again.")
+        self.invalid = set(errors)
+        return errors
 
     @property
     def page_size(self) -> int:
-        return int(self.limit) if self.limit else PAGE_SIZE
+        return int(self.limit) if self.limit and "limit" not in getattr(self, "invalid", ()) else PAGE_SIZE
 
     def link(self, **changes: str) -> str:
         """This query's URL with ``changes`` (empty values dropped; a change restarts paging)."""
-        params = {**self.__dict__, "cursor": "", **changes}
+        invalid = getattr(self, "invalid", set())  # a refused value is not carried into the links
+        kept = {f.name: getattr(self, f.name) for f in dataclass_fields(self) if f.name not in invalid}
+        params = {**kept, "cursor": "", **changes}
         return "/inbox?" + urlencode({k: v for k, v in params.items() if v})
 
 
-def _day_start(day: str, zone: ZoneInfo) -> datetime | None:
-    """The inbox's date filter: midnight of ``day`` in the user's zone; a bad or out-of-range day is ignored."""
-    try:
-        return forms.day_start(day, zone) if len(day) == 10 else None
-    except ValueError:
-        return None
-
-
 def _task_filter(q: InboxQuery, zone: ZoneInfo, *, view: str | None = None, sla: str | None = None) -> TaskFilter:
-    """The TaskFilter the JSON route would build for these parameters (api/routes/tasks.py)."""
+    """The TaskFilter the JSON route would build for these (checked) parameters (api/routes/tasks.py)."""
     view = q.view if view is None else view
     sla_value = q.sla if sla is None else sla
     f = TaskFilter(definition_key=q.procedure or None, sla=sla_value or None, text=q.q or None,
@@ -134,13 +155,11 @@ def _task_filter(q: InboxQuery, zone: ZoneInfo, *, view: str | None = None, sla:
         f.assignee = "me"
     elif view == "groups":
         f.unassigned = True
-    start = _day_start(q.due_from, zone) if q.due_from else None
-    if start is not None:  # due on or after that day (the filter is strict)
-        f.due_after = start - timedelta(microseconds=1)
-    end = _day_start(q.due_until, zone) if q.due_until else None
-    if end is not None:  # due on or before that day: before the next one starts
-        f.due_before = end + timedelta(days=1)
-    if q.min_priority.strip().lstrip("-").isdigit() and abs(int(q.min_priority)) < 2**31:
+    if q.due_from:  # due on or after that day (the filter is strict)
+        f.due_after = forms.day_start(q.due_from, zone) - timedelta(microseconds=1)
+    if q.due_until:  # due on or before that day: before the next one starts
+        f.due_before = forms.day_start(q.due_until, zone) + timedelta(days=1)
+    if q.min_priority.strip():
         f.min_priority = int(q.min_priority)
     return f
 
@@ -160,38 +179,50 @@ def _business_keys(session: Any, instance_ids: set[str]) -> dict[str, str | None
 
 @router.get("/inbox")
 def inbox(request: Request, db: DbDep, actor: PageActorDep, q: Annotated[InboxQuery, Depends()]) -> Response:
-    """My tasks and my groups' tasks: filters, sort, keyset paging, counts per view, SLA badges."""
+    """My tasks and my groups' tasks: filters, sort, keyset paging, counts per view, SLA badges.
+
+    Filters that cannot be used answer 422 with the message beside each field, as /instances does.
+    """
     require(actor, "employee")
-    q.clean()
     zone = ZoneInfo(_zone(request))
-    f = _task_filter(q, zone)
-    try:
-        paging = Paging.parse(limit=q.page_size, cursor=q.cursor or None)
-    except InvalidInput:
-        paging = Paging.parse(limit=q.page_size)  # a stale or edited cursor: the first page
-    with db.read() as s:
+    errors = q.check(zone)
+    paging = Paging.parse(limit=q.page_size)
+    if not errors and q.cursor:
         try:
-            page = list_tasks(s, actor, f, paging)
-        except InvalidInput:  # a cursor from another sort order
-            page = list_tasks(s, actor, f, Paging.parse(limit=q.page_size))
-        counts = {
-            "all": count_tasks(s, actor, _task_filter(q, zone, view="all")),
-            "mine": count_tasks(s, actor, _task_filter(q, zone, view="mine")),
-            "groups": count_tasks(s, actor, _task_filter(q, zone, view="groups")),
-            "at_risk": count_tasks(s, actor, _task_filter(q, zone, sla="at_risk")),
-            "breached": count_tasks(s, actor, _task_filter(q, zone, sla="breached")),
-        }
+            paging = Paging.parse(limit=q.page_size, cursor=q.cursor)
+        except InvalidInput:
+            errors["cursor"] = N_("This page link is out of date; start the search again.")
+    rows: list[dict[str, Any]] = []
+    counts: dict[str, Any] = {}
+    page = None
+    with db.read() as s:
         procedures = _procedures(s)
-        keys = _business_keys(s, {t.instance_id for t in page.items})
-    rows = [{"task": t, "sla": sla_state(t), "business_key": keys.get(t.instance_id),
-             "procedure": procedures.get(t.definition_key, t.definition_key)} for t in page.items]
+        if not errors:
+            f = _task_filter(q, zone)
+            try:
+                page = list_tasks(s, actor, f, paging)
+            except InvalidInput as exc:  # a cursor from another sort order, a filter the query refuses
+                field = str(exc.context.get("field") or "")
+                errors[_INBOX_FIELDS.get(field, "cursor")] = error_text(request, exc)
+            else:
+                counts = {
+                    "all": count_tasks(s, actor, _task_filter(q, zone, view="all")),
+                    "mine": count_tasks(s, actor, _task_filter(q, zone, view="mine")),
+                    "groups": count_tasks(s, actor, _task_filter(q, zone, view="groups")),
+                    "at_risk": count_tasks(s, actor, _task_filter(q, zone, sla="at_risk")),
+                    "breached": count_tasks(s, actor, _task_filter(q, zone, sla="breached")),
+                }
+                keys = _business_keys(s, {t.instance_id for t in page.items})
+                rows = [{"task": t, "sla": sla_state(t), "business_key": keys.get(t.instance_id),
+                         "procedure": procedures.get(t.definition_key, t.definition_key)} for t in page.items]
     return render(request, "employee/inbox.html", {
-        "q": q, "rows": rows, "counts": counts, "count_cap": COUNT_CAP, "total": page.total,
-        "total_capped": page.total_capped, "procedures": procedures,
-        "next_link": q.link(cursor=page.next_cursor) if page.next_cursor else None,
+        "q": q, "rows": rows, "counts": counts, "count_cap": COUNT_CAP, "errors": errors,
+        "total": page.total if page else 0, "total_capped": page.total_capped if page else False,
+        "procedures": procedures,
+        "next_link": q.link(cursor=page.next_cursor) if page and page.next_cursor else None,
         "first_link": q.link() if q.cursor else None,
         "done": request.query_params.get("done"),
-    })
+    }, status_code=422 if errors else 200)
 
 
 # ------------------------------------------------------------------ task page
@@ -214,7 +245,8 @@ NOTES_SHOWN = 200  # comments and attachments listed on the task page (oldest fi
 
 def _task_page(request: Request, db: DbDep, actor: Actor, task_id: str, *, submitted: dict[str, str] | None = None,
                errors: dict[str, str] | None = None, general: list[str] | None = None,
-               note_errors: dict[str, str] | None = None, status_code: int = 200) -> Response:
+               note_errors: dict[str, str] | None = None, typed_comment: str | None = None,
+               status_code: int = 200) -> Response:
     with db.read() as s:
         detail = task_detail(s, actor, task_id)  # NotFound (404) for a task this user may not see
         task: TaskRow = detail["task"]
@@ -241,19 +273,25 @@ def _task_page(request: Request, db: DbDep, actor: Actor, task_id: str, *, submi
         "done": request.query_params.get("done"),
         "comments": comments.items, "attachments": attachments.items,
         "more_notes": bool(comments.next_cursor or attachments.next_cursor),
-        "note_errors": note_errors or {}, "max_attachment_bytes": request.app.state.settings.max_attachment_bytes,
+        "note_errors": note_errors or {}, "typed_comment": typed_comment or "", "max_attachment_bytes": request.app.state.settings.max_attachment_bytes,
     }, status_code=status_code)
 
 
 @router.post("/tasks/{task_id}/comments")
+@shows_form_problems
 async def comment(request: Request, db: DbDep, actor: PageActorDep, _csrf: CsrfDep, task_id: str) -> Response:
     """Add a comment (the API's ``POST /api/tasks/{id}/comments``); a refused text re-renders beside the field."""
     require(actor, "employee")
     message = (await request.form()).get("message")
+    if found := formdata.problems(request):
+        return _task_page(request, db, actor, task_id, status_code=422, note_errors={
+            "message": formdata.field_message(next(iter(found.values())), _gettext(request))},
+            typed_comment=message if isinstance(message, str) else None)
     try:
         db.command(lambda s: add_comment(s, task_id=task_id, actor=actor, message=message))
     except InvalidInput as exc:
-        return _task_page(request, db, actor, task_id, note_errors={"message": error_text(request, exc)}, status_code=422)
+        return _task_page(request, db, actor, task_id, note_errors={"message": error_text(request, exc)},
+                          status_code=422, typed_comment=message if isinstance(message, str) else None)
     return _redirect(f"/tasks/{task_id}?done=commented#comments")
 
 
@@ -327,6 +365,7 @@ def _strings(data: FormData) -> dict[str, str]:
 
 
 @router.post("/tasks/{task_id}/complete")
+@shows_form_problems
 async def complete(request: Request, db: DbDep, settings: SettingsDep, actor: PageActorDep, _csrf: CsrfDep,
                    task_id: str) -> Response:
     """Complete with the form's values; refused values re-render the page (422) with the errors beside them."""
@@ -336,8 +375,9 @@ async def complete(request: Request, db: DbDep, settings: SettingsDep, actor: Pa
         form = task_detail(s, actor, task_id)["form"]
     _ = _gettext(request)
     parsed = forms.parse_submission(form, submitted, time_zone=_zone(request), gettext=_)
-    if parsed.errors:
-        return _refused(request, db, actor, task_id, form, submitted, parsed, None)
+    unread = _unread_fields(request, form, parsed, _)
+    if parsed.errors or unread:
+        return _refused(request, db, actor, task_id, form, submitted, parsed, None, unread)
     try:
         db.command(lambda s: complete_task(s, task_id=task_id, actor=actor, variables=parsed.values,
                                            settings=settings))
@@ -346,8 +386,23 @@ async def complete(request: Request, db: DbDep, settings: SettingsDep, actor: Pa
     return _redirect("/inbox?done=completed")
 
 
+def _unread_fields(request: Request, form: dict[str, Any] | None, parsed: forms.Parsed,
+                   _: forms.Gettext) -> list[str]:
+    """Fields the post could not carry as typed (too long, not valid Unicode: web.formdata): each form
+    field's message joins ``parsed.errors``; those of other names are returned, to show above the form."""
+    names = set(forms.field_names(form))
+    general = []
+    for name, problem in formdata.problems(request).items():
+        if name in names:
+            parsed.errors[name] = formdata.field_message(problem, _)
+        elif name != "business_key":
+            general.append(f"{name[:100]}: {formdata.field_message(problem, _)}")
+    return general
+
+
 def _refused(request: Request, db: DbDep, actor: Actor, task_id: str, form: dict[str, Any] | None,
-             submitted: dict[str, str], parsed: forms.Parsed, exc: InvalidInput | None) -> Response:
+             submitted: dict[str, str], parsed: forms.Parsed, exc: InvalidInput | None,
+             unread: list[str] | None = None) -> Response:
     _ = _gettext(request)
     fields = forms.fields_for(form)
     if exc is not None:
@@ -358,8 +413,8 @@ def _refused(request: Request, db: DbDep, actor: Actor, task_id: str, form: dict
     else:
         per_field, general = _also_engine_checks(form, parsed, fields, _)
     per_field.update(parsed.errors)
-    return _task_page(request, db, actor, task_id, submitted=submitted, errors=per_field, general=general,
-                      status_code=422)
+    return _task_page(request, db, actor, task_id, submitted=submitted, errors=per_field,
+                      general=[*(unread or []), *general], status_code=422)
 
 
 def _also_engine_checks(form: dict[str, Any] | None, parsed: forms.Parsed, fields: list[forms.Field],
@@ -407,6 +462,7 @@ def start_page(request: Request, db: DbDep, actor: PageActorDep) -> Response:
 
 
 @router.post("/start/{key}")
+@shows_form_problems
 async def start(request: Request, db: DbDep, settings: SettingsDep, actor: PageActorDep, _csrf: CsrfDep,
                 key: str) -> Response:
     """Start ``key``; to its first task when that is mine, else to my requests. Refusals re-render (422)."""
@@ -416,12 +472,14 @@ async def start(request: Request, db: DbDep, settings: SettingsDep, actor: PageA
         form = get_start_form(s, key=key)["form"]  # NotFound (404) for an unknown procedure
     _ = _gettext(request)
     parsed = forms.parse_submission(form, submitted, time_zone=_zone(request), gettext=_)
+    general: list[str] = _unread_fields(request, form, parsed, _)
     business_key = submitted.get("business_key", "").strip() or None
     errors: dict[str, str] = dict(parsed.errors)
-    general: list[str] = []
-    if business_key and len(business_key) > 200:
+    if problem := formdata.problems(request).get("business_key"):
+        errors["business_key"] = formdata.field_message(problem, _)
+    elif business_key and len(business_key) > 200:
         errors["business_key"] = _("Enter at most %(count)s characters.") % {"count": 200}
-    if not errors:
+    if not errors and not general:
         try:
             row = db.command(lambda s: start_instance(s, key=key, actor=actor, variables=parsed.values,
                                                       business_key=business_key, settings=settings))

@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session
 from engine import browser_sessions, identity, passwords
 from engine.errors import InvalidInput
 from web.deps import COOKIE, CsrfDep, PageSessionDep, optional_session, session_token, signer
+from web.formdata import PageRoute
 from web.render import N_, error_text, home_of, render
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 LOGIN_COOKIE = "sopflow_sign_in"  # double-submit token for the sign-in form (no session yet)
 
 

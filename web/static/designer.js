@@ -42,6 +42,7 @@
       chosen.textContent = names.length ? zone.getAttribute('data-chosen-text') + ' ' + names.join(', ') : '';
     }
     input.addEventListener('change', list);
+    list();  // files chosen before this deferred script ran (a slow load, or kept by the browser on back)
     ['dragenter', 'dragover'].forEach(function (type) {
       zone.addEventListener(type, function (event) {
         event.preventDefault();
