@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from engine.store.models import InstanceRow, TaskRow
-from tests.web_helpers import Web, csrf, make_web
+from tests.web_helpers import Web, csrf
 from web import i18n
 
 PROCESSES = Path(__file__).resolve().parent.parent / "processes"
@@ -69,19 +69,18 @@ def deploy(web: Web, *names: str) -> None:
 
 
 @pytest.fixture
-def web(db, clock):
-    """On SQLite and PostgreSQL: for what stores or queries (completing, starting, the inbox's filters)."""
-    built = make_web(db)
-    deploy(built, "procurement_approval.bpmn", "budget_review.bpmn")
-    return built
+def web(web: Web) -> Web:
+    """conftest's ``web`` (SQLite and PostgreSQL: for what stores or queries) with the purchase and
+    budget procedures deployed."""
+    deploy(web, "procurement_approval.bpmn", "budget_review.bpmn")
+    return web
 
 
 @pytest.fixture
-def web1(sqlite_db, clock):
-    """On SQLite only: for what concerns the page rather than the storage."""
-    built = make_web(sqlite_db)
-    deploy(built, "procurement_approval.bpmn", "budget_review.bpmn")
-    return built
+def web1(web1: Web) -> Web:
+    """conftest's ``web1`` (SQLite only: for what concerns the page) with the same procedures."""
+    deploy(web1, "procurement_approval.bpmn", "budget_review.bpmn")
+    return web1
 
 
 def start_purchase(rita: Browser, key: str = "PR-1") -> str:

@@ -26,7 +26,7 @@ from engine.store.models import (
 )
 from tests.helpers import snapshot
 from tests.test_web_employee import PROCESSES, deploy, elements, open_task, sign_in, start_purchase, text_of
-from tests.web_helpers import PASSWORD, make_web, post_login
+from tests.web_helpers import PASSWORD, post_login
 
 LONG_MAX = 2**63 - 1
 RANGE = "Enter a whole number between -9223372036854775808 and 9223372036854775807."
@@ -35,17 +35,15 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture
-def web(db, clock):
-    built = make_web(db)
-    deploy(built, "procurement_approval.bpmn", "budget_review.bpmn")
-    return built
+def web(web):  # noqa: ANN001, ANN201 - conftest's, with the procedures of tests/test_web_employee.py
+    deploy(web, "procurement_approval.bpmn", "budget_review.bpmn")
+    return web
 
 
 @pytest.fixture
-def web1(sqlite_db, clock):
-    built = make_web(sqlite_db)
-    deploy(built, "procurement_approval.bpmn", "budget_review.bpmn")
-    return built
+def web1(web1):  # noqa: ANN001, ANN201 - idem, SQLite only
+    deploy(web1, "procurement_approval.bpmn", "budget_review.bpmn")
+    return web1
 
 
 def field_error(html: str, name: str) -> str:
