@@ -431,10 +431,7 @@ def clear(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow | N
 
 def clear_rows(session: Session, instance_id: str, *, subscriptions: bool) -> None:
     """Delete an ended instance's jobs (and, if it can have any, its message subscriptions)."""
-    connection = session.connection()
-    connection.execute(_CLEAR_JOBS, {"b_id": instance_id})
-    if subscriptions:
-        connection.execute(_CLEAR_SUBSCRIPTIONS, {"b_id": instance_id})
+    clear_many(session, [instance_id], [instance_id] if subscriptions else [])
 
 
 def clear_many(session: Session, instance_ids: list[str], subscription_ids: list[str]) -> None:

@@ -41,12 +41,12 @@ from sqlalchemy import case, event, func, make_url, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from engine import audit, clock, notifications, stats
+from engine import audit, clock, notifications, projections, stats
 from engine.actor import SYSTEM
 from engine.audit import Event
 from engine.commands import unit
 from engine.commands.sla import fire_sla_job
-from engine.commands.timers import delete_jobs, fire_timers, prefetch, run_firing
+from engine.commands.timers import fire_timers, prefetch, run_firing
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import SopflowError, StaleInstance
@@ -313,7 +313,7 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
                 outcome.stale.append(instance_id)
             else:
                 outcome.fired[instance_id] = count
-        delete_jobs(session, gone)
+        projections.clear_many(session, gone, [])  # the jobs of instances gone or ended
         session.info.pop(unit.DEFERRED_AUDIT, None)
         if audit_rows:
             audit.insert_rows(session, audit_rows)

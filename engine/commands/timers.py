@@ -8,10 +8,10 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
-from sqlalchemy import Row, bindparam, delete, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
-from engine import clock
+from engine import clock, projections
 from engine.actor import SYSTEM, Actor
 from engine.audit import Event
 from engine.commands import unit
@@ -25,7 +25,6 @@ JobRef = Row[str, str, str | None, str | None, datetime]  # id, instance_id, tas
 # Built once (SQLAlchemy reuses their compiled form): the worker fires thousands of these.
 _JOB_COLUMNS = (JobRow.id, JobRow.instance_id, JobRow.task_id, JobRow.element_id, JobRow.due_at)
 _STATUS = select(InstanceRow.status).where(InstanceRow.id == bindparam("b_id"))
-_DELETE_JOBS = delete(JobRow).where(JobRow.instance_id == bindparam("b_id"))
 _DUE = select(*_JOB_COLUMNS).where(JobRow.instance_id == bindparam("b_id"), JobRow.due_at <= bindparam("b_now"),
                                    JobRow.state == "pending")
 _DUE_OF = _DUE.where(JobRow.id.in_(bindparam("b_jobs", expanding=True)))
@@ -110,12 +109,6 @@ def run_firing(session: Session, *, instance_id: str, job_ids: list[str] | None 
     return Firing(loaded, len(due))
 
 
-def delete_jobs(session: Session, instance_ids: list[str]) -> None:
-    """Delete the jobs of instances that are gone or ended (one ``executemany``)."""
-    if instance_ids:
-        session.connection().execute(_DELETE_JOBS, [{"b_id": i} for i in instance_ids])
-
-
 def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None = None, actor: Actor = SYSTEM,
                 settings: Settings | None = None, prefetched: Prefetched | None = None) -> int:
     """Fire the instance's due timers (all, or those of ``job_ids``). Returns how many were due.
@@ -127,7 +120,7 @@ def fire_timers(session: Session, *, instance_id: str, job_ids: list[str] | None
                         prefetched=prefetched)
     if isinstance(firing, bool):
         if firing:
-            delete_jobs(session, [instance_id])
+            projections.clear_many(session, [instance_id], [])
         return 0
     unit.persist(session, firing.loaded, actor)
     return firing.count

@@ -470,6 +470,12 @@ def deferrable(loaded: Loaded) -> bool:
             and not projections.spec_features(workflow).external)
 
 
+def _guarded_update(planned: Plan) -> dict[str, Any]:
+    """The parameters of ``_UPDATE_INSTANCE`` for a plan: its new values, guarded by what it saw."""
+    return {"b_id": planned.row.id, "b_revision": planned.seen_revision, "b_audit_seq": planned.seen_audit_seq,
+            **planned.values}
+
+
 def _write_plan(session: Session, planned: Plan) -> None:
     row, values = planned.row, planned.values
     # the instance row first (the revision check; on PostgreSQL its row lock also orders this
@@ -479,9 +485,7 @@ def _write_plan(session: Session, planned: Plan) -> None:
                                                  "business_key", "started_by", "started_at")}
         session.connection().execute(_INSERT_INSTANCE, {**identity, **values})
     else:
-        moved = session.connection().execute(_UPDATE_INSTANCE, {
-            "b_id": row.id, "b_revision": planned.seen_revision, "b_audit_seq": planned.seen_audit_seq, **values,
-        }).rowcount
+        moved = session.connection().execute(_UPDATE_INSTANCE, _guarded_update(planned)).rowcount
         if moved != 1:
             raise StaleInstance("process instance {id} was changed by someone else", instance_id=row.id,
                                 params={"id": row.id})
@@ -539,11 +543,10 @@ def write_plans(session: Session, plans: list[Plan]) -> list[str]:
     current = {r.id: (r.revision, r.audit_seq or 0)
                for r in session.connection().execute(query, {"b_ids": [p.row.id for p in plans]})}
     stale = [p.row.id for p in plans if current.get(p.row.id) != (p.seen_revision, p.seen_audit_seq)]
-    fresh = [p for p in plans if p.row.id not in stale]
+    fresh = [p for p in plans if current.get(p.row.id) == (p.seen_revision, p.seen_audit_seq)]
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for p in fresh:
-        by_columns.setdefault(tuple(sorted(p.values)), []).append(
-            {"b_id": p.row.id, "b_revision": p.seen_revision, "b_audit_seq": p.seen_audit_seq, **p.values})
+        by_columns.setdefault(tuple(sorted(p.values)), []).append(_guarded_update(p))
     connection = session.connection()
     for params in by_columns.values():
         moved = connection.execute(_UPDATE_INSTANCE, params).rowcount
