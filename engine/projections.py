@@ -161,6 +161,12 @@ def _names(value: Any) -> list[str]:
 # The longest user name (users.name) and group/candidate name (task_candidates.name) stored.
 ASSIGNEE_MAX, CANDIDATE_MAX = 100, 200
 
+# What a refusal of a computed task field calls the field (translated on the pages), built once.
+_ASSIGNEE, _PRIORITY = Phrase("assignee"), Phrase("priority")
+_CANDIDATE_USERS, _CANDIDATE_USER = Phrase("candidate users"), Phrase("candidate user")
+_CANDIDATE_GROUPS, _CANDIDATE_GROUP = Phrase("candidate groups"), Phrase("candidate group")
+_DUE_DATE, _FOLLOW_UP_DATE = Phrase("due date"), Phrase("follow-up date")
+
 
 def _checked_names(names: list[str], task: Task, what: str, limit: int) -> list[str]:
     """``names`` when each is valid Unicode text of at most ``limit`` characters, else a
@@ -186,16 +192,16 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
     :func:`engine.sla.due_and_at_risk`.
     """
     initiator = instance.started_by
-    assignee = _resolve(task, meta.assignee, initiator, Phrase("assignee"))
+    assignee = _resolve(task, meta.assignee, initiator, _ASSIGNEE)
     if assignee not in (None, ""):
-        _checked_names([str(assignee)], task, Phrase("assignee"), ASSIGNEE_MAX)
+        _checked_names([str(assignee)], task, _ASSIGNEE, ASSIGNEE_MAX)
     users = _checked_names([n for raw in meta.candidate_users
-                            for n in _names(_resolve(task, raw, initiator, Phrase("candidate users")))],
-                           task, "candidate user", CANDIDATE_MAX)
+                            for n in _names(_resolve(task, raw, initiator, _CANDIDATE_USERS))],
+                           task, _CANDIDATE_USER, CANDIDATE_MAX)
     groups = _checked_names([n for raw in meta.candidate_groups
-                             for n in _names(_resolve(task, raw, initiator, Phrase("candidate groups")))],
-                            task, "candidate group", CANDIDATE_MAX)
-    priority_raw = _resolve(task, meta.priority, initiator, Phrase("priority"))
+                             for n in _names(_resolve(task, raw, initiator, _CANDIDATE_GROUPS))],
+                            task, _CANDIDATE_GROUP, CANDIDATE_MAX)
+    priority_raw = _resolve(task, meta.priority, initiator, _PRIORITY)
     try:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
     except (TypeError, ValueError, OverflowError):
@@ -207,7 +213,7 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
                           "{priority_min}..{priority_max} (a 32-bit integer)", element_id=meta.element_id,
                           params={"element_id": meta.element_id, "value": str(priority)[:40], "priority_min": PRIORITY_MIN, "priority_max": PRIORITY_MAX})
     due_at, at_risk_at = sla.due_and_at_risk(
-        sla.task_properties(task), _instant(_resolve(task, meta.due_date, initiator, Phrase("due date")), now, task, Phrase("due date")),
+        sla.task_properties(task), _instant(_resolve(task, meta.due_date, initiator, _DUE_DATE), now, task, _DUE_DATE),
         now, at_risk_fraction, meta.element_id)
     return {
         **_EMPTY_TASK_ROW,
@@ -218,8 +224,8 @@ def new_task_row(task: Task, meta: UserTaskMeta, instance: InstanceRecord, now: 
         "candidate_users": sorted(set(users)), "candidate_groups": sorted(set(groups)),
         "form_key": meta.form_key, "priority": priority, "due_at": due_at,
         "at_risk_at": at_risk_at, "sla_state": "on_time" if due_at is not None else None,
-        "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, Phrase("follow-up date")), now, task,
-                                 "follow-up date"),
+        "follow_up_at": _instant(_resolve(task, meta.follow_up_date, initiator, _FOLLOW_UP_DATE), now, task,
+                                 _FOLLOW_UP_DATE),
         "created_at": now, "created_revision": revision,
         "local_variables": variables.as_json(variables.own_scope(task)) or None,
     }

@@ -96,3 +96,21 @@ def test_an_employee_cannot_probe_hidden_instances_with_an_instance_of_their_own
     assert answers[90000][0] == answers[12345][0]
     detail = api.get("rita", f"/api/process-instances/{hidden}").json()
     assert detail["revision"] == 1 and detail["open_tasks"] == []  # still waiting, untouched
+
+
+@pytest.mark.parametrize(("props", "chinese"), [
+    ({"candidateUsers": "${'u' * 300}"}, "候选用户"),
+    ({"candidateGroups": "${chr(0xd800)}"}, "候选组"),
+])
+def test_the_refusal_of_a_computed_candidate_names_the_field_in_the_reader_s_language(db, props, chinese):
+    """The field's name is a translated phrase, not English inside a Chinese sentence."""
+    from engine.commands import SYSTEM, start_instance
+    from engine.errors import ScriptError
+    from tests.helpers import deploy_xml
+    from web import i18n
+
+    deploy_xml(db, Bpmn("who").start().user("u1", "U", props=props).end().chain("start", "u1", "end").xml())
+    with pytest.raises(ScriptError) as refused:
+        db.command(lambda s: start_instance(s, key="who", actor=SYSTEM))
+    text = i18n.error_text(refused.value, "zh-Hans")
+    assert chinese in text and "candidate" not in text, text
