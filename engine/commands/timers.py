@@ -17,7 +17,7 @@ from engine.audit import Event
 from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.spiff_patches import counting_cycle_firings
+from engine.spiff_patches import allow_timers, counting_cycle_firings
 from engine.store.models import InstanceRecord, InstanceRow, JobRow
 
 JobRef = Row[str, str, str | None, str | None, datetime]  # id, instance_id, task_id, element_id, due_at
@@ -96,6 +96,8 @@ def run_firing(session: Session, *, instance_id: str, job_ids: list[str] | None 
     loaded = unit.load(session, instance_id, record=record)
     at = len(loaded.events)
     cycles = {job.id: _cycle(loaded.workflow, job.task_id) for job in due}
+    # the timer gate (engine.spiff_patches): only the timers of these jobs may fire in this command
+    allow_timers(loaded.workflow, [UUID(job.task_id) for job in due if job.task_id])
     with counting_cycle_firings() as counts:
         with unit.engine_faults():
             loaded.workflow.refresh_timers()
