@@ -50,8 +50,9 @@ def _complete(db, instance_id: str, element_id: str) -> None:
 
 def _gateway(db) -> str:
     b = Bpmn("waiter").start("w_start").raw('<bpmn:eventBasedGateway id="w_gw"/>')
-    b.timer_catch("w_timer", '"PT1H"').message_catch("w_paid", "payment").end("w_late").end("w_paid_end")
-    b.chain("w_start", "w_gw", "w_timer", "w_late").chain("w_gw", "w_paid", "w_paid_end")
+    b.timer_catch("w_timer", '"PT1H"').message_catch("w_paid", "payment").end("w_late")
+    b.user("w_ship", "Ship", props=STAFF).end("w_paid_end")
+    b.chain("w_start", "w_gw", "w_timer", "w_late").chain("w_gw", "w_paid", "w_ship", "w_paid_end")
     deploy_xml(db, b.xml())
     return db.command(lambda s: start_instance(s, key="waiter", actor=ALICE)).id
 
@@ -66,13 +67,16 @@ def test_a_message_after_the_due_time_but_before_the_worker_wins_over_the_timer(
     clock.advance(hours=2)  # the timer is overdue; no worker has run
     assert _pay(db) == [waiting]
     row = instance(db, waiting)
-    assert row.status == "completed" and row.variables["paid"] is True
+    assert row.status == "running" and row.variables["paid"] is True
+    assert [t.element_id for t in open_tasks(db, waiting)] == ["w_ship"]
     ran = _ran(db, waiting)
-    assert "w_paid" in ran and "w_paid_end" in ran
+    assert "w_paid" in ran
     assert "w_timer" not in ran and "w_late" not in ran  # the timer catch event was cancelled, never fired
     assert _fired(db, waiting) == []
-    assert jobs(db, waiting) == []
+    assert jobs(db, waiting) == []  # the instance still runs: its projection deleted the timer's job
     assert run_once(db).acquired == 0  # nothing left for the worker
+    _complete(db, waiting, "w_ship")
+    assert instance(db, waiting).status == "completed" and "w_late" not in _ran(db, waiting)
 
 
 def test_a_worker_holding_the_lease_of_a_timer_the_message_cancelled_does_nothing(db, clock):
@@ -97,7 +101,7 @@ def test_the_timer_fired_first_wins_over_a_later_message(db, clock):
     row = instance(db, waiting)
     assert row.status == "completed"
     ran = _ran(db, waiting)
-    assert "w_timer" in ran and "w_late" in ran and "w_paid" not in ran and "w_paid_end" not in ran
+    assert "w_timer" in ran and "w_late" in ran and "w_paid" not in ran and open_tasks(db, waiting) == []
     # the gateway waits for both of its events (SpiffWorkflow): the timer's job is the gateway's
     assert [(f["element_id"], f["task_id"]) for f in _fired(db, waiting)] == [(job.element_id, job.task_id)]
     with pytest.raises(NotFound):
@@ -170,3 +174,62 @@ def test_another_command_does_not_advance_an_overdue_cycle_timer_the_worker_fire
     _complete(db, row_id, "a")  # the third cycle is due, but completing the task ends the timer
     assert instance(db, row_id).status == "completed" and instance(db, row_id).variables["n"] == 2
     assert len(_fired(db, row_id)) == 2 and jobs(db, row_id) == []
+
+
+# ------------------------------------------------------------ other paths that run the engine
+
+def test_a_message_thrown_by_another_instance_after_the_due_time_wins_over_the_timer(db, clock):
+    # the message reaches the waiter through messages.route_thrown, inside the payer's start command
+    payer = Bpmn("payer")
+    payer.messages.add("payment")
+    payer.start("p_start").raw('<bpmn:intermediateThrowEvent id="p_pay"><bpmn:messageEventDefinition '
+                               'messageRef="msg_payment"/></bpmn:intermediateThrowEvent>').end("p_end")
+    payer.chain("p_start", "p_pay", "p_end")
+    deploy_xml(db, payer.xml(), "payer.bpmn")
+    waiting = _gateway(db)
+    clock.advance(hours=2)
+    paying = db.command(lambda s: start_instance(s, key="payer", actor=ALICE)).id
+    assert instance(db, paying).status == "completed"
+    assert [t.element_id for t in open_tasks(db, waiting)] == ["w_ship"]
+    ran = _ran(db, waiting)
+    assert "w_paid" in ran and "w_timer" not in ran and "w_late" not in ran
+    assert _fired(db, waiting) == [] and jobs(db, waiting) == [] and run_once(db).acquired == 0
+
+
+def test_a_timer_in_a_called_process_waits_for_its_job_too(db, clock):
+    child = Bpmn("child").start().timer_catch("pause", '"PT1H"').script("after", "waited = True").end()
+    child.chain("start", "pause", "after", "end")
+    parent = (Bpmn("parent").start().parallel("fork").call("sub", "child").user("b", "B", props=STAFF)
+              .parallel("join").end().chain("start", "fork", "sub", "join", "end").chain("fork", "b", "join"))
+    deploy_xml(db, parent.xml(child), "parent.bpmn")
+    row_id = db.command(lambda s: start_instance(s, key="parent", actor=ALICE)).id
+    [job] = jobs(db, row_id)
+    assert job.element_id == "pause"
+    clock.advance(hours=2)
+    _complete(db, row_id, "b")
+    assert instance(db, row_id).status == "running" and "after" not in _ran(db, row_id)
+    assert _fired(db, row_id) == [] and [j.id for j in jobs(db, row_id)] == [job.id]
+    assert run_once(db).fired == 1
+    stored = instance(db, row_id)
+    assert stored.status == "completed" and stored.variables["waited"] is True
+    assert [(f["element_id"], f["task_id"]) for f in _fired(db, row_id)] == [("pause", job.task_id)]
+
+
+# ------------------------------------------------------------ timers a command reaches already due
+
+def test_a_timer_reached_already_due_fires_at_once_with_its_audit_event(db, clock):
+    b = (Bpmn("past").start().user("u", "U", props=STAFF)
+         .raw('<bpmn:intermediateCatchEvent id="deadline"><bpmn:timerEventDefinition><bpmn:timeDate>'
+              '"2026-01-05T10:00:00+00:00"</bpmn:timeDate></bpmn:timerEventDefinition></bpmn:intermediateCatchEvent>')
+         .script("after", "done = True").end().chain("start", "u", "deadline", "after", "end"))
+    deploy_xml(db, b.xml())
+    row_id = db.command(lambda s: start_instance(s, key="past", actor=ALICE)).id  # 09:00
+    clock.advance(hours=2)
+    _complete(db, row_id, "u")  # reaches the timer at 11:00: already due, so it fires in this command
+    stored = instance(db, row_id)
+    assert stored.status == "completed" and stored.variables["done"] is True
+    [fired] = _fired(db, row_id)
+    assert fired["element_id"] == "deadline" and fired["due_at"].startswith("2026-01-05T10:00:00")
+    actions = audit_actions(db, row_id)
+    assert actions.index("timer.fired") < len(actions) - 1 - actions[::-1].index("activities.completed")
+    assert jobs(db, row_id) == [] and run_once(db).acquired == 0

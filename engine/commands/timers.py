@@ -76,6 +76,11 @@ def run_firing(session: Session, *, instance_id: str, job_ids: list[str] | None 
     deleted), False if it runs but none of the jobs is due. ``prefetched`` (the worker's
     batches) carries the instance row and its due jobs, read for the whole batch
     (:func:`prefetch`); without it they are read here.
+
+    Only the timers of the due jobs fire (Camunda: a timer fires when its job runs): the
+    instance's other waiting timers stay gated (:mod:`engine.spiff_patches`, the timer gate),
+    even if they are overdue too; their own jobs fire them. A job whose timer another command
+    cancelled is gone (``projections.sync_waits``): a lease on it fires nothing.
     """
     settings = settings or load_settings()
     connection = session.connection()
