@@ -351,6 +351,14 @@ def waiting_events(workflow: BpmnWorkflow) -> list[Task]:
     return [t for t in workflow.event_manager.tasks.values() if t.state == TaskState.WAITING]
 
 
+def waiting_timers(workflow: BpmnWorkflow) -> list[Task]:
+    """The workflow's WAITING timer tasks that have a due instant (those :func:`sync_waits` keeps a job for).
+
+    Includes the timers of sub-workflows and multiple events with a timer definition.
+    """
+    return [t for t in waiting_events(workflow) if _timer_due(t) is not None]
+
+
 def sync_waits(session: Session, instance: InstanceRecord, workflow: BpmnWorkflow, events: list[Event],
                actor: str | None) -> int:
     """Re-sync timer jobs and message subscriptions; returns how many rows the instance now has.

@@ -228,8 +228,8 @@ def test_an_instance_a_message_of_the_same_batch_moved_is_dropped_from_the_plans
     assert (result.acquired, result.fired, result.failed) == (2, 1, 0)
     assert instance(db, paying).status == "completed" and _fired_events(db, paying) == 1
     row = instance(db, waiting)
-    # stored once, by the payer's message (its command found the waiter's timer overdue too); the
-    # batch's plan for it, with its timer.fired event, was dropped whole
+    # stored once, by the payer's message (the message path won: its overdue timer is gated, not
+    # fired, in that command); the batch's plan for it, with its timer.fired event, was dropped whole
     assert row.status == "completed" and row.revision == 2 and _fired_events(db, waiting) == 0
     assert jobs(db, waiting) == []
     from engine import audit

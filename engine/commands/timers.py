@@ -17,7 +17,7 @@ from engine.audit import Event
 from engine.commands import unit
 from engine.config import Settings
 from engine.config import load as load_settings
-from engine.spiff_patches import counting_cycle_firings
+from engine.spiff_patches import allow_timers, counting_cycle_firings
 from engine.store.models import InstanceRecord, InstanceRow, JobRow
 
 JobRef = Row[str, str, str | None, str | None, datetime]  # id, instance_id, task_id, element_id, due_at
@@ -76,6 +76,11 @@ def run_firing(session: Session, *, instance_id: str, job_ids: list[str] | None 
     deleted), False if it runs but none of the jobs is due. ``prefetched`` (the worker's
     batches) carries the instance row and its due jobs, read for the whole batch
     (:func:`prefetch`); without it they are read here.
+
+    Only the timers of the due jobs fire (Camunda: a timer fires when its job runs): the
+    instance's other waiting timers stay gated (:mod:`engine.spiff_patches`, the timer gate),
+    even if they are overdue too; their own jobs fire them. A job whose timer another command
+    cancelled is gone (``projections.sync_waits``): a lease on it fires nothing.
     """
     settings = settings or load_settings()
     connection = session.connection()
@@ -96,6 +101,8 @@ def run_firing(session: Session, *, instance_id: str, job_ids: list[str] | None 
     loaded = unit.load(session, instance_id, record=record)
     at = len(loaded.events)
     cycles = {job.id: _cycle(loaded.workflow, job.task_id) for job in due}
+    # the timer gate (engine.spiff_patches): only the timers of these jobs may fire in this command
+    allow_timers(loaded.workflow, [UUID(job.task_id) for job in due if job.task_id])
     with counting_cycle_firings() as counts:
         with unit.engine_faults():
             loaded.workflow.refresh_timers()

@@ -34,7 +34,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from engine import audit, clock, limits, projections, variables
+from engine import audit, clock, limits, projections, spiff_patches, variables
 from engine import sandbox as sandbox_module
 from engine.actor import Actor
 from engine.audit import Event
@@ -181,6 +181,8 @@ def load(session: Session, instance_id: str, *, running: bool = True, record: In
     specs = specs_for(session, definition)
     workflow = load_state(row.state or "", specs)  # a stored instance always has its state
     variables.ensure(workflow)  # instances stored before process variables had their own place
+    # its waiting timers fire only in the command that fires their jobs (engine.spiff_patches, timer gate)
+    spiff_patches.gate_timers(workflow, [t.id for t in projections.waiting_timers(workflow)])
     return Loaded(row, definition, specs, workflow, row.revision, row.audit_seq or 0)
 
 
@@ -376,8 +378,23 @@ def run(loaded: Loaded, actor: Actor, settings: Settings) -> None:
             check_task_data(loaded.workflow.tasks.values())  # names the element whose data is too deep, if one is
             raise
     check_task_data(ran)
+    timer_events(loaded, actor)
     if activities:  # one event per command: they all happened in this transaction, at this instant
         loaded.events.append(Event("activities.completed", actor.name, {"activities": activities}))
+
+
+def timer_events(loaded: Loaded, actor: Actor) -> None:
+    """Append a ``timer.fired`` event for each timer that fired in this command without a job.
+
+    A timer the command reached anew whose due time had already passed (``PT0S``, a past
+    ``timeDate``, a cycle that started in the past) fires at once inside the command
+    (SpiffWorkflow's behaviour, kept); timers that had a job fire only in the command that
+    fires the job, which writes their events itself (``engine.commands.timers.run_firing``).
+    So every firing is in the audit trail exactly once.
+    """
+    for task, due_at in spiff_patches.take_timer_firings(loaded.workflow):
+        loaded.events.append(Event("timer.fired", actor.name, {"element_id": task.task_spec.bpmn_id,
+                                                               "due_at": due_at}, task_id=str(task.id)))
 
 
 def check_task_data(tasks: Any) -> None:
@@ -426,6 +443,7 @@ def plan(session: Session, loaded: Loaded, actor: Actor, *, new: bool = False,
     from engine.commands import messages  # late: the messages family builds on this module
 
     row, workflow = loaded.row, loaded.workflow
+    timer_events(loaded, actor)  # fired after the last engine run, if any did
     outgoing = messages.take_thrown(session, loaded, actor) if workflow.bpmn_events else []
     now = clock.now()
     if status is None:
