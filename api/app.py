@@ -61,6 +61,39 @@ def serve_app() -> FastAPI:
     return create_app(run_worker=os.environ.get(SERVE_WORKER_ENV) == "1")
 
 
+
+# The routes defined here are module-level functions that find their app's state through the
+# request, never closures over one app's objects: FastAPI keeps what it learns about each
+# endpoint callable in LRU caches of 4096 callables per process, so a closure per app keeps
+# every app made in the process alive (the test suite makes one per test; that heap growth made
+# full garbage collections take seconds, docs/notes/pollflake.md).
+
+
+def readyz(db: DbDep) -> JSONResponse:
+    """Ready when the database answers and its schema is at the migrations' head (else 503)."""
+    try:
+        at_head = migrate.is_at_head(db.url)
+    except Exception:  # noqa: BLE001 - readiness reports, never raises
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    if not at_head:
+        return JSONResponse({"status": "unavailable", "database": "migrations pending"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def healthz() -> dict[str, str]:
+    """The process answers (liveness; no database)."""
+    return {"status": "ok"}
+
+
+def metrics(db: DbDep, actor: ActorDep) -> Response:
+    """Prometheus text: the engine's counters, HTTP metrics and open tasks past their due time (admin)."""
+    require(actor)
+    with db.read() as s:
+        breached = s.scalar(select(func.count()).select_from(TaskRow).where(
+            TaskRow.state == "open", TaskRow.due_at <= clock.now())) or 0
+    return Response(observability.render_metrics(breached), media_type="text/plain; version=0.0.4")
+
+
 def create_app(*, settings: Settings | None = None, db: Database | None = None, run_worker: bool = True) -> FastAPI:
     settings = settings or load_settings()
     database = db or Database(settings.resolved_database_url())
@@ -103,27 +136,8 @@ def create_app(*, settings: Settings | None = None, db: Database | None = None, 
     docs.install(app)
     web.install(app)
 
-    @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
-    def readyz() -> JSONResponse:
-        try:
-            at_head = migrate.is_at_head(database.url)
-        except Exception:  # noqa: BLE001 - readiness reports, never raises
-            return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-        if not at_head:
-            return JSONResponse({"status": "unavailable", "database": "migrations pending"}, status_code=503)
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/metrics", tags=["operations"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})
-    def metrics(db: DbDep, actor: ActorDep) -> Response:
-        require(actor)
-        with db.read() as s:
-            breached = s.scalar(select(func.count()).select_from(TaskRow).where(
-                TaskRow.state == "open", TaskRow.due_at <= clock.now())) or 0
-        return Response(observability.render_metrics(breached), media_type="text/plain; version=0.0.4")
-
+    app.get("/healthz", tags=["operations"])(healthz)
+    app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})(readyz)
+    app.get("/metrics", tags=["operations"], response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}})(metrics)
     return app

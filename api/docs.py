@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from html import escape
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
@@ -31,22 +31,30 @@ does it too), then reload this page.</p>
 """
 
 
-def install(app: FastAPI) -> None:
-    """Add ``GET /docs`` (Swagger UI from local files) to an app created with ``docs_url=None``."""
+def swagger_ui(request: Request) -> HTMLResponse:
+    """The Swagger UI page of the app serving the request (503 with the build command when its files are missing).
+
+    A module-level function reading the app from the request, not a closure over one app:
+    FastAPI caches what it learns about every endpoint callable (bounded LRU caches keyed by
+    the callable), so a closure per app would keep every app made in a process alive.
+    """
+    app = request.app
     openapi_url = app.openapi_url or "/openapi.json"
     base = "/static/vendor/swagger-ui"
+    if not all((SWAGGER_DIR / name).is_file() for name in SWAGGER_FILES):
+        return HTMLResponse(MISSING_ASSETS_HTML.format(title=escape(app.title), openapi_url=escape(openapi_url)),
+                            status_code=503, headers={"Retry-After": "60"})
+    return get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=f"{app.title} - API docs",
+        swagger_js_url=f"{base}/swagger-ui-bundle.js",
+        swagger_css_url=f"{base}/swagger-ui.css",
+        swagger_favicon_url=f"{base}/favicon-32x32.png",
+        # no badge image from the online validator (an outside request on every page view)
+        swagger_ui_parameters={"validatorUrl": None},
+    )
 
-    @app.get("/docs", include_in_schema=False)
-    def swagger_ui() -> HTMLResponse:
-        if not all((SWAGGER_DIR / name).is_file() for name in SWAGGER_FILES):
-            return HTMLResponse(MISSING_ASSETS_HTML.format(title=escape(app.title), openapi_url=escape(openapi_url)),
-                                status_code=503, headers={"Retry-After": "60"})
-        return get_swagger_ui_html(
-            openapi_url=openapi_url,
-            title=f"{app.title} - API docs",
-            swagger_js_url=f"{base}/swagger-ui-bundle.js",
-            swagger_css_url=f"{base}/swagger-ui.css",
-            swagger_favicon_url=f"{base}/favicon-32x32.png",
-            # no badge image from the online validator (an outside request on every page view)
-            swagger_ui_parameters={"validatorUrl": None},
-        )
+
+def install(app: FastAPI) -> None:
+    """Add ``GET /docs`` (Swagger UI from local files) to an app created with ``docs_url=None``."""
+    app.get("/docs", include_in_schema=False)(swagger_ui)

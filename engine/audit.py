@@ -108,7 +108,10 @@ def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
 def append_global(session: Session, chain: str, events: list[Event],
                   definition: tuple[str | None, str | None, int | None] = (None, None, None)) -> None:
     """Append to the deployments or identity chain (compare-and-set on its head)."""
-    head = session.get(ChainHeadRow, chain)
+    # populate_existing: the guarded UPDATE below is Core (it does not refresh a loaded head), so
+    # a head still in the session from an earlier append in this transaction must be re-read,
+    # or the next append would compare against a stale seq and fail as if another writer moved it
+    head = session.get(ChainHeadRow, chain, populate_existing=True)
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     rows, new_hash = _rows(chain, seq, prev, events, instance_id=None, definition=definition)
     if head is None:

@@ -148,3 +148,22 @@ def test_two_people_claiming_at_once_one_wins(db, clock):
     winner = next(k for k, v in outcomes.items() if v == "won")
     assert f"already claimed by {winner}" in loser
     assert next(t for t in open_tasks(db, row.id) if t.id == a.id).assignee == winner
+
+
+def test_appends_to_a_global_chain_in_one_transaction_see_their_own_head(db, clock):
+    """Several appends in one command (seed_demo adds users and tokens) chain on each other even
+    while something (a traceback, a profiler) still holds the head row loaded by the first."""
+    from engine.commands import SYSTEM
+    from engine.store.models import ChainHeadRow
+
+    def three_appends(session):
+        held = []
+        for n in range(3):
+            audit.append_global(session, "identity", [audit.Event("test.appended", SYSTEM.name, {"n": n})])
+            held.append(session.get(ChainHeadRow, "identity"))  # keeps the loaded head alive
+        return session.get(ChainHeadRow, "identity", populate_existing=True).seq
+
+    before = db.command(lambda s: (s.get(ChainHeadRow, "identity").seq if s.get(ChainHeadRow, "identity") else 0))
+    assert db.command(three_appends, retries=0) == before + 3
+    with db.read() as s:
+        assert audit.verify(s, chain="identity").ok
