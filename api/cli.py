@@ -95,25 +95,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         wake()
         signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
 
+    # The loop runs in a thread; the main thread only waits for it, so a signal handler (always run
+    # in the main thread) never interrupts the loop while it holds the wake-up event's lock.
+    loop = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "interval": args.interval},
+                            name="sopflow-worker")
     signal.signal(signal.SIGTERM, finish)
     signal.signal(signal.SIGINT, finish)
-    parent = os.environ.get(PARENT_ENV)
-    if parent:  # a child of `sopflow serve` (api.timer_processes): exit with it
-        threading.Thread(target=_exit_with_parent, args=(int(parent), stop), name="sopflow-parent-watch",
-                         daemon=True).start()
-    run_forever(db, stop=stop, interval=args.interval)
-    return 0
-
-
-def _exit_with_parent(parent: int, stop: threading.Event) -> None:
-    """Stop the worker once ``parent`` is no longer this process's parent (it died without stopping us)."""
-    from engine.worker import wake
-
-    while not stop.wait(0.5):
-        if os.getppid() != parent:
+    parent = int(os.environ.get(PARENT_ENV) or 0)  # a child of `sopflow serve` (api.timer_processes)
+    loop.start()
+    while loop.is_alive():
+        loop.join(0.5)
+        if parent and os.getppid() != parent and not stop.is_set():  # serve died without stopping us
             logging.getLogger("sopflow.worker").warning("the serving process %s is gone; stopping", parent)
             stop.set()
             wake()
+    return 0
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -4,9 +4,10 @@ Acquisition runs in its own short transaction: due, pending jobs whose lease is 
 are selected in ``(due_at, id)`` order with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; on
 SQLite the write lock serialises acquirers) and leased to this worker. Timer jobs of one
 instance are fired in one unit of work (engine.commands.timers), and the units of several
-instances share one transaction, each under its own SAVEPOINT (:func:`fire_timer_batch`,
-bounded by ``timer_batch_instances``/``timer_batch_ms``; a stale instance is fired alone
-afterwards, a failing one rolls back alone); each SLA job (``sla_*``) is its own command
+instances share one transaction that computes them all first (on SQLite without the write
+lock, so several worker processes on one file compute in parallel) and then writes them
+(:func:`fire_timer_batch`, bounded by ``timer_batch_instances``/``timer_batch_ms``; a stale
+instance is fired alone afterwards, a failing one writes nothing); each SLA job (``sla_*``) is its own command
 (engine.commands.sla). A crashed worker's lease expires and the jobs are picked
 up again; the instance ``revision`` check, SpiffWorkflow's own timer state and the SLA
 command's delete-as-claim mean a job never fires twice. A failure is recorded on the job
