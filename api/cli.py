@@ -6,12 +6,14 @@ import getpass
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from api.timer_processes import PARENT_ENV, TimerProcesses
 from engine import migrate
 from engine.commands import SYSTEM, Actor, deploy
 from engine.config import load as load_settings
@@ -84,11 +86,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.once:
         print(json.dumps(run_once(db).__dict__))
         return 0
+    from engine.worker import wake
+
     stop = threading.Event()
-    try:
-        run_forever(db, stop=stop, interval=args.interval)
-    except KeyboardInterrupt:
+
+    def finish(signum: int, _frame: object) -> None:  # end the round in progress, then exit
         stop.set()
+        wake()
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+    # The loop runs in a thread; the main thread only waits for it, so a signal handler (always run
+    # in the main thread) never interrupts the loop while it holds the wake-up event's lock.
+    loop = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "interval": args.interval},
+                            name="sopflow-worker")
+    signal.signal(signal.SIGTERM, finish)
+    signal.signal(signal.SIGINT, finish)
+    parent = int(os.environ.get(PARENT_ENV) or 0)  # a child of `sopflow serve` (api.timer_processes)
+    loop.start()
+    while loop.is_alive():
+        loop.join(0.5)
+        if parent and os.getppid() != parent and not stop.is_set():  # serve died without stopping us
+            logging.getLogger("sopflow.worker").warning("the serving process %s is gone; stopping", parent)
+            stop.set()
+            wake()
     return 0
 
 
@@ -116,29 +136,54 @@ def _listen(host: str, port: int) -> socket.socket:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import SERVE_WORKER_ENV, create_app
+    from api.app import create_app
     from api.observability import configure_logging
 
     configure_logging()
+    settings = load_settings()
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise SystemExit("sopflow serve: --workers must be at least 1")
-    print(f"sopflow serving on http://{args.host}:{args.port} with {workers} worker process(es)"
-          " (API docs at /docs)", flush=True)
-    if workers == 1:
-        uvicorn.run(create_app(run_worker=not args.no_worker), host=args.host, port=args.port,
-                    log_level="warning", access_log=False)
-        return 0
-    # Several processes: uvicorn's supervisor spawns them from an import string; the timer
-    # worker runs once, as a thread of this supervisor process, never in the HTTP workers.
+    timer_processes = 0 if args.no_worker else (
+        args.timer_processes if args.timer_processes is not None else settings.timer_processes)
+    if timer_processes < 0:
+        raise SystemExit("sopflow serve: --timer-processes must be 0 or more")
+    print(f"sopflow serving on http://{args.host}:{args.port} with {workers} worker process(es) and "
+          f"{timer_processes} timer process(es) (API docs at /docs)", flush=True)
+    # One timer worker loop runs in this process (below); the others are `sopflow worker` children.
+    children = TimerProcesses(timer_processes - 1, settings.resolved_database_url())
+    children.start()
+    try:
+        if workers == 1:
+            # uvicorn shuts down gracefully on SIGTERM and then raises it again with the handler it
+            # found: make that one unwind to the ``finally`` below, so the children are stopped too
+            signal.signal(signal.SIGTERM, _exit_after_shutdown)
+            uvicorn.run(create_app(run_worker=timer_processes > 0), host=args.host, port=args.port,
+                        log_level="warning", access_log=False)
+            return 0
+        _serve_processes(args, workers, run_worker=timer_processes > 0)
+    finally:
+        children.stop()
+    return 0
+
+
+def _exit_after_shutdown(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _serve_processes(args: argparse.Namespace, workers: int, *, run_worker: bool) -> None:
+    """Several HTTP processes: uvicorn's supervisor spawns them from an import string; this
+    process's timer worker loop runs as a thread of the supervisor, never in the HTTP workers."""
+    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from engine.worker import run_forever
+    from api.app import SERVE_WORKER_ENV
+    from engine.worker import run_forever, wake
 
     os.environ[SERVE_WORKER_ENV] = "0"
     stop = threading.Event()
     timer_worker = None
-    if not args.no_worker:
+    if run_worker:
         timer_worker = threading.Thread(target=run_forever, kwargs={"db": _db(), "stop": stop},
                                         name="sopflow-worker", daemon=True)
         timer_worker.start()
@@ -148,9 +193,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Multiprocess(config, sockets=[_listen(args.host, args.port)]).run()
     finally:
         stop.set()
+        wake()
         if timer_worker is not None:
             timer_worker.join(timeout=5)
-    return 0
 
 
 def _read_password(name: str) -> str:
@@ -252,8 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--workers", type=int, default=None,
-                    help="HTTP worker processes (default: the number of cores); the timer worker runs once")
+                    help="HTTP worker processes (default: the number of cores); timers fire apart from them")
     sv.add_argument("--no-worker", action="store_true", help="do not run the timer worker")
+    sv.add_argument("--timer-processes", type=int, default=None,
+                    help="processes that fire timers: this one's worker loop plus N-1 `sopflow worker` children "
+                         "(default: SOPFLOW_TIMER_PROCESSES, else min(2, cores); 0: none)")
     sv.set_defaults(fn=cmd_serve)
     return parser
 

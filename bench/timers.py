@@ -1,6 +1,7 @@
 """Timer benchmark: N timers due within a window, fired by the worker; prints figures, asserts nothing.
 
     .venv/bin/python bench/timers.py                              # 10,000 timers in 10 s, SQLite, embedded worker
+    .venv/bin/python bench/timers.py --workers 1 2 --rounds 2     # SQLite: 1 vs 2 timer processes, interleaved
     .venv/bin/python bench/timers.py --postgres --workers 1 2 4   # a throwaway PostgreSQL cluster, worker processes
     .venv/bin/python bench/timers.py --database-url postgresql+psycopg://... --workers 2   # an EMPTY database
     .venv/bin/python bench/timers.py --compare /path/to/other/checkout --rounds 3     # before/after, SQLite
@@ -19,6 +20,14 @@ run in real time: on SQLite one embedded worker thread (``run_forever``, as ``so
 serve`` runs it); on PostgreSQL ``--workers`` separate ``sopflow worker`` processes
 (``SOPFLOW_CLOCK_CONTROL=1``: they read the same offset). Each run waits until every timer
 fired (or ``--timeout``).
+
+On SQLite, ``--workers N ...`` runs the embedded configuration with N timer processes, as
+``sopflow serve --timer-processes N`` does (the default on a 2-core machine is 2): the worker
+thread of this process plus N - 1 ``sopflow worker`` children (``api.timer_processes``). ONE
+database is seeded and copied for each run; the runs go round-robin over the Ns, ``--rounds``
+times, each firing in a fresh process, so the Ns are compared under the same machine load.
+Each run also prints ``cpu_ms_per_firing``: the CPU time of the firing process and its timer
+children from the clock move to the last firing (the children's start-up excluded), per timer.
 
 Figures, from the ``timer.fired`` audit events: lateness = the event's time minus the
 timer's due time (p50, p99, max), throughput = timers / (last firing - first due), and
@@ -128,42 +137,129 @@ def run_embedded(url: str, n: int, window: float, timeout: float) -> dict[str, o
     return fire_embedded(db, n, start, timeout)
 
 
-def fire_embedded(db: Database, n: int, start: datetime, timeout: float) -> dict[str, object]:
-    """Run the embedded worker thread from just before ``start`` until ``n`` timers fired; the figures."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux ``/proc``; 0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _settle(pids: list[int], limit: float = 60.0) -> None:
+    """Wait until the child processes have started (imported) and sleep: their CPU time stops growing."""
+    deadline = time.monotonic() + limit
+    last = -1.0
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _cpu_seconds(pids)
+        if now == last:
+            return
+        last = now
+
+
+def fire_embedded(db: Database, n: int, start: datetime, timeout: float, processes: int = 1,
+                  lead: float = 1.0) -> dict[str, object]:
+    """Run the embedded worker thread (and ``processes`` - 1 ``sopflow worker`` children) from ``lead``
+    seconds before ``start`` until ``n`` timers fired; the figures."""
     install(db)
-    move_clock_to(db, start - timedelta(seconds=1))
-    stop = threading.Event()
-    thread = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "settings": Settings()},
-                              daemon=True)
-    thread.start()
-    wake()
-    wait_for(db, n, timeout)
-    stop.set()
-    wake()
-    thread.join(timeout=10)
-    return figures(db, n, start)
+    children = None
+    if processes > 1:  # imported only then: a --compare side may run an older engine without it
+        from api.timer_processes import TimerProcesses
+
+        children = TimerProcesses(processes - 1, db.url, env={"SOPFLOW_CLOCK_CONTROL": "1"})
+        children.start()
+        _settle(children.pids())
+    try:
+        pids = children.pids() if children is not None else []
+        cpu_before = time.process_time() + _cpu_seconds(pids)
+        move_clock_to(db, start - timedelta(seconds=lead))
+        stop = threading.Event()
+        thread = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "settings": Settings()},
+                                  daemon=True)
+        thread.start()
+        wake()
+        wait_for(db, n, timeout)
+        cpu = time.process_time() + _cpu_seconds(pids) - cpu_before
+        stop.set()
+        wake()
+        thread.join(timeout=10)
+    finally:
+        if children is not None:
+            children.stop()
+    result = figures(db, n, start)
+    result["cpu_ms_per_firing"] = round(1000 * cpu / max(1, int(result["fired"])), 3)  # type: ignore[call-overload]
+    return result
 
 
-def fire_seeded(url: str, timeout: float) -> dict[str, object]:
+def fire_seeded(url: str, timeout: float, processes: int = 1, lead: float = 1.0) -> dict[str, object]:
     """Fire a database seeded by ``--save-seed`` with the embedded worker (the window starts at its first due job)."""
     db = Database(url)
     with db.read() as s:
         start = s.scalar(select(func.min(JobRow.due_at)))
         n = s.scalar(select(func.count()).select_from(JobRow)) or 0
     assert start is not None, "the seeded database has no timers"
-    return fire_embedded(db, n, start, timeout)
+    return fire_embedded(db, n, start, timeout, processes, lead)
 
 
-def compare(other: str, n: int, window: float, rounds: int, timeout: float) -> None:
-    """Seed once, then fire copies alternately with ``other``'s engine and this one; print runs and medians."""
-    import shutil
+def _load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
 
+
+def _seeded(n: int, window: float) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="sopflow-bench-"))
     seeded = folder / "seeded.db"
     migrate.upgrade(f"sqlite:///{seeded}")
     db = Database(f"sqlite:///{seeded}")
     seed(db, n, window)
     db.dispose()
+    return seeded
+
+
+def _medians(runs: list[dict[str, object]]) -> dict[str, float]:
+    keys = ("timers_per_s", "lateness_p50_s", "lateness_p99_s", "lateness_max_s", "cpu_ms_per_firing")
+    return {k: round(statistics.median(float(r[k]) for r in runs if r.get(k) is not None), 3)  # type: ignore[arg-type]
+            for k in keys if any(r.get(k) is not None for r in runs)}
+
+
+def timer_processes(counts: list[int], n: int, window: float, rounds: int, timeout: float) -> None:
+    """SQLite, embedded: seed once, fire copies with each number of timer processes, round-robin; runs and medians."""
+    import shutil
+
+    seeded = _seeded(n, window)
+    results: dict[int, list[dict[str, object]]] = {c: [] for c in counts}
+    for round_ in range(1, rounds + 1):
+        for count in counts:
+            copy = seeded.parent / f"p{count}-{round_}.db"
+            shutil.copyfile(seeded, copy)
+            load = _load()
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--from-seed", str(copy), "--timeout", str(timeout),
+                   "--processes", str(count), "--lead", "2"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout  # noqa: S603
+            figures_ = json.loads(out.strip().splitlines()[-1])
+            results[count].append(figures_)
+            print(f"round {round_} {count} timer process(es) (load {load}): {json.dumps(figures_)}", flush=True)
+    medians = {count: _medians(runs) for count, runs in results.items()}
+    for count, runs in results.items():
+        print(f"median, {count} timer process(es): {json.dumps(medians[count])}, "
+              f"duplicates {sum(int(r['duplicates']) for r in runs)}, "  # type: ignore[call-overload]
+              f"fired {[r['fired'] for r in runs]}", flush=True)
+    first = counts[0]
+    for count in counts[1:]:
+        ratios = {k: round(medians[count][k] / medians[first][k], 2) for k in ("timers_per_s", "cpu_ms_per_firing")
+                  if medians[first].get(k)}
+        print(f"ratio {count} / {first} timer processes (medians): {json.dumps(ratios)}", flush=True)
+
+
+def compare(other: str, n: int, window: float, rounds: int, timeout: float) -> None:
+    """Seed once, then fire copies alternately with ``other``'s engine and this one; print runs and medians."""
+    import shutil
+
+    seeded = _seeded(n, window)
+    folder = seeded.parent
     results: dict[str, list[dict[str, object]]] = {"other": [], "this": []}
     for round_ in range(1, rounds + 1):
         for side in ("other", "this"):
@@ -172,16 +268,14 @@ def compare(other: str, n: int, window: float, rounds: int, timeout: float) -> N
             cmd = [sys.executable, str(Path(__file__).resolve()), "--from-seed", str(copy), "--timeout", str(timeout)]
             if side == "other":
                 cmd += ["--engine-root", other]
-            load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+            load = _load()
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout  # noqa: S603
             figures_ = json.loads(out.strip().splitlines()[-1])
             results[side].append(figures_)
             print(f"round {round_} {side:5} (load {load}): {json.dumps(figures_)}", flush=True)
     for side, runs in results.items():
-        medians = {k: statistics.median(float(r[k]) for r in runs if r[k] is not None)  # type: ignore[arg-type]
-                   for k in ("timers_per_s", "lateness_p50_s", "lateness_p99_s", "lateness_max_s")}
         print(f"median {side} ({other if side == 'other' else 'this checkout'}): "
-              f"{json.dumps({k: round(v, 3) for k, v in medians.items()})}, "
+              f"{json.dumps(_medians(runs))}, "
               f"duplicates {sum(int(r['duplicates']) for r in runs)}, "  # type: ignore[call-overload]
               f"fired {[r['fired'] for r in runs]}", flush=True)
 
@@ -213,20 +307,33 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds over which the timers fall due")
     parser.add_argument("--database-url", default="")
     parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL cluster")
-    parser.add_argument("--workers", type=int, nargs="*", default=[1], help="worker processes (PostgreSQL)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1],
+                        help="PostgreSQL: sopflow worker processes; SQLite: timer processes of the embedded "
+                             "configuration (this process's worker + N-1 sopflow worker children)")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--compare", metavar="CHECKOUT", help="before/after against another checkout (SQLite)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of --compare (default 3) or of SQLite --workers (default 1)")
+    parser.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)  # one run of --workers
+    parser.add_argument("--lead", type=float, default=1.0, help=argparse.SUPPRESS)  # clock moved to start - lead
     parser.add_argument("--from-seed", metavar="DB", help=argparse.SUPPRESS)  # one side of --compare
     parser.add_argument("--engine-root", metavar="CHECKOUT", help=argparse.SUPPRESS)  # read before the imports
     args = parser.parse_args()
     if args.from_seed:
-        print(json.dumps(fire_seeded(f"sqlite:///{args.from_seed}", args.timeout)), flush=True)
+        print(json.dumps(fire_seeded(f"sqlite:///{args.from_seed}", args.timeout, args.processes, args.lead)),
+              flush=True)
         return
     if args.compare:
+        rounds = args.rounds or 3
         print(f"SQLite, embedded worker, {args.timers} timers due within {args.window} s, "
-              f"{args.rounds} rounds: {args.compare} vs this checkout", flush=True)
-        compare(args.compare, args.timers, args.window, args.rounds, args.timeout)
+              f"{rounds} rounds: {args.compare} vs this checkout", flush=True)
+        compare(args.compare, args.timers, args.window, rounds, args.timeout)
+        return
+    if not args.database_url and not args.postgres and (args.workers != [1] or args.rounds):
+        rounds = args.rounds or 1
+        print(f"SQLite, embedded configuration with {' / '.join(map(str, args.workers))} timer process(es), "
+              f"{args.timers} timers due within {args.window} s, {rounds} round(s), {os.cpu_count()} cores", flush=True)
+        timer_processes(args.workers, args.timers, args.window, rounds, args.timeout)
         return
     if not args.database_url and not args.postgres:
         path = Path(tempfile.mkdtemp(prefix="sopflow-bench-")) / "timers.db"

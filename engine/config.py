@@ -72,6 +72,10 @@ class Settings:
     # this many instances, or about this many milliseconds of work, in one transaction.
     timer_batch_instances: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_INSTANCES", 50))
     timer_batch_ms: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_BATCH_MS", 200))
+    # Processes that fire timers under `sopflow serve` (api.timer_processes): its own worker loop
+    # plus this many minus one `sopflow worker` children; 0: none (as --no-worker). A batch
+    # computes outside SQLite's write lock, so on SQLite too a second process uses a second core.
+    timer_processes: int = field(default_factory=lambda: _int("SOPFLOW_TIMER_PROCESSES", min(2, os.cpu_count() or 1)))
     # Task attachments (engine.uploads): the largest file stored, and the types accepted, as
     # comma-separated extensions (each one engine.uploads knows how to recognise by its content).
     max_attachment_bytes: int = field(default_factory=lambda: _int("SOPFLOW_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024))

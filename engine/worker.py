@@ -4,9 +4,10 @@ Acquisition runs in its own short transaction: due, pending jobs whose lease is 
 are selected in ``(due_at, id)`` order with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; on
 SQLite the write lock serialises acquirers) and leased to this worker. Timer jobs of one
 instance are fired in one unit of work (engine.commands.timers), and the units of several
-instances share one transaction, each under its own SAVEPOINT (:func:`fire_timer_batch`,
-bounded by ``timer_batch_instances``/``timer_batch_ms``; a stale instance is fired alone
-afterwards, a failing one rolls back alone); each SLA job (``sla_*``) is its own command
+instances share one transaction that computes them all first (on SQLite without the write
+lock, so several worker processes on one file compute in parallel) and then writes them
+(:func:`fire_timer_batch`, bounded by ``timer_batch_instances``/``timer_batch_ms``; a stale
+instance is fired alone afterwards, a failing one writes nothing); each SLA job (``sla_*``) is its own command
 (engine.commands.sla). A crashed worker's lease expires and the jobs are picked
 up again; the instance ``revision`` check, SpiffWorkflow's own timer state and the SLA
 command's delete-as-claim mean a job never fires twice. A failure is recorded on the job
@@ -46,7 +47,7 @@ from engine.actor import SYSTEM
 from engine.audit import Event
 from engine.commands import unit
 from engine.commands.sla import fire_sla_job
-from engine.commands.timers import fire_timers, prefetch, run_firing
+from engine.commands.timers import Firing, fire_timers, prefetch, run_firing
 from engine.config import Settings
 from engine.config import load as load_settings
 from engine.errors import SopflowError, StaleInstance
@@ -236,52 +237,54 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
 
     ``groups`` is ``[(instance_id, timer job ids), ...]``; the batch takes a prefix of it, at
     most ``settings.timer_batch_instances`` instances and stopping after about
-    ``settings.timer_batch_ms`` of work, so no transaction holds SQLite's write lock long.
+    ``settings.timer_batch_ms`` of computing.
 
-    Phase 1, per instance: load it and fire its timers in memory
+    Phase 1 (compute; on SQLite a read transaction, no write lock): the instance rows and due
+    jobs are read for the whole batch in two queries (:func:`engine.commands.timers.prefetch`),
+    then per instance: load it and fire its timers in memory
     (:func:`engine.commands.timers.run_firing`). An instance that ends with this firing, threw
-    no message and has no external tasks (:func:`engine.commands.unit.deferrable`) is only
-    planned (:func:`engine.commands.unit.plan`: no write, so no SAVEPOINT); any other is stored
-    at once under its own SAVEPOINT (``session.begin_nested()``; a failure rolls back that
-    instance only). An instance whose firing or plan raises is reported in ``failed`` (its
-    message; the caller records it: backoff, incident) and has written nothing.
+    no message and has no external tasks (:func:`engine.commands.unit.deferrable`) is also
+    planned (:func:`engine.commands.unit.plan`: state serialized, audit chain hashed; it reads
+    only the instance's row, guarded below, and the immutable ids/names of task rows it
+    closes). Every other instance is kept for phase 2. An instance whose firing or plan raises
+    is reported in ``failed`` (its message; the caller records it: backoff, incident) and has
+    written nothing.
 
-    Phase 2: the planned instances are written together (:func:`engine.commands.unit.write_plans`:
-    their revision guards read in one query, an instance whose row moved since it was loaded
-    is dropped before anything of it is written and reported in ``stale``; then one
-    ``executemany`` each for the guarded instance UPDATEs and the job DELETEs), the jobs of
-    instances found gone or ended are deleted, and the audit rows of every instance that
-    fired are inserted in one statement. A stale instance of the SAVEPOINT path (another
-    command moved it: :class:`StaleInstance`, or a unique-key/lock error) is reported in
+    Phase 2 (write; on SQLite the read snapshot ends here and ``BEGIN IMMEDIATE`` takes the
+    write lock: :meth:`Database.begin_writing`): each instance kept for it is stored under its
+    own SAVEPOINT (:func:`engine.commands.unit.persist`: plan + guarded write + message
+    routing; a failure rolls back that instance only). Then the planned instances are written
+    together (:func:`engine.commands.unit.write_plans`: their guards, ``revision`` and audit
+    head, read in one query under the lock; an instance whose row moved since phase 1 read it,
+    whoever moved it, is dropped before anything of it is written and reported in ``stale``;
+    then one ``executemany`` each for the guarded instance UPDATEs and the job DELETEs), the jobs
+    of instances found gone or ended are deleted (an ended instance never runs again), and the
+    audit rows of every instance that fired are inserted in one statement. A stale instance
+    of the SAVEPOINT path (:class:`StaleInstance`, or a unique-key/lock error) is reported in
     ``stale`` too; the caller fires stale instances alone, with the command's usual retries.
     If the transaction as a whole fails, the exception reaches the caller and nothing of the
     batch is stored.
 
-    On SQLite the batch takes the write lock at ``BEGIN`` (``BEGIN IMMEDIATE``): the lazy lock
-    upgrade of :meth:`Database.command` ends the read transaction, which would drop an open
-    savepoint; holding the lock from the start also means no other writer can make an
-    instance stale in the middle of the batch (only a message routed by another instance of
-    the same batch can). The instance rows and due jobs are read for the whole batch in two
-    queries (:func:`engine.commands.timers.prefetch`).
+    So on SQLite several worker processes compute their batches at the same time and only
+    their phase 2 queue on the write lock; everything phase 1 read that a write depends on is
+    checked by the guards exactly as on PostgreSQL, where the batch is one READ COMMITTED
+    transaction and :meth:`Database.begin_writing` does nothing.
     """
     outcome = BatchOutcome()
     budget = max(0.0, settings.timer_batch_ms / 1000)
     limit = max(1, settings.timer_batch_instances)
     began = time.perf_counter()
     offered = groups[:limit]
-    with db.transaction() as session:
+    with db.transaction(lazy=True) as session:
         prefetched = prefetch(session, [j for _i, ids in offered for j in ids], [i for i, _ids in offered])
         audit_rows: list[dict[str, Any]] = []
         planned: list[tuple[str, int, unit.Plan]] = []
+        kept: list[tuple[str, Firing]] = []
         gone: list[str] = []
-        for instance_id, _job_ids in offered:
+        for instance_id, _job_ids in offered:  # phase 1: compute, no write
             if outcome.taken and time.perf_counter() - began >= budget:
                 break
             outcome.taken += 1
-            for key in _PER_COMMAND_INFO:
-                session.info.pop(key, None)
-            deferred: list[dict[str, Any]] = []
-            session.info[unit.DEFERRED_AUDIT] = deferred
             try:
                 firing = run_firing(session, instance_id=instance_id, settings=settings, prefetched=prefetched)
                 if isinstance(firing, bool):  # nothing due; True: gone or ended, its jobs go
@@ -291,10 +294,23 @@ def fire_timer_batch(db: Database, groups: list[tuple[str, list[str]]], settings
                 elif unit.deferrable(firing.loaded):  # phase 2 writes it with the others
                     planned.append((instance_id, firing.count, unit.plan(session, firing.loaded, SYSTEM)))
                 else:
-                    with session.begin_nested():
-                        unit.persist(session, firing.loaded, SYSTEM)
-                    audit_rows.extend(deferred)
-                    outcome.fired[instance_id] = firing.count
+                    kept.append((instance_id, firing))
+            except SopflowError as exc:
+                outcome.failed[instance_id] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one instance must not fail the batch
+                log.exception("timer crashed in a batch", extra={"instance_id": instance_id})
+                outcome.failed[instance_id] = f"{type(exc).__name__}: {exc}"
+        db.begin_writing(session)  # phase 2: SQLite's write lock from here to the commit
+        for instance_id, firing in kept:
+            for key in _PER_COMMAND_INFO:
+                session.info.pop(key, None)
+            deferred: list[dict[str, Any]] = []
+            session.info[unit.DEFERRED_AUDIT] = deferred
+            try:
+                with session.begin_nested():
+                    unit.persist(session, firing.loaded, SYSTEM)
+                audit_rows.extend(deferred)
+                outcome.fired[instance_id] = firing.count
             except (StaleInstance, IntegrityError, OperationalError):
                 stats.incr("batch_stale")
                 outcome.stale.append(instance_id)

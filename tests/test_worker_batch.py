@@ -237,3 +237,94 @@ def test_an_instance_a_message_of_the_same_batch_moved_is_dropped_from_the_plans
         verdict = audit.verify(s)
     assert verdict.ok, verdict.to_dict()
     assert run_once(db).acquired == 0
+
+
+def test_a_batch_computes_without_the_write_lock_and_what_a_concurrent_command_moves_is_stale(db, clock, monkeypatch):
+    # While the batch computes (phase 1), another "process" (its own Database on the same file or
+    # server) commits commands: a start of an unrelated instance, and the cancellation of two instances
+    # the batch has already computed, one that ends with its timer (planned) and one that keeps running
+    # (stored under a savepoint in phase 2). On SQLite, with the write lock held while computing, those
+    # commits would wait for the batch. Both moved instances are found stale in phase 2 (the planned one
+    # by the guard read, the other by its guarded UPDATE), nothing of their firing is stored, and they
+    # are fired alone afterwards, where they are found cancelled.
+    import threading
+
+    from engine import audit, worker
+    from engine.commands import cancel_instance
+    from engine.store.db import Database
+    from tests.helpers import open_tasks
+
+    review = Bpmn("review").start().timer_catch("pause", '"PT1H"').user("check", "Check").end()
+    deploy_xml(db, review.chain("start", "pause", "check", "end").xml(), "review.bpmn")
+    deploy_xml(db, _waits())
+    running = db.command(lambda s: start_instance(s, key="review", actor=ALICE)).id
+    ending = [_start(db, 1) for _ in range(4)]
+    moved_ending = ending[1]
+    other = Database(db.url)
+    done: list[str] = []
+    real_run_firing = worker.run_firing
+    computed: list[str] = []
+
+    def concurrently() -> None:
+        other.command(lambda s: start_instance(s, key="wait", actor=ALICE, variables={"fired": 0, "divisor": 1}))
+        for victim in (running, moved_ending):
+            other.command(lambda s, v=victim: cancel_instance(s, instance_id=v, actor=ALICE, reason="test"))
+        done.append("committed")
+
+    def run_firing(session, *, instance_id, **kw):
+        firing = real_run_firing(session, instance_id=instance_id, **kw)
+        computed.append(instance_id)
+        if len(computed) == 5:  # every instance of the batch is computed: commit elsewhere now
+            thread = threading.Thread(target=concurrently, daemon=True)
+            thread.start()
+            thread.join(timeout=15)
+            assert done == ["committed"], "another writer could not commit while the batch computed"
+        return firing
+
+    monkeypatch.setattr(worker, "run_firing", run_firing)
+    try:
+        clock.advance(hours=2)
+        result = run_once(db, settings=Settings(timer_batch_ms=60_000))
+    finally:
+        other.dispose()
+    assert set(computed[:5]) == {running, *ending} and done == ["committed"]
+    # 5 acquired (the new instance's timer is not due yet); 3 fired; the 2 moved ones were found cancelled
+    assert (result.acquired, result.fired, result.failed) == (5, 3, 0)
+    for victim in (running, moved_ending):
+        row = instance(db, victim)
+        assert row.status == "cancelled" and row.revision == 2 and _fired_events(db, victim) == 0
+        assert jobs(db, victim) == []
+    assert open_tasks(db, running) == []  # the firing's user task was never stored
+    assert instance(db, moved_ending).variables["fired"] == 0
+    for instance_id in (i for i in ending if i != moved_ending):
+        row = instance(db, instance_id)
+        assert row.status == "completed" and row.variables["fired"] == 100 and _fired_events(db, instance_id) == 1
+    with db.read() as s:
+        verdict = audit.verify(s)
+    assert verdict.ok, verdict.to_dict()
+    assert run_once(db).acquired == 0
+
+
+def test_on_sqlite_the_batch_takes_the_write_lock_only_after_computing(sqlite_db, clock, monkeypatch):
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from engine.worker import _acquire, fire_timer_batch
+
+    db = sqlite_db
+    deploy_xml(db, _waits())
+    for _ in range(3):
+        _start(db, 1)
+    clock.advance(hours=2)
+    rows = _acquire(db, owner="me", limit=10, lease=timedelta(minutes=5))
+    order: list[str] = []
+    event.listen(db.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *a: order.append(statement) if statement.startswith("BEGIN") else None)
+    real_plan, real_acquire = unit.plan, db.write_queue.acquire
+    monkeypatch.setattr(unit, "plan", lambda *a, **k: (order.append("plan"), real_plan(*a, **k))[1])
+    monkeypatch.setattr(db.write_queue, "acquire", lambda: (order.append("write lock"), real_acquire())[1])
+    outcome = fire_timer_batch(db, [(i, [j]) for j, i, _k in rows], Settings(timer_batch_ms=60_000))
+    assert sum(outcome.fired.values()) == 3
+    # a read transaction (deferred BEGIN) computes the three plans; then the write lock, once
+    assert order == ["BEGIN", "plan", "plan", "plan", "write lock"]

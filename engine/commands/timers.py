@@ -38,10 +38,10 @@ class Prefetched:
     """What :func:`fire_timers` reads first, read for a whole batch of instances in two queries.
 
     ``records``: instance rows by id (an instance that is gone is absent); ``due``: the due,
-    pending timer jobs among the leased ones, by instance. Read in the batch's transaction,
-    so they are exactly what a per-instance read would see on SQLite (the batch holds the
-    write lock); on PostgreSQL a row another command changed since is caught by the
-    instance's revision guard (``StaleInstance``) like any stale read.
+    pending timer jobs among the leased ones, by instance. Read in the batch's compute phase
+    (on SQLite a read snapshot without the write lock; on PostgreSQL READ COMMITTED): a row
+    another command changed since is caught by the instance's guards in the write phase
+    (``revision`` and audit head; ``StaleInstance`` or a dropped plan) like any stale read.
     """
 
     records: dict[str, InstanceRecord] = field(default_factory=dict)

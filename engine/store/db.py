@@ -127,12 +127,17 @@ def _sqlite_setup(engine: Engine, queue: WriteQueue | None) -> None:
             return
         # The command has computed and now writes: drop the read snapshot and queue for the
         # write lock. What it read is re-checked by its guarded writes (module docstring).
-        conn.info[_PHASE] = "write"
-        cursor.execute("COMMIT")
-        if queue is not None:
-            queue.acquire()
-        cursor.execute("BEGIN IMMEDIATE")
-        stats.incr("write_upgrades")
+        _upgrade(conn.info, cursor, queue)
+
+
+def _upgrade(info: dict[Any, Any], cursor: Any, queue: WriteQueue | None) -> None:
+    """End a lazy transaction's read phase: COMMIT the read, queue for the lock, ``BEGIN IMMEDIATE``."""
+    info[_PHASE] = "write"
+    cursor.execute("COMMIT")
+    if queue is not None:
+        queue.acquire()
+    cursor.execute("BEGIN IMMEDIATE")
+    stats.incr("write_upgrades")
 
 
 class Database:
@@ -186,6 +191,27 @@ class Database:
             session.close()
             if self.write_queue is not None:
                 self.write_queue.release()  # after COMMIT/ROLLBACK: the next writer's turn
+
+    def begin_writing(self, session: Session) -> None:
+        """End the read phase of a lazy transaction (:meth:`transaction` ``lazy=True``) now: take the write lock.
+
+        On SQLite, if the transaction has not written yet, its read snapshot ends (COMMIT)
+        and ``BEGIN IMMEDIATE`` opens the write transaction, exactly as the first write
+        statement would do it; every read after this sees the latest commit and no other
+        writer can commit until this transaction ends. Use it before reading what a write
+        is guarded by in a separate query (and before a SAVEPOINT, which the implicit
+        upgrade would drop). A no-op on PostgreSQL and once the transaction has written.
+        """
+        if not self.is_sqlite:
+            return
+        connection = session.connection()
+        if connection.info.get(_PHASE) != "read":
+            return
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            _upgrade(connection.info, cursor, self.write_queue)
+        finally:
+            cursor.close()
 
     def command(self, fn: Callable[[Session], T], *, retries: int | None = None) -> T:
         """Run ``fn`` as one unit of work, retrying when another writer got there first.
