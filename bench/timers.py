@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -219,9 +220,21 @@ def _seeded(n: int, window: float) -> Path:
     return seeded
 
 
+TARGET_PER_S, TARGET_P99_S = 500, 1.0  # issues 9 and 11: >= 500 timers/s, lateness p99 <= 1 s
+
+
+def against_targets(figures_: Mapping[str, object]) -> str:
+    """The figures' verdicts against the targets (throughput and lateness p99), as one line."""
+    rate, p99 = figures_.get("timers_per_s"), figures_.get("lateness_p99_s")
+    rate_ok = isinstance(rate, (int, float)) and rate >= TARGET_PER_S
+    p99_ok = isinstance(p99, (int, float)) and p99 <= TARGET_P99_S
+    return (f"against the targets: {rate} timers/s (target >= {TARGET_PER_S}) {'OK' if rate_ok else 'MISSED'}; "
+            f"lateness p99 {p99} s (target <= {TARGET_P99_S:g}) {'OK' if p99_ok else 'MISSED'}")
+
+
 def _medians(runs: list[dict[str, object]]) -> dict[str, float]:
     keys = ("timers_per_s", "lateness_p50_s", "lateness_p99_s", "lateness_max_s", "cpu_ms_per_firing")
-    return {k: round(statistics.median(float(r[k]) for r in runs if r.get(k) is not None), 3)  # type: ignore[arg-type]
+    return {k: round(statistics.median(float(r[k]) for r in runs if r.get(k) is not None), 3)
             for k in keys if any(r.get(k) is not None for r in runs)}
 
 
@@ -247,6 +260,7 @@ def timer_processes(counts: list[int], n: int, window: float, rounds: int, timeo
         print(f"median, {count} timer process(es): {json.dumps(medians[count])}, "
               f"duplicates {sum(int(r['duplicates']) for r in runs)}, "  # type: ignore[call-overload]
               f"fired {[r['fired'] for r in runs]}", flush=True)
+        print(f"  {count} timer process(es), medians {against_targets(medians[count])}", flush=True)
     first = counts[0]
     for count in counts[1:]:
         ratios = {k: round(medians[count][k] / medians[first][k], 2) for k in ("timers_per_s", "cpu_ms_per_firing")
@@ -340,7 +354,9 @@ def main() -> None:
         url = f"sqlite:///{path}"
         migrate.upgrade(url)
         print(f"SQLite, embedded worker, {args.timers} timers due within {args.window} s", flush=True)
-        print(json.dumps(run_embedded(url, args.timers, args.window, args.timeout)), flush=True)
+        result = run_embedded(url, args.timers, args.window, args.timeout)
+        print(json.dumps(result), flush=True)
+        print(against_targets(result), flush=True)
         return
     cluster = None
     if args.postgres:
@@ -360,7 +376,9 @@ def main() -> None:
                 s.execute(text("SELECT 1"))
             print(f"PostgreSQL, {workers} worker process(es), {args.timers} timers due within {args.window} s",
                   flush=True)
-            print(json.dumps(run_processes(url, args.timers, args.window, workers, args.timeout)), flush=True)
+            result = run_processes(url, args.timers, args.window, workers, args.timeout)
+            print(json.dumps(result), flush=True)
+            print(against_targets(result), flush=True)
     finally:
         if cluster is not None:
             cluster.stop()
