@@ -123,7 +123,8 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux ``/proc``; 0 for one that is gone)."""
     total = 0
     for pid in pids:
         try:
@@ -218,7 +219,7 @@ def closed_loop(port: int, tokens: dict[str, str], pids: list[int], clients: int
             with lock:
                 done[0] += 1
 
-    cpu0 = _cpu_seconds(pids)
+    cpu0 = cpu_seconds(pids)
     began = time.perf_counter()
     threads = [threading.Thread(target=run, daemon=True) for _ in range(clients)]
     for t in threads:
@@ -228,7 +229,7 @@ def closed_loop(port: int, tokens: dict[str, str], pids: list[int], clients: int
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    return _line(f"closed, {clients} client(s)", done[0], elapsed, latencies, _cpu_seconds(pids) - cpu0)
+    return _line(f"closed, {clients} client(s)", done[0], elapsed, latencies, cpu_seconds(pids) - cpu0)
 
 
 def open_loop(port: int, tokens: dict[str, str], pids: list[int], rate: float, seconds: float) -> dict[str, float]:
@@ -242,7 +243,7 @@ def open_loop(port: int, tokens: dict[str, str], pids: list[int], rate: float, s
         local.client.instance()
 
     count = max(1, int(rate * seconds))
-    cpu0 = _cpu_seconds(pids)
+    cpu0 = cpu_seconds(pids)
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=200) as pool:
         futures = []
@@ -254,7 +255,7 @@ def open_loop(port: int, tokens: dict[str, str], pids: list[int], rate: float, s
         for f in futures:
             f.result()
     elapsed = time.perf_counter() - began
-    return _line(f"open, {rate:.1f} inst/s offered", count, elapsed, latencies, _cpu_seconds(pids) - cpu0)
+    return _line(f"open, {rate:.1f} inst/s offered", count, elapsed, latencies, cpu_seconds(pids) - cpu0)
 
 
 def complete_cpu(port: int, tokens: dict[str, str], pids: list[int], count: int) -> float:
@@ -265,10 +266,10 @@ def complete_cpu(port: int, tokens: dict[str, str], pids: list[int], count: int)
         ready.append(setup.up_to_approval()[1])
     client = Client(port, tokens, [])
     time.sleep(0.5)
-    cpu0 = _cpu_seconds(pids)
+    cpu0 = cpu_seconds(pids)
     for task_id in ready:
         client.call("POST", f"/api/tasks/{task_id}/complete", "max", {"variables": {"manager_approved": True}})
-    per = (_cpu_seconds(pids) - cpu0) * 1000 / count
+    per = (cpu_seconds(pids) - cpu0) * 1000 / count
     print(f"  {'complete-task alone':<22} server CPU {per:5.1f} ms/request over {count} (target <= {TARGET_CPU_MS})",
           flush=True)
     return per

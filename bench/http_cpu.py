@@ -13,7 +13,6 @@ starts. Read ratios between the two worker counts of one run, not absolute milli
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -23,10 +22,8 @@ HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
     sys.path.pop(0)  # this folder's http.py would shadow the standard library's http
 
-_spec = importlib.util.spec_from_file_location("bench_http", HERE / "http.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+sys.path.insert(0, str(HERE.parent))  # bench/http.py as the package module bench.http: no shadowing
+from bench import http as bench  # noqa: E402
 
 
 def _role(pid: int, root: int) -> str:
@@ -45,7 +42,7 @@ def _by_role(pids: list[int], root: int) -> dict[str, float]:
             role = _role(pid, root)
         except FileNotFoundError:
             continue
-        out[role] = out.get(role, 0.0) + bench._cpu_seconds([pid])
+        out[role] = out.get(role, 0.0) + bench.cpu_seconds([pid])
     return out
 
 

@@ -20,7 +20,6 @@ Read shares, not absolute milliseconds.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import signal
 import sys
@@ -32,10 +31,8 @@ HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
     sys.path.pop(0)  # this folder's http.py would shadow the standard library's http
 
-_spec = importlib.util.spec_from_file_location("bench_http", HERE / "http.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+sys.path.insert(0, str(HERE.parent))  # bench/http.py as the package module bench.http: no shadowing
+from bench import http as bench  # noqa: E402
 
 PROFILE_ENV = "SOPFLOW_BENCH_PROFILE"  # the server side: where to write the stats
 
@@ -93,7 +90,7 @@ def main() -> None:
         time.sleep(1.5)  # the job worker's round after the set-up
         os.kill(pids[0], signal.SIGUSR1)
         time.sleep(0.2)
-        cpu0 = bench._cpu_seconds(pids)
+        cpu0 = bench.cpu_seconds(pids)
         began = time.perf_counter()
         if args.phase == "complete":
             for task_id in ready:
@@ -103,7 +100,7 @@ def main() -> None:
                 client.instance()
         elapsed = time.perf_counter() - began
         time.sleep(0.5)  # let the worker's round after the last command end
-        cpu = bench._cpu_seconds(pids) - cpu0
+        cpu = bench.cpu_seconds(pids) - cpu0
         os.kill(pids[0], signal.SIGUSR2)
         deadline = time.monotonic() + 120
         while not Path(out + ".done").exists() and time.monotonic() < deadline:

@@ -57,6 +57,7 @@ if "--engine-root" in sys.argv:  # fire with another checkout's engine (see --co
 
 from sqlalchemy import delete, func, select, text  # noqa: E402
 
+from bench.http import cpu_seconds  # noqa: E402
 from engine import clock, migrate  # noqa: E402
 from engine.commands import SYSTEM, deploy, start_instance  # noqa: E402
 from engine.commands.clock_control import OFFSET_KEY, install  # noqa: E402
@@ -138,25 +139,13 @@ def run_embedded(url: str, n: int, window: float, timeout: float) -> dict[str, o
     return fire_embedded(db, n, start, timeout)
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes so far (Linux ``/proc``; 0 for one that is gone)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def _settle(pids: list[int], limit: float = 60.0) -> None:
     """Wait until the child processes have started (imported) and sleep: their CPU time stops growing."""
     deadline = time.monotonic() + limit
     last = -1.0
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = _cpu_seconds(pids)
+        now = cpu_seconds(pids)
         if now == last:
             return
         last = now
@@ -176,7 +165,7 @@ def fire_embedded(db: Database, n: int, start: datetime, timeout: float, process
         _settle(children.pids())
     try:
         pids = children.pids() if children is not None else []
-        cpu_before = time.process_time() + _cpu_seconds(pids)
+        cpu_before = time.process_time() + cpu_seconds(pids)
         move_clock_to(db, start - timedelta(seconds=lead))
         stop = threading.Event()
         thread = threading.Thread(target=run_forever, kwargs={"db": db, "stop": stop, "settings": Settings()},
@@ -184,7 +173,7 @@ def fire_embedded(db: Database, n: int, start: datetime, timeout: float, process
         thread.start()
         wake()
         wait_for(db, n, timeout)
-        cpu = time.process_time() + _cpu_seconds(pids) - cpu_before
+        cpu = time.process_time() + cpu_seconds(pids) - cpu_before
         stop.set()
         wake()
         thread.join(timeout=10)
