@@ -90,6 +90,16 @@ def now() -> datetime:
     return _current.now()
 
 
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 instant as a timezone-aware UTC datetime; a naive one is read as UTC.
+
+    That is how SpiffWorkflow's timer values (``event_value``) and sopflow's stored instants
+    are written. Raises ValueError for text that is not an ISO 8601 date-time.
+    """
+    instant = datetime.fromisoformat(text)
+    return instant.astimezone(UTC) if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
 def use(clock: Clock) -> Clock:
     """Install ``clock`` process-wide; returns the previous one so callers can restore it."""
     global _current

@@ -324,8 +324,7 @@ def _timer_due(task: Task) -> datetime | None:
         value = value.get("next")
     if not value:
         return None
-    instant = datetime.fromisoformat(value)
-    return instant.astimezone(UTC) if instant.tzinfo else instant.replace(tzinfo=UTC)
+    return clock.parse_instant(value)
 
 
 def message_definitions_of(task_spec: Any) -> list[MessageEventDefinition]:

@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from SpiffWorkflow.bpmn.specs.event_definitions import timer as _timer_module
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
     CycleTimerEventDefinition,
     DurationTimerEventDefinition,
@@ -29,6 +28,8 @@ from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
 )
 from SpiffWorkflow.specs.base import TaskSpec
 from SpiffWorkflow.util.task import TaskState
+
+from engine import clock
 
 
 def _enter(spec: Any, task: Any, seen: list[Any], looked_ahead: int, mask: int) -> tuple[Iterator[Any], list[Any],
@@ -155,10 +156,9 @@ def _instant(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        instant = datetime.fromisoformat(value)
+        return clock.parse_instant(value)
     except ValueError:
         return None
-    return instant.astimezone(UTC) if instant.tzinfo else instant.replace(tzinfo=UTC)
 
 
 def _gated_has_fired(original: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
@@ -170,14 +170,10 @@ def _gated_has_fired(original: Callable[[Any, Any], bool]) -> Callable[[Any, Any
         fired = bool(original(self, my_task))
         if fired and not before and gate is not None and my_task.id not in gate.allowed:
             due = _instant(my_task._get_internal_data("event_value"))
-            gate.fired.append((my_task, due or _now()))
+            gate.fired.append((my_task, due or clock.now()))
         return fired
 
     return has_fired
-
-
-def _now() -> datetime:
-    return _timer_module.datetime.now(UTC)  # type: ignore[no-any-return]  # sopflow's clock (engine.clock)
 
 
 TimeDateEventDefinition.has_fired = _gated_has_fired(TimeDateEventDefinition.has_fired)
@@ -192,7 +188,7 @@ def _gated_cycle_complete(self: Any, my_task: Any) -> bool:
     if ready and gate is not None and my_task.id not in gate.allowed:
         value = my_task._get_internal_data("event_value") or {}
         after = _instant(value.get("next"))
-        due = after - timedelta(seconds=float(value.get("duration") or 0)) if after is not None else _now()
+        due = after - timedelta(seconds=float(value.get("duration") or 0)) if after is not None else clock.now()
         gate.fired.append((my_task, due))
     return ready
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -154,7 +154,6 @@ def _firings(job: JobRef, before: dict[str, Any] | None, counts: dict[UUID, int]
     """
     if before is None or not job.task_id:
         return [job.due_at]
-    first = datetime.fromisoformat(before["next"])
-    first = first if first.tzinfo else first.replace(tzinfo=UTC)
+    first = clock.parse_instant(before["next"])
     step = timedelta(seconds=float(before.get("duration") or 0))
     return [first + step * i for i in range(counts.get(UUID(job.task_id), 0))]
